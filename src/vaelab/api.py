@@ -1,0 +1,124 @@
+"""The Python API: the same things the CLI does, from code.
+
+    import vaelab
+    cfg = vaelab.make_config(data="mnist", preset="iwae", epochs=5, out="runs/iwae")
+    run_dir = vaelab.train(cfg)
+    model = vaelab.load(run_dir)        # .encode .decode .sample .reconstruct
+    print(vaelab.evaluate(run_dir, k=5000))
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from .data import DataSpec, load_dataset
+from .data.transforms import eval_inputs
+from .errors import VaelabError
+from .evaluate import evaluate_likelihood
+from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
+from .registry import get_model
+from .run import RunConfig
+from .training import checkpoint as ckpt
+from .training.trainer import resolve_device
+from .training.trainer import train as _train_loop
+
+
+def _read(run_dir) -> tuple[RunConfig, DataSpec, dict]:
+    doc = ckpt.read_run_config(Path(run_dir))
+    where = f"{Path(run_dir) / 'config.json'}"
+    try:
+        spec = DataSpec.from_dict(doc["data_spec"])
+    except (KeyError, TypeError, ValueError):
+        raise VaelabError(f"{where} has no valid data_spec.") from None
+    return RunConfig.from_dict(doc.get("run", {}), where), spec, doc
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> torch.nn.Module:
+    """The trained model of a run, in eval mode, with ``encode``, ``decode``, ``sample``,
+    ``reconstruct``. ``checkpoint`` is ``best`` (best validation score) or ``last``.
+    The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``."""
+    if checkpoint not in ("best", "last"):
+        raise VaelabError(f"--checkpoint must be best or last, got {checkpoint!r}.")
+    run, spec, _ = _read(run_dir)
+    model = get_model(run.train.model).model_cls(run.model)
+    name = "best.safetensors" if checkpoint == "best" else "model.safetensors"
+    ckpt.load_weights(model, Path(run_dir) / name)
+    model.run_config, model.data_spec = run, spec
+    return model.to(resolve_device(device)).eval()
+
+
+def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed evaluation inputs of a run's dataset split (binarized as the run was): (x, y)."""
+    run, spec, _ = _read(run_dir)
+    if split not in ("train", "val", "test"):
+        raise VaelabError(f"--split must be train, val or test, got {split!r}.")
+    d = run.data
+    ds = load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed)
+    if tuple(ds.spec.shape) != tuple(spec.shape):
+        raise VaelabError(f"{run_dir} was trained on images of shape {tuple(spec.shape)}, "
+                          f"but {d.data} now has {tuple(ds.spec.shape)}.")
+    s = getattr(ds, split)
+    if len(s) == 0:
+        raise VaelabError(f"--split {split} is empty for this run (it was trained with --val-size 0).")
+    return eval_inputs(s.x, spec.levels, d.binarize), s.y
+
+
+def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
+             data_dir: str | None = None, device: str = "cpu", progress: bool = False, save: bool = True) -> dict:
+    """ELBO, importance-sampled NLL and bits/dim (nats per example) of a run on a split;
+    saved as ``eval-<split>.json`` in the run directory."""
+    if k < 1:
+        raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
+    if batch_size < 1:
+        raise VaelabError(f"--batch-size must be at least 1, got {batch_size}.")
+    model = load(run_dir, checkpoint, device)
+    run = model.run_config
+    if not get_model(run.train.model).has_likelihood:
+        raise VaelabError(f"model {run.train.model} has no likelihood to evaluate.")
+    x, _ = split_inputs(run_dir, split, data_dir)
+    discrete = run.data.binarize != "none" and getattr(run.model, "likelihood", "") == "bernoulli"
+    res = evaluate_likelihood(model, x.to(next(model.parameters()).device), k, batch_size, discrete, progress)
+    res = {"split": split, "checkpoint": checkpoint, **res}
+    if save:
+        ckpt.write_json(Path(run_dir) / f"eval-{split}.json", res)
+    return res
+
+
+def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0) -> list[Path]:
+    """Write samples.png, reconstructions.png, interpolation.png, curves.png and, for a 2-D
+    latent, manifold.png into the run directory."""
+    run_dir = Path(run_dir)
+    model = load(run_dir)
+    torch.manual_seed(seed)
+    x, _ = split_inputs(run_dir, "test", data_dir)
+    out = [save_grid(model.sample(n), run_dir / "samples.png", nrow=8),
+           save_grid(rows_interleaved(x[:32], model.reconstruct(x[:32]), 8), run_dir / "reconstructions.png", 8)]
+    out.append(save_grid(interpolate(model, x[:8], x[8:16], 10), run_dir / "interpolation.png", nrow=10))
+    if getattr(model.run_config.model, "latent_dim", 0) == 2:
+        out.append(save_grid(model.decode(manifold_codes(20)).mean.detach(), run_dir / "manifold.png", nrow=20))
+    hist = [__import__("json").loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    if hist:
+        out.append(plot_curves(hist, run_dir / "curves.png"))
+    return out
+
+
+@torch.no_grad()
+def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """Decoded means along straight lines between the posterior means of x0[i] and x1[i]."""
+    z = interpolation_codes(model.codes(x0), model.codes(x1), steps)
+    return model.decode(z).mean
+
+
+def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path:
+    """Train, then evaluate the best checkpoint on the test set (``nll_samples`` importance
+    samples) and draw the pictures. Returns the run directory."""
+    kw = {"log": log} if log else {}
+    run_dir = _train_loop(config, resume=resume, **kw)
+    run, _, _ = _read(run_dir)
+    if run.train.nll_samples > 0 and get_model(run.train.model).has_likelihood:
+        evaluate(run_dir, "test", run.train.nll_samples, data_dir=run.data.data_dir,
+                 device=run.train.device if run.train.device != "auto" else str(resolve_device("auto")))
+    pictures(run_dir, data_dir=run.data.data_dir)
+    return run_dir

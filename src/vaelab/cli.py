@@ -1,0 +1,232 @@
+"""The ``vaelab`` command. Every user mistake ends in one sentence on stderr and exit 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import DataConfig, TrainConfig, flag_name
+from .errors import VaelabError
+from .registry import MODELS
+from .run import PRESETS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one sentence, exit 2, no usage dump
+        raise VaelabError(f"{self.prog}: {message} (see {self.prog} --help).")
+
+
+def _config_fields():
+    seen = {}
+    for cls in (DataConfig, TrainConfig, *(e.config_cls for e in MODELS.values())):
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("flag", True) and f.name not in seen:
+                seen[f.name] = f
+    return seen
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    for name, f in _config_fields().items():
+        help_ = f.metadata.get("help", "")
+        if f.metadata.get("choices"):
+            help_ += f" ({'|'.join(f.metadata['choices'])})"
+        help_ += f" [default: {f.default if f.default is not dataclasses.MISSING else '-'}]"
+        if f.type in ("bool", bool):
+            p.add_argument(flag_name(name), dest=name, action="store_const", const=True,
+                           default=argparse.SUPPRESS, help=help_)
+            p.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_const", const=False,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, metavar="V", help=help_)
+    p.add_argument("--preset", default=argparse.SUPPRESS, help=f"network preset ({'|'.join(PRESETS)})")
+    p.add_argument("--config", dest="config_file", metavar="FILE", help="TOML or JSON file of settings")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last finished epoch")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_train(a) -> int:
+    from . import api
+    from .run import make_config
+
+    flags = {k: v for k, v in vars(a).items() if k not in ("cmd", "config_file", "resume", "func")}
+    if a.resume:
+        epochs = flags.pop("epochs", None)
+        extra = sorted(set(flags) - {"progress"})
+        if extra:
+            raise VaelabError(f"--resume continues a run with its own settings; only --epochs may be given "
+                              f"with it, not {flag_name(extra[0])}.")
+        run = api._read(a.resume)[0]
+        if epochs is not None:
+            run = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=int(epochs)))
+        if "progress" in flags:
+            run = dataclasses.replace(run, train=dataclasses.replace(run.train, progress=flags["progress"]))
+    else:
+        run = make_config(a.config_file, **flags)
+    run_dir = api.train(run, resume=a.resume, log=_say)
+    _report(run_dir)
+    return 0
+
+
+def _report(run_dir: Path) -> None:
+    ev = run_dir / "eval-test.json"
+    if ev.exists():
+        print(ev.read_text().strip())
+    pics = sorted(p.name for p in run_dir.glob("*.png"))
+    _say(f"run written to {run_dir}/ ({', '.join(pics)}; metrics.jsonl, eval-test.json)")
+
+
+def cmd_eval(a) -> int:
+    from . import api
+    res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
+                       progress=True)
+    print(json.dumps(res))
+    return 0
+
+
+def _out_path(run_dir: str, given: str | None, default: str) -> Path:
+    p = Path(given) if given else Path(run_dir) / default
+    if p.suffix.lower() != ".png":
+        raise VaelabError(f"-o {p} must be a .png file.")
+    if not p.parent.is_dir():
+        raise VaelabError(f"-o {p}: folder {p.parent} does not exist.")
+    return p
+
+
+def cmd_sample(a) -> int:
+    import torch
+    from . import api
+    from .images import save_grid
+    if a.n < 1:
+        raise VaelabError(f"-n must be at least 1, got {a.n}.")
+    out = _out_path(a.run_dir, a.o, "samples.png")
+    model = api.load(a.run_dir, a.checkpoint)
+    torch.manual_seed(a.seed)
+    print(save_grid(model.sample(a.n), out, nrow=a.nrow or None))
+    return 0
+
+
+def cmd_reconstruct(a) -> int:
+    from . import api
+    from .images import rows_interleaved, save_grid
+    out = _out_path(a.run_dir, a.o, "reconstructions.png")
+    model = api.load(a.run_dir, a.checkpoint)
+    x, _ = api.split_inputs(a.run_dir, a.split, a.data_dir)
+    x = x[: a.n]
+    print(save_grid(rows_interleaved(x, model.reconstruct(x), a.nrow), out, nrow=a.nrow))
+    return 0
+
+
+def cmd_interpolate(a) -> int:
+    from . import api
+    from .images import save_grid
+    if a.steps < 2 or a.pairs < 1:
+        raise VaelabError("--steps must be at least 2 and --pairs at least 1.")
+    out = _out_path(a.run_dir, a.o, "interpolation.png")
+    model = api.load(a.run_dir, a.checkpoint)
+    x, _ = api.split_inputs(a.run_dir, a.split, a.data_dir)
+    if 2 * a.pairs > len(x):
+        raise VaelabError(f"--pairs {a.pairs} needs {2 * a.pairs} images; the split has {len(x)}.")
+    print(save_grid(api.interpolate(model, x[: a.pairs], x[a.pairs: 2 * a.pairs], a.steps), out, nrow=a.steps))
+    return 0
+
+
+def cmd_manifold(a) -> int:
+    from . import api
+    from .images import manifold_codes, save_grid
+    model = api.load(a.run_dir, a.checkpoint)
+    if getattr(model.run_config.model, "latent_dim", 0) != 2:
+        raise VaelabError(f"{a.run_dir} has a {model.run_config.model.latent_dim}-D latent; "
+                          "the manifold grid needs --latent-dim 2.")
+    out = _out_path(a.run_dir, a.o, "manifold.png")
+    print(save_grid(model.decode(manifold_codes(a.n)).mean.detach(), out, nrow=a.n))
+    return 0
+
+
+def cmd_datasets(a) -> int:
+    from .data import list_datasets
+    for d in list_datasets(a.data_dir):
+        where = d["where"] or "not found"
+        print(f"{d['name']:<15} {'found' if d['found'] else 'missing':<8} {where}")
+    return 0
+
+
+DEMO = dict(data="digits", model="vae", arch="mlp", hidden=(256, 128), activation="relu", latent_dim=2,
+            likelihood="bernoulli", binarize="dynamic", epochs=150, batch_size=64, lr=2e-3,
+            lr_schedule="cosine", nll_samples=1000, seed=0)
+
+
+def cmd_demo(a) -> int:
+    from . import api
+    from .run import make_config
+    cfg = make_config(**{**DEMO, "epochs": a.epochs or DEMO["epochs"], "out": a.out, "overwrite": True,
+                         "progress": False})
+    t0 = time.perf_counter()
+    run_dir = api.train(cfg, log=_say)
+    _report(run_dir)
+    _say(f"demo finished in {time.perf_counter() - t0:.0f}s: open {run_dir}/samples.png, "
+         f"reconstructions.png and manifold.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vaelab", description="Autoencoders, VAEs and GANs on real images, measured honestly.",
+                allow_abbrev=False)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train a model", allow_abbrev=False)
+    _add_train_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    def run_cmd(name, help_, func, **extra):
+        s = sub.add_parser(name, help=help_, allow_abbrev=False)
+        s.add_argument("run_dir", metavar="RUN_DIR")
+        s.add_argument("--checkpoint", default="best", choices=("best", "last"))
+        s.add_argument("--data-dir", default=None)
+        s.add_argument("--split", default="test", choices=("train", "val", "test"))
+        for flag, kw in extra.items():
+            s.add_argument(*flag.split("|"), **kw)
+        s.set_defaults(func=func)
+        return s
+
+    run_cmd("eval", "ELBO, importance-sampled NLL and bits/dim as JSON", cmd_eval,
+            **{"--nll-samples|-k": dict(type=int, default=1000, help="importance samples K (up to 5000 and more)"),
+               "--batch-size": dict(type=int, default=100), "--device": dict(default="cpu")})
+    run_cmd("sample", "a grid of samples", cmd_sample,
+            **{"-n": dict(type=int, default=64), "-o": dict(default=None), "--nrow": dict(type=int, default=0),
+               "--seed": dict(type=int, default=0)})
+    run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
+            **{"-n": dict(type=int, default=32), "-o": dict(default=None), "--nrow": dict(type=int, default=8)})
+    run_cmd("interpolate", "decoded straight lines between encoded test images", cmd_interpolate,
+            **{"--pairs": dict(type=int, default=8), "--steps": dict(type=int, default=10),
+               "-o": dict(default=None)})
+    run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
+            **{"-n": dict(type=int, default=20), "-o": dict(default=None)})
+    d = sub.add_parser("datasets", help="list the datasets and where each was found", allow_abbrev=False)
+    d.add_argument("--data-dir", default=None)
+    d.set_defaults(func=cmd_datasets)
+    m = sub.add_parser("demo", help="train a VAE on the bundled digits (about a minute)", allow_abbrev=False)
+    m.add_argument("--out", default="runs/digits-vae")
+    m.add_argument("--epochs", type=int, default=None)
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except VaelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

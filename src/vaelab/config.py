@@ -1,0 +1,185 @@
+"""Config dataclasses and their one conversion path.
+
+Every setting is a field of a dataclass (``DataConfig``, ``TrainConfig``, or a model's own
+config such as ``VAEConfig``). A command-line flag ``--latent-dim`` and a config-file key
+``latent_dim`` / ``latent-dim`` name the same field, and both go through :func:`coerce`, so
+the CLI, a TOML/JSON ``--config`` file and the Python API accept exactly the same values.
+Unknown keys are errors, never silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import VaelabError
+
+FORMAT_VERSION = 1
+
+
+def opt(default, help: str, choices=None, flag: bool = True):
+    """A config field with its help text (and allowed values) for the CLI."""
+    kw = {"default_factory": (lambda d=default: d)} if isinstance(default, (list, dict)) else {"default": default}
+    return field(metadata={"help": help, "choices": choices, "flag": flag}, **kw)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str = opt("digits", "dataset name (see `vaelab datasets`)")
+    data_dir: str | None = opt(None, "folder holding one sub-folder per dataset (else $VAELAB_DATA, else standard places)")
+    val_size: int | None = opt(None, "images held out of the training set for validation (default 1/12 of it)")
+    split_seed: int = opt(0, "seed of the train/validation split")
+    binarize: str = opt("dynamic", "binarization of pixel intensities", ("none", "static", "dynamic"))
+    download: bool = opt(False, "download the official files (md5-checked) when not found")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = opt("vae", "model to train")
+    epochs: int = opt(10, "training epochs")
+    batch_size: int = opt(100, "minibatch size")
+    lr: float = opt(1e-3, "Adam learning rate")
+    lr_schedule: str = opt("constant", "learning-rate schedule over the epochs", ("constant", "cosine", "exponential"))
+    lr_final: float | None = opt(None, "final learning rate of a schedule (default lr/10)")
+    beta: float = opt(1.0, "weight of the KL term (beta-VAE)")
+    warmup_epochs: float = opt(0.0, "epochs over which the KL weight rises linearly from 0 to beta")
+    iw_samples: int = opt(1, "importance samples k of the training bound (1 = ELBO, >1 = IWAE bound)")
+    seed: int = opt(0, "random seed (weights, noise, batch order, dynamic binarization)")
+    grad_clip: float | None = opt(None, "clip the gradient norm to this value")
+    nll_samples: int = opt(100, "importance samples K for the test NLL at the end of training (0 = skip)")
+    device: str = opt("auto", "device: auto, cpu, cuda, cuda:N")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
+    out: str | None = opt(None, "run directory (default runs/<data>-<model>)")
+    overwrite: bool = opt(False, "replace an existing run in --out")
+    progress: bool = opt(True, "show a progress bar")
+
+
+def _unwrap_optional(tp):
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def coerce(cls, name: str, value: Any, where: str) -> Any:
+    """Convert ``value`` (a string from the CLI, or a TOML/JSON value) to field ``name`` of ``cls``."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    tp, optional = _unwrap_optional(field_types(cls)[name])
+    what = f"{where} {flag_name(name)}" if where == "flag" else f"key '{name}' in {where}"
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
+        if optional:
+            return None
+        raise VaelabError(f"{what} needs a value.")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                out = value
+            elif str(value).lower() in ("1", "true", "yes", "on"):
+                out = True
+            elif str(value).lower() in ("0", "false", "no", "off"):
+                out = False
+            else:
+                raise ValueError
+        elif tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            out = int(value)
+        elif tp is float:
+            out = float(value)
+        elif tp is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            out = str(value)
+        elif typing.get_origin(tp) is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            out = tuple(int(str(v).strip()) for v in items if str(v).strip() != "")
+            if any(v <= 0 for v in out):
+                raise ValueError
+        else:  # pragma: no cover - a field type this module does not know is a bug
+            raise TypeError(f"unsupported config type {tp}")
+    except (ValueError, TypeError):
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+            tp, "comma-separated positive integers such as 200,200")
+        raise VaelabError(f"{what} expects {kind}, got {value!r}.") from None
+    choices = f.metadata.get("choices")
+    if choices and out not in choices:
+        raise VaelabError(f"{what} must be one of {', '.join(choices)}, got {out!r}.")
+    return out
+
+
+def build(cls, values: dict[str, Any], where: str):
+    """Instantiate ``cls`` from ``values`` (already coerced), rejecting unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise VaelabError(f"unknown key '{unknown[0]}' in {where}; expected one of {', '.join(sorted(names))}.")
+    return cls(**values)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def from_dict(cls, d: dict[str, Any], where: str):
+    """Rebuild a config saved by :func:`to_dict` (lists back to tuples, types checked)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise VaelabError(f"unknown key '{unknown[0]}' in {where}; expected one of {', '.join(sorted(names))}.")
+    return cls(**{k: coerce(cls, k, v, where) for k, v in d.items()})
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a TOML or JSON file of settings into a flat dict of field names.
+
+    Keys may use dashes or underscores; tables/objects (e.g. ``[train]``) are flattened, since
+    every field name is unique across the config classes.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise VaelabError(f"cannot read --config file {path}: {e.strerror or e}.") from None
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(raw.decode("utf-8"))
+        elif p.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(raw.decode("utf-8"))
+        else:
+            raise VaelabError(f"--config file {path} must end in .toml or .json.")
+    except VaelabError:
+        raise
+    except Exception as e:  # json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError
+        raise VaelabError(f"--config file {path} is not valid {p.suffix[1:].upper()}: {e}.") from None
+    if not isinstance(data, dict):
+        raise VaelabError(f"--config file {path} must hold a table of settings.")
+    flat: dict[str, Any] = {}
+
+    def walk(d):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v)
+            else:
+                flat[str(k).replace("-", "_")] = v
+
+    walk(data)
+    return flat

@@ -1,0 +1,360 @@
+"""Named datasets: where their files are, how they load, and how they split.
+
+Every dataset comes back as uint8 images ``[N, C, H, W]`` holding the raw pixel values
+``0..levels-1`` and int64 labels, in three splits: train, validation (held out from the
+official train set) and test (the official test set).
+"""
+from __future__ import annotations
+
+import functools
+import operator
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaelab.errors import VaelabError
+
+from . import download as _download
+from .idx import read_idx
+
+DATA_ENV = "VAELAB_DATA"
+BUNDLED_SOURCE = "scikit-learn (bundled)"
+
+# The 4 official file names, the same for MNIST and Fashion-MNIST: (images, labels) per split.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_ALL_IDX_FILES = tuple(f for pair in IDX_FILES.values() for f in pair)
+_IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions (N, H, W)
+_LABELS_MAGIC = 0x00000801  # uint8, 1 dimension (N)
+
+# Folders where an operating-system package installs a dataset (Debian's
+# dataset-fashion-mnist); searched after the data roots. Module-level so tests can empty it.
+SYSTEM_DIRS: dict[str, list[Path]] = {
+    "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
+}
+
+# sklearn's digits have no official test split: this many images, picked by a fixed
+# permutation, play that role.
+DIGITS_TEST_SIZE = 360
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its data: image shape, pixel levels, classes."""
+
+    name: str
+    shape: tuple[int, ...]  # (C, H, W)
+    levels: int  # number of distinct raw pixel values: pixels are 0..levels-1
+    num_classes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (the shape as a list), the inverse of :meth:`from_dict`."""
+        return {"name": self.name, "shape": list(self.shape), "levels": self.levels,
+                "num_classes": self.num_classes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+        """Rebuild a spec from :meth:`to_dict`'s output (e.g. read back from a checkpoint)."""
+        missing = [k for k in ("name", "shape", "levels", "num_classes") if k not in d]
+        if missing:
+            raise VaelabError(f"the data spec {d!r} lacks the key(s) {', '.join(missing)}.")
+        return cls(name=str(d["name"]), shape=tuple(int(s) for s in d["shape"]),
+                   levels=int(d["levels"]), num_classes=int(d["num_classes"]))
+
+
+@dataclass
+class Split:
+    """Images ``x`` (uint8 ``[N, C, H, W]``, contiguous) and labels ``y`` (int64 ``[N]``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset: its spec, three splits, and where it was read from."""
+
+    spec: DataSpec
+    train: Split
+    val: Split  # 0 rows when val_size=0
+    test: Split
+    source: str  # the folder the files were read from, or "scikit-learn (bundled)"
+
+
+@dataclass(frozen=True)
+class _Info:
+    spec: DataSpec
+    description: str
+
+
+_DATASETS: dict[str, _Info] = {
+    "digits": _Info(DataSpec("digits", (1, 8, 8), 17, 10),
+                    "scikit-learn's 1,797 handwritten digits, 8x8, 17 grey levels "
+                    "(bundled, nothing to download)"),
+    "fashion-mnist": _Info(DataSpec("fashion-mnist", (1, 28, 28), 256, 10),
+                           "Zalando's Fashion-MNIST clothing images, 60,000 train + 10,000 "
+                           "test, 28x28, 256 grey levels"),
+    "mnist": _Info(DataSpec("mnist", (1, 28, 28), 256, 10),
+                   "MNIST handwritten digits, 60,000 train + 10,000 test, 28x28, "
+                   "256 grey levels"),
+}
+
+
+def dataset_names() -> list[str]:
+    """The names :func:`load_dataset` knows, sorted."""
+    return sorted(_DATASETS)
+
+
+def default_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The data roots to search, in order; each holds one folder per dataset (``<root>/mnist/``).
+
+    An explicit ``data_dir`` (the ``--data-dir`` flag) is the only root: the user asked for it.
+    Otherwise: ``$VAELAB_DATA`` if set, then ``./data``, then ``$XDG_DATA_HOME/vaelab``
+    (by default ``~/.local/share/vaelab``).
+    """
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    roots = []
+    env = os.environ.get(DATA_ENV)
+    if env:
+        roots.append(Path(env).expanduser())
+    roots += [Path.cwd() / "data", _user_data_root()]
+    return _unique(roots)
+
+
+def locate_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder holding all 4 IDX files of ``name``, or None if there is none.
+
+    Looks in ``<root>/<name>/`` for each root of :func:`default_data_dirs`, then (unless
+    ``data_dir`` is given) where a system package installs it. ``digits`` is bundled: None.
+    """
+    _info(name)
+    for folder in _candidate_folders(name, data_dir):
+        if all((folder / f).is_file() for f in _ALL_IDX_FILES):
+            return folder
+    return None
+
+
+def list_datasets(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One dict per dataset, ``{"name", "found", "where", "description"}``, for a listing."""
+    rows = []
+    for name in dataset_names():
+        if name == "digits":
+            where: str | None = BUNDLED_SOURCE
+        else:
+            folder = locate_dataset(name, data_dir)
+            where = str(folder) if folder is not None else None
+        rows.append({"name": name, "found": where is not None, "where": where,
+                     "description": _DATASETS[name].description})
+    return rows
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
+                 val_size: int | None = None, split_seed: int = 0,
+                 download: bool = False) -> Dataset:
+    """Load ``name`` with its train/validation/test splits.
+
+    The validation split is ``val_size`` images held out from the official train set by a
+    permutation seeded with ``split_seed`` (default size: 1/12 of it, 5000 for MNIST); train
+    keeps the rest in their original order. ``download=True`` fetches a missing MNIST or
+    Fashion-MNIST into the first data root. Bad input raises :class:`VaelabError`.
+    """
+    spec = _info(name).spec
+    if name == "digits":
+        (x_train, y_train), (x_test, y_test) = _digits_arrays()
+        source = BUNDLED_SOURCE
+    else:
+        folder = _find_or_download(name, data_dir, download)
+        (x_train, y_train), (x_test, y_test) = _idx_arrays_cached(folder, spec)
+        source = str(folder)
+    train_idx, val_idx = split_indices(len(y_train), val_size, split_seed)
+    return Dataset(spec=spec,
+                   train=_make_split(x_train, y_train, train_idx),
+                   val=_make_split(x_train, y_train, val_idx),
+                   test=_make_split(x_test, y_test, np.arange(len(y_test))),
+                   source=source)
+
+
+def split_indices(n: int, val_size: int | None, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, validation) indices into ``n`` training images: validation is the first
+    ``val_size`` of a permutation seeded by ``split_seed``, train is the rest."""
+    val_size = _check_val_size(n, val_size)
+    split_seed = _check_split_seed(split_seed)
+    perm = np.random.default_rng(split_seed).permutation(n)
+    # Sorting makes train keep the original order, whatever the permutation: an epoch's
+    # order is then the trainer's business alone.
+    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+
+
+# --- locating -----------------------------------------------------------------------------
+
+def _info(name: str) -> _Info:
+    if name not in _DATASETS:
+        raise VaelabError(f"unknown dataset {name!r}: the known datasets are "
+                          f"{', '.join(dataset_names())}.")
+    return _DATASETS[name]
+
+
+def _user_data_root() -> Path:
+    # XDG says a relative $XDG_DATA_HOME is invalid and must be ignored.
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "vaelab"
+
+
+def _download_root(data_dir: str | os.PathLike | None) -> Path:
+    """Where ``--download`` puts files: ``data_dir``, else $VAELAB_DATA, else the user's data
+    folder (not ./data, which would scatter copies wherever the command happens to run)."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else _user_data_root()
+
+
+def _candidate_folders(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
+    if name == "digits":
+        return []
+    folders = [root / name for root in default_data_dirs(data_dir)]
+    if data_dir is None:
+        folders += SYSTEM_DIRS.get(name, [])
+    return _unique(folders)
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    # $VAELAB_DATA may well be ./data; searching (and listing) it twice would only confuse.
+    return list(dict.fromkeys(paths))
+
+
+def _find_or_download(name: str, data_dir: str | os.PathLike | None, download: bool) -> Path:
+    folder = locate_dataset(name, data_dir)
+    if folder is not None:
+        return folder
+    if download:
+        return _download.download_dataset(name, _download_root(data_dir))
+    raise VaelabError(_not_found_message(name, data_dir))
+
+
+def _not_found_message(name: str, data_dir: str | os.PathLike | None) -> str:
+    places = _candidate_folders(name, data_dir)
+    notes = []
+    for folder in places:
+        present = [f for f in _ALL_IDX_FILES if (folder / f).is_file()]
+        if present:
+            missing = [f for f in _ALL_IDX_FILES if f not in present]
+            notes.append(f"{folder} lacks {', '.join(missing)}")
+    if data_dir is not None and (Path(data_dir).expanduser() / _ALL_IDX_FILES[0]).is_file():
+        # A common slip: --data-dir pointing at the dataset's own folder, not at its parent.
+        notes.append(f"{data_dir} holds IDX files itself, but --data-dir must be the folder "
+                     f"above, holding {name}/")
+    detail = f" ({'; '.join(notes)})" if notes else ""
+    return (f"cannot find the {name} dataset: looked for its 4 IDX files "
+            f"({', '.join(_ALL_IDX_FILES)}) in {', '.join(str(p) for p in places)}{detail}; "
+            f"pass --data-dir pointing to a folder that holds {name}/, or --download to fetch it.")
+
+
+# --- loading ------------------------------------------------------------------------------
+
+def _idx_arrays_cached(folder: Path, spec: DataSpec):
+    """The raw arrays of a folder, cached by the files' mtimes and sizes so that a replaced
+    file is read again while repeated loads (tests, sweeps) cost nothing."""
+    stamp = tuple(_stamp(folder / f) for f in _ALL_IDX_FILES)
+    return _load_idx_folder(folder.resolve(), spec, stamp)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _load_idx_folder(folder: Path, spec: DataSpec, stamp: tuple) -> tuple:
+    del stamp  # only part of the cache key
+    return tuple(_load_idx_pair(folder, images, labels, spec)
+                 for images, labels in IDX_FILES.values())
+
+
+def _load_idx_pair(folder: Path, images_file: str, labels_file: str,
+                   spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
+    images_path, labels_path = folder / images_file, folder / labels_file
+    x = read_idx(images_path, expected_magic=_IMAGES_MAGIC)
+    y = read_idx(labels_path, expected_magic=_LABELS_MAGIC)
+    if x.shape[1:] != spec.shape[1:]:
+        raise VaelabError(f"{images_path} holds {x.shape[1]}x{x.shape[2]} images, but "
+                          f"{spec.name} images are {spec.shape[1]}x{spec.shape[2]}.")
+    if len(x) != len(y):
+        raise VaelabError(f"{labels_path} holds {len(y)} labels, but {images_path} holds "
+                          f"{len(x)} images: the counts must agree.")
+    if len(y) and y.max() >= spec.num_classes:
+        raise VaelabError(f"{labels_path} holds label {int(y.max())}, but {spec.name} has "
+                          f"classes 0..{spec.num_classes - 1} only.")
+    x = x.reshape(len(x), *spec.shape)  # add the channel axis
+    _freeze(x, y)
+    return x, y
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple:
+    from sklearn.datasets import load_digits  # slow to import; only digits needs it
+
+    digits = load_digits()
+    x = digits.images.astype(np.uint8).reshape(-1, 1, 8, 8)  # whole values 0..16
+    y = digits.target.astype(np.int64)
+    # A fixed permutation, independent of split_seed, so the test set never changes.
+    perm = np.random.default_rng(0).permutation(len(y))
+    train, test = np.sort(perm[:-DIGITS_TEST_SIZE]), np.sort(perm[-DIGITS_TEST_SIZE:])
+    arrays = (x[train], y[train]), (x[test], y[test])
+    for pair in arrays:
+        _freeze(*pair)
+    return arrays
+
+
+def _freeze(*arrays: np.ndarray) -> None:
+    # Cached arrays are shared by every load: make an accidental in-place edit fail loudly.
+    for a in arrays:
+        a.flags.writeable = False
+
+
+def _make_split(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
+    # Fancy indexing copies, so the tensors own writable memory apart from the cache.
+    return Split(x=torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.uint8)),
+                 y=torch.from_numpy(y[idx].astype(np.int64)))
+
+
+def _whole_number(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number (numpy ints too, bools not), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _check_val_size(n: int, val_size: int | None) -> int:
+    if val_size is None:
+        return round(n / 12)
+    if _whole_number(val_size) is None:
+        raise VaelabError(f"--val-size must be a whole number, got {val_size!r}.")
+    val_size = _whole_number(val_size)
+    if not 0 <= val_size < n:
+        raise VaelabError(f"--val-size must be between 0 and {n - 1} (the training set has {n} "
+                          f"images), got {val_size}.")
+    return val_size
+
+
+def _check_split_seed(split_seed: int) -> int:
+    seed = _whole_number(split_seed)
+    if seed is None or seed < 0:
+        # numpy's generators take no negative seeds.
+        raise VaelabError(f"the split seed (--split-seed) must be a whole number >= 0, "
+                          f"got {split_seed!r}.")
+    return seed

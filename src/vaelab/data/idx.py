@@ -1,0 +1,117 @@
+"""Reader for the IDX format (the container of MNIST and Fashion-MNIST), gzipped or plain.
+
+The format (http://yann.lecun.com/exdb/mnist/): a 4-byte magic number made of two zero bytes,
+a type byte and the number of dimensions; then one big-endian int32 size per dimension; then
+the data, big-endian, row-major.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from vaelab.errors import VaelabError
+
+# Type byte -> big-endian numpy dtype, as the IDX spec lists them.
+IDX_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def describe_magic(magic: int) -> str:
+    """Say in words what a magic number declares, e.g. 0x00000803 -> 'uint8, 3 dimensions'."""
+    dtype = IDX_TYPES.get((magic >> 8) & 0xFF)
+    kind = dtype.newbyteorder("=").name if dtype is not None else "unknown type"
+    ndim = magic & 0xFF
+    return f"{kind}, {ndim} dimension{'s' if ndim != 1 else ''}"
+
+
+def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
+    """Read an IDX file (gzipped or not) into a native-endian numpy array of its declared shape.
+
+    ``expected_magic`` (e.g. ``0x00000803`` for uint8 images with 3 dimensions) makes a file
+    of another type or rank an error, so a caller never has to guess what it got.
+    Every problem with the file raises :class:`VaelabError` naming it.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise VaelabError(f"{path} is not an IDX file: it is only {len(data)} bytes long, "
+                          f"shorter than the 4-byte magic number.")
+    magic = int.from_bytes(data[:4], "big")
+    _check_magic(path, magic, expected_magic)
+
+    dtype = IDX_TYPES[data[2]]
+    ndim = data[3]
+    shape = _read_shape(path, data, ndim)
+    return _read_payload(path, data, dtype, shape, offset=4 + 4 * ndim)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's contents, decompressed when they are gzip."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise VaelabError(f"{path} does not exist.") from None
+    except IsADirectoryError:
+        raise VaelabError(f"{path} is a folder, not an IDX file.") from None
+    except OSError as e:
+        raise VaelabError(f"{path} cannot be read: {e.strerror or e}.") from None
+    # Decide by content, not by name: browsers often save these files already decompressed
+    # but keep the .gz name, and such a file is perfectly usable.
+    if not raw.startswith(_GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError:
+        raise VaelabError(f"{path} is a truncated gzip file: the compressed stream ends early "
+                          f"(an interrupted download?); delete it and fetch it again.") from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise VaelabError(f"{path} is a corrupt gzip file ({e}); delete it and fetch it "
+                          f"again.") from None
+
+
+def _check_magic(path: Path, magic: int, expected: int | None) -> None:
+    if expected is not None and magic != expected:
+        raise VaelabError(f"{path} is not the expected IDX file: expected magic 0x{expected:08x} "
+                          f"({describe_magic(expected)}), found 0x{magic:08x}.")
+    if magic >> 16 != 0 or (magic >> 8) & 0xFF not in IDX_TYPES:
+        types = "/".join(f"{t:02x}" for t in IDX_TYPES)
+        raise VaelabError(f"{path} is not an IDX file: expected a magic number of two zero bytes, "
+                          f"a type byte ({types}) and a dimension count, found 0x{magic:08x}.")
+
+
+def _read_shape(path: Path, data: bytes, ndim: int) -> tuple[int, ...]:
+    end = 4 + 4 * ndim
+    if len(data) < end:
+        raise VaelabError(f"{path} is truncated: its header declares {ndim} dimensions, "
+                          f"but the file ends after {len(data)} bytes, inside the list of sizes.")
+    # Sizes are big-endian *signed* int32 in the spec; read them unsigned so a corrupt header
+    # shows up as an absurd size in the message below rather than as a negative one.
+    return tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+
+
+def _read_payload(path: Path, data: bytes, dtype: np.dtype, shape: tuple[int, ...],
+                  offset: int) -> np.ndarray:
+    count = math.prod(shape)  # Python ints: a corrupt header cannot overflow this
+    expected = count * dtype.itemsize
+    found = len(data) - offset
+    if found != expected:
+        problem = "is truncated" if found < expected else "has trailing bytes"
+        raise VaelabError(f"{path} {problem}: its header declares shape {shape}, which is "
+                          f"{expected} bytes of data, but {found} bytes follow the header.")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    # Copy into native byte order: the result is writable and does not keep the whole
+    # decompressed file alive through a view.
+    return flat.astype(dtype.newbyteorder("="), copy=True).reshape(shape)

@@ -1,0 +1,68 @@
+"""Turning raw uint8 splits into model inputs, and batching them by index.
+
+Data lives as one tensor in memory (on the training device); a batch is ``x[idx]`` for a
+slice of a seeded permutation, never a per-item collate. Binarization:
+
+* ``none``: intensities scaled to [0, 1];
+* ``static``: one Bernoulli draw per pixel with a fixed seed, the same every epoch;
+* ``dynamic``: a fresh Bernoulli draw each time an image is used (the IWAE-paper protocol).
+
+Evaluation splits (validation, test) are binarized once with a fixed seed in both the static
+and dynamic cases, so every evaluation of every run sees the same binary images.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+BINARIZE_SEED = 1234  # fixed seed of every static/evaluation binarization
+
+
+def to_unit(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """uint8 raw values 0..levels-1 -> float32 in [0, 1]."""
+    return x.to(torch.float32) / (levels - 1)
+
+
+def binarize_fixed(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:
+    """One Bernoulli draw of x in [0, 1] with a fixed seed (independent of the global RNG)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.bernoulli(x.cpu(), generator=g).to(x.device)
+
+
+def eval_inputs(x: torch.Tensor, levels: int, binarize: str) -> torch.Tensor:
+    """The fixed float inputs for an evaluation split."""
+    u = to_unit(x, levels)
+    return u if binarize == "none" else binarize_fixed(u)
+
+
+class Batches:
+    """Minibatches of a training split: shuffled by index each epoch, binarized per mode.
+
+    The shuffling and dynamic binarization draw from ``generator`` (a CPU generator whose
+    state is checkpointed for exact resume).
+    """
+
+    def __init__(self, x: torch.Tensor, levels: int, binarize: str, batch_size: int,
+                 generator: torch.Generator, device: torch.device | str = "cpu"):
+        u = to_unit(x, levels)
+        if binarize == "static":
+            u = binarize_fixed(u)
+        self.x = u.to(device)  # [N, *shape], float32
+        self.dynamic = binarize == "dynamic"
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-self.x.shape[0] // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        n = self.x.shape[0]
+        perm = torch.randperm(n, generator=self.generator).to(self.x.device)
+        for i in range(0, n, self.batch_size):
+            xb = self.x[perm[i:i + self.batch_size]]
+            if self.dynamic:
+                # uniform noise from the checkpointed generator, so the draw is reproducible
+                u = torch.rand(xb.shape, generator=self.generator).to(xb.device)
+                xb = (u < xb).to(xb.dtype)
+            yield xb

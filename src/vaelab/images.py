@@ -1,0 +1,86 @@
+"""Pictures: image grids, reconstructions, interpolations, the AEVB manifold, training curves."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .training.checkpoint import atomic_write
+
+
+def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int | None = None) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> uint8 array [rows*(H+p)+p, nrow*(W+p)+p, C] on a white-ish
+    background; small images are enlarged by pixel repetition so 8x8 digits stay visible."""
+    x = images.detach().float().clamp(0, 1).cpu()
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    if scale is None:
+        scale = max(1, 32 // max(h, w))
+    h2, w2 = h * scale, w * scale
+    out = np.full((rows * (h2 + padding) + padding, nrow * (w2 + padding) + padding, c), 128, np.uint8)
+    arr = (x.numpy() * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)  # [N, H, W, C]
+    arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y0, x0 = padding + r * (h2 + padding), padding + col * (w2 + padding)
+        out[y0:y0 + h2, x0:x0 + w2] = arr[i]
+    return out
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Write a grid of images to a PNG (atomically)."""
+    arr = grid(images, nrow)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    path = Path(path)
+    atomic_write(path, lambda p: img.save(p, format="PNG"))
+    return path
+
+
+def rows_interleaved(top: torch.Tensor, bottom: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Stack groups of ``nrow`` so each row of ``top`` sits above the same row of ``bottom``."""
+    out = []
+    for i in range(0, top.shape[0], nrow):
+        out += [top[i:i + nrow], bottom[i:i + nrow]]
+    return torch.cat(out)
+
+
+def interpolation_codes(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
+    """Linear interpolation between code pairs: z0, z1 [P, D] -> [P * steps, D], row-major by pair."""
+    t = torch.linspace(0, 1, steps, device=z0.device).view(1, steps, 1)
+    return ((1 - t) * z0[:, None] + t * z1[:, None]).reshape(-1, z0.shape[-1])
+
+
+def manifold_codes(n: int) -> torch.Tensor:
+    """The AEVB paper's Figure 4 grid: linearly spaced coordinates of the unit square mapped
+    through the inverse Gaussian CDF, so equal areas carry equal prior mass: [n*n, 2]."""
+    u = torch.linspace(0.5 / n, 1 - 0.5 / n, n)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    zs = normal.icdf(u)
+    zy, zx = torch.meshgrid(zs.flip(0), zs, indexing="ij")  # top row = largest z2
+    return torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)
+
+
+def plot_curves(history: list[dict], path: str | Path) -> Path:
+    """Per-epoch training loss and validation score."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(epochs, [h["train_loss"] for h in history])
+    ax[0].set(xlabel="epoch", ylabel="training loss (nats/example)", title="training")
+    val = [(h["epoch"], h["val"]) for h in history if h.get("val") is not None]
+    if val:
+        ax[1].plot(*zip(*val), color="C1")
+    ax[1].set(xlabel="epoch", ylabel=f"validation {history[0].get('val_name', 'score') if history else ''}",
+              title="validation")
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return path

@@ -1,0 +1,134 @@
+"""Encoders and decoders derived from the data's shape: never hard-coded to 28x28.
+
+``mlp``: flatten -> hidden layers -> linear head. ``conv``: four stride-2 3x3 convolutions
+(each halves H and W, rounding up, so any size >= 1 works) and the mirror image of four
+transposed convolutions whose output padding is chosen to land exactly on the encoder's sizes.
+Decoders accept any leading dims on z (e.g. ``[K, B, D]`` importance samples).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import VaelabError
+
+ACTIVATIONS = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU,
+    "leaky-relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
+}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise VaelabError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}.") from None
+
+
+def _mlp(sizes: list[int], act: str, last_act: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or last_act:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """x [B, *shape] -> [B, out_dim]."""
+
+    def __init__(self, shape: tuple[int, ...], hidden: tuple[int, ...], act: str, out_dim: int):
+        super().__init__()
+        self.net = _mlp([math.prod(shape), *hidden, out_dim], act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    """z [..., D] -> [..., *shape] (unnormalised parameters, e.g. logits)."""
+
+    def __init__(self, latent_dim: int, hidden: tuple[int, ...], act: str, shape: tuple[int, ...], out_channels: int):
+        super().__init__()
+        self.shape = (out_channels, *shape[1:])
+        self.net = _mlp([latent_dim, *reversed(hidden), math.prod(self.shape)], act)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).unflatten(-1, self.shape)
+
+
+def conv_sizes(h: int, w: int, layers: int = 4) -> list[tuple[int, int]]:
+    """Spatial sizes after each stride-2, k=3, p=1 conv: ceil(n / 2)."""
+    sizes = [(h, w)]
+    for _ in range(layers):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        sizes.append((h, w))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """x [B, C, H, W] -> [B, out_dim] through four stride-2 convolutions."""
+
+    def __init__(self, shape: tuple[int, ...], channels: tuple[int, ...], act: str, out_dim: int):
+        super().__init__()
+        if len(shape) != 3:
+            raise VaelabError(f"--arch conv needs images of shape C,H,W; the data has shape {shape}.")
+        c, h, w = shape
+        sizes = conv_sizes(h, w, len(channels))
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip((c, *channels[:-1]), channels):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), activation(act)]
+        self.conv = nn.Sequential(*layers)
+        # state size: channels[-1] x sizes[-1]
+        self.head = nn.Linear(channels[-1] * sizes[-1][0] * sizes[-1][1], out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """z [..., D] -> [..., out_channels, H, W], mirroring :class:`ConvEncoder`."""
+
+    def __init__(self, latent_dim: int, channels: tuple[int, ...], act: str, shape: tuple[int, ...], out_channels: int):
+        super().__init__()
+        if len(shape) != 3:
+            raise VaelabError(f"--arch conv needs images of shape C,H,W; the data has shape {shape}.")
+        _, h, w = shape
+        sizes = conv_sizes(h, w, len(channels))
+        rev = tuple(reversed(channels))
+        self.start = (rev[0], *sizes[-1])
+        self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), activation(act))
+        layers: list[nn.Module] = []
+        outs = (*rev[1:], out_channels)
+        for i, (c_in, c_out) in enumerate(zip(rev, outs)):
+            (hi, wi), (ho, wo) = sizes[-1 - i], sizes[-2 - i]
+            # a k=3, s=2, p=1 transposed conv gives 2n - 1 + output_padding
+            pad = (ho - (2 * hi - 1), wo - (2 * wi - 1))
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
+            if i < len(rev) - 1:
+                layers.append(activation(act))
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        h = self.fc(z.reshape(-1, z.shape[-1])).view(-1, *self.start)
+        out = self.deconv(h)
+        return out.view(*lead, *out.shape[1:])
+
+
+def make_encoder(arch: str, shape, hidden, channels, act: str, out_dim: int) -> nn.Module:
+    if arch == "mlp":
+        return MLPEncoder(shape, hidden, act, out_dim)
+    if arch == "conv":
+        return ConvEncoder(shape, channels, act, out_dim)
+    raise VaelabError(f"--arch must be mlp or conv, got {arch!r}.")
+
+
+def make_decoder(arch: str, latent_dim: int, hidden, channels, act: str, shape, out_channels: int) -> nn.Module:
+    if arch == "mlp":
+        return MLPDecoder(latent_dim, hidden, act, shape, out_channels)
+    if arch == "conv":
+        return ConvDecoder(latent_dim, channels, act, shape, out_channels)
+    raise VaelabError(f"--arch must be mlp or conv, got {arch!r}.")

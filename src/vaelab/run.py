@@ -1,0 +1,112 @@
+"""A run's full configuration, and how flags, presets and config files combine into it.
+
+Precedence, lowest first: the dataclass defaults, a ``--preset``, a ``--config`` file, explicit
+flags (or keyword arguments of :func:`make_config`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .config import DataConfig, TrainConfig, build, coerce, flag_name, from_dict, read_config_file, to_dict
+from .errors import VaelabError
+from .registry import MODELS, get_model
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Burda et al. 2016 (IWAE), 1 stochastic layer: 784-200-200-50, tanh.
+    "iwae": {"arch": "mlp", "hidden": (200, 200), "activation": "tanh", "latent_dim": 50, "likelihood": "bernoulli"},
+    # Kingma & Welling 2014 (AEVB), MNIST: one hidden layer of 500 tanh units.
+    "aevb": {"arch": "mlp", "hidden": (500,), "activation": "tanh", "latent_dim": 20, "likelihood": "bernoulli"},
+    # pytorch/examples vae/main.py: 784-400-20, ReLU.
+    "pytorch-examples": {"arch": "mlp", "hidden": (400,), "activation": "relu", "latent_dim": 20,
+                         "likelihood": "bernoulli"},
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig
+    train: TrainConfig
+    model: Any  # the model's own config dataclass, e.g. VAEConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_name": self.train.model, "data": to_dict(self.data), "train": to_dict(self.train),
+                "model": to_dict(self.model)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> "RunConfig":
+        try:
+            entry = get_model(d["train"]["model"])
+            return cls(from_dict(DataConfig, d["data"], where), from_dict(TrainConfig, d["train"], where),
+                       from_dict(entry.config_cls, d["model"], where))
+        except (KeyError, TypeError, AttributeError):
+            raise VaelabError(f"{where} does not describe a vaelab run (missing data/train/model sections).") from None
+
+
+def _owner(name: str, model_cls) -> type | None:
+    for cls in (DataConfig, TrainConfig, model_cls):
+        if name in {f.name for f in dataclasses.fields(cls)}:
+            return cls
+    return None
+
+
+def make_config(config_file: str | None = None, **flags: Any) -> RunConfig:
+    """Build a :class:`RunConfig` from keyword flags (names as on the command line, with
+    underscores), an optional TOML/JSON file and an optional ``preset``.
+
+    Values may be strings as typed on the command line or Python values. Unknown names and
+    options that do not apply to the chosen model are errors.
+    """
+    file_vals = read_config_file(config_file) if config_file else {}
+    where_of = {k: f"--config file {config_file}" for k in file_vals}
+    where_of.update({k.replace("-", "_"): "flag" for k in flags})
+    values = {**file_vals, **{k.replace("-", "_"): v for k, v in flags.items()}}
+
+    model_name = values.get("model", TrainConfig.model)
+    model_name = coerce(TrainConfig, "model", model_name, where_of.get("model", "flag"))
+    entry = get_model(model_name)
+    preset = values.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise VaelabError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
+        values = {**PRESETS[preset], **values}
+        where_of.update({k: "flag" for k in PRESETS[preset] if k not in where_of})
+
+    parts: dict[type, dict[str, Any]] = {DataConfig: {}, TrainConfig: {}, entry.config_cls: {}}
+    for name, v in values.items():
+        where = where_of.get(name, "flag")
+        owner = _owner(name, entry.config_cls)
+        if owner is None:
+            if any(_owner(name, e.config_cls) for e in MODELS.values()):
+                raise VaelabError(f"{flag_name(name)} does not apply to --model {model_name}.")
+            src = "flag" if where == "flag" else where
+            raise VaelabError(f"unknown {'flag ' + flag_name(name) if src == 'flag' else 'key ' + repr(name) + ' in ' + src}.")
+        if not next(f for f in dataclasses.fields(owner) if f.name == name).metadata.get("flag", True):
+            raise VaelabError(f"{flag_name(name)} cannot be set: it is taken from the data.")
+        parts[owner][name] = coerce(owner, name, v, where)
+    cfg = RunConfig(build(DataConfig, parts[DataConfig], "flags"), build(TrainConfig, parts[TrainConfig], "flags"),
+                    build(entry.config_cls, parts[entry.config_cls], "flags"))
+    check(cfg)
+    return cfg
+
+
+def check(cfg: RunConfig) -> None:
+    """Cross-field checks, raised before any work starts."""
+    t = cfg.train
+    positive = {"epochs": t.epochs, "batch_size": t.batch_size, "iw_samples": t.iw_samples,
+                "latent_dim": getattr(cfg.model, "latent_dim", 1)}
+    for name, v in positive.items():
+        if v < 1:
+            raise VaelabError(f"{flag_name(name)} must be at least 1, got {v}.")
+    if t.lr <= 0:
+        raise VaelabError(f"--lr must be positive, got {t.lr}.")
+    if t.nll_samples < 0:
+        raise VaelabError(f"--nll-samples must be 0 (skip) or more, got {t.nll_samples}.")
+    if t.iw_samples > 1 and (t.beta != 1.0 or t.warmup_epochs > 0):
+        raise VaelabError("--beta and --warmup-epochs apply to the ELBO, not to the IWAE bound of --iw-samples > 1.")
+    gs = getattr(cfg.model, "gaussian_std", None)
+    if gs is not None and gs <= 0:
+        raise VaelabError(f"--gaussian-std must be positive, got {gs}.")
+    if getattr(cfg.model, "likelihood", None) == "bernoulli" and gs is not None:
+        raise VaelabError("--gaussian-std applies to --likelihood gaussian, not bernoulli.")

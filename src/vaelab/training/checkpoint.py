@@ -1,0 +1,140 @@
+"""Self-describing checkpoints: ``config.json`` + ``safetensors``. Nothing is pickled.
+
+A run directory holds:
+
+* ``config.json``: format version, model name and config, data config and spec, train config;
+* ``model.safetensors``: the weights after the last finished epoch (unwrapped module);
+* ``best.safetensors``: the weights with the best validation score so far;
+* ``resume.safetensors``: optimizer tensors and RNG states, with the loop position, history
+  and the non-tensor optimizer state as JSON metadata, for exact resume.
+
+Every file is written to a temporary name in the same folder and renamed, so a crash never
+leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import VaelabError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # torch.compile and DDP wrap the module; checkpoints always hold the plain one.
+    while hasattr(model, "_orig_mod") or hasattr(model, "module"):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
+
+
+def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any] | None = None) -> None:
+    sd = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    md = {k: json.dumps(v) for k, v in (meta or {}).items()}
+    atomic_write(path, lambda p: save_file(sd, p, metadata=md))
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise VaelabError(f"checkpoint {path} is missing.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise VaelabError(f"cannot read checkpoint {path}: it is not a valid safetensors file ({e}).") from None
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            md = f.metadata() or {}
+        return {k: json.loads(v) for k, v in md.items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise VaelabError(f"cannot read checkpoint {path}: it is not a valid safetensors file ({e}).") from None
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    sd = _read_tensors(path)
+    try:
+        _unwrap(model).load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise VaelabError(f"checkpoint {path} does not fit the model its config.json describes ({first}).") from None
+
+
+def save_resume(path: Path, optimizers: dict[str, torch.optim.Optimizer], rng: dict[str, torch.Tensor],
+                meta: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {f"rng.{k}": v.contiguous() for k, v in rng.items()}
+    optim_meta = {}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        plain: dict[str, dict[str, Any]] = {}
+        for idx, st in sd["state"].items():
+            for key, val in st.items():
+                if torch.is_tensor(val):
+                    tensors[f"optim.{name}.{idx}.{key}"] = val.detach().contiguous().cpu()
+                else:
+                    plain.setdefault(str(idx), {})[key] = val
+        optim_meta[name] = {"param_groups": sd["param_groups"], "plain_state": plain}
+    md = {"loop": json.dumps(meta), "optim": json.dumps(optim_meta)}
+    atomic_write(path, lambda p: save_file(tensors, p, metadata=md))
+
+
+def load_resume(path: Path, optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Restore optimizer states in place; return (rng states, loop metadata)."""
+    tensors = _read_tensors(path)
+    try:
+        md = read_metadata(path)
+        optim_meta, loop = md["optim"], md["loop"]
+        for name, opt in optimizers.items():
+            state: dict[int, dict[str, Any]] = {}
+            for key, val in tensors.items():
+                parts = key.split(".")
+                if parts[0] == "optim" and parts[1] == name:
+                    state.setdefault(int(parts[2]), {})[parts[3]] = val
+            for idx, plain in optim_meta[name]["plain_state"].items():
+                state.setdefault(int(idx), {}).update(plain)
+            opt.load_state_dict({"state": state, "param_groups": optim_meta[name]["param_groups"]})
+    except (KeyError, ValueError, IndexError) as e:
+        raise VaelabError(f"cannot resume from {path}: its optimizer state does not fit this run ({e}).") from None
+    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return rng, loop
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    p = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise VaelabError(f"run directory {run_dir} does not exist.")
+    if not p.is_file():
+        raise VaelabError(f"{run_dir} is not a vaelab run directory: {p.name} is missing.")
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise VaelabError(f"cannot read {p}: it is not valid JSON ({e}).") from None
+    if not isinstance(d, dict) or d.get("format_version") != FORMAT_VERSION:
+        raise VaelabError(f"{p} is not a vaelab run config of format version {FORMAT_VERSION}.")
+    return d

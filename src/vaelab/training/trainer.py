@@ -1,0 +1,189 @@
+"""The training loop: data in, checkpoints, metrics and pictures out. It knows nothing of
+models: everything model-specific comes from the registry entry."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import TrainConfig
+from ..data import load_dataset
+from ..data.transforms import Batches, eval_inputs
+from ..errors import VaelabError
+from ..registry import get_model
+from ..run import RunConfig
+from . import checkpoint as ckpt
+from .steps import StepContext
+
+RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise VaelabError(f"--device must be auto, cpu or cuda[:N], got {name!r}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VaelabError("--device cuda was asked for, but torch sees no CUDA GPU here.")
+    return dev
+
+
+def learning_rate(t: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based): a pure function, so resume needs no
+    scheduler state."""
+    final = t.lr_final if t.lr_final is not None else t.lr / 10
+    frac = epoch / max(1, t.epochs - 1)
+    if t.lr_schedule == "cosine":
+        return final + (t.lr - final) * 0.5 * (1 + math.cos(math.pi * frac))
+    if t.lr_schedule == "exponential":
+        return t.lr * (final / t.lr) ** frac
+    return t.lr
+
+
+def kl_weight(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    if t.warmup_epochs <= 0:
+        return t.beta
+    return t.beta * min(1.0, step / (t.warmup_epochs * steps_per_epoch))
+
+
+def default_out(run: RunConfig) -> Path:
+    return Path("runs") / f"{run.data.data}-{run.train.model}"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise VaelabError(f"--out {out} is a file, not a directory.")
+    if out.is_dir() and (out / "config.json").exists():
+        if not overwrite:
+            raise VaelabError(f"--out {out} already holds a run: pass --resume {out} to continue it, "
+                              "--overwrite to replace it, or another --out.")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
+    """Train ``run`` (or continue the run in ``resume``) and return its run directory.
+
+    The run directory receives config.json, the checkpoints, metrics.jsonl, eval.json and
+    pictures (samples, reconstructions, interpolation, curves, and for a 2-D latent the
+    manifold grid).
+    """
+    if resume is not None:
+        saved = ckpt.read_run_config(Path(resume))
+        old = RunConfig.from_dict(saved["run"], f"{resume}/config.json")
+        # Only the length of training may change on resume; everything else is the run's own.
+        run = dataclasses.replace(old, train=dataclasses.replace(old.train, epochs=run.train.epochs,
+                                                                  progress=run.train.progress))
+    t, d = run.train, run.data
+    entry = get_model(t.model)
+    device = resolve_device(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    ds = load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download)
+    model_cfg = dataclasses.replace(run.model, shape=tuple(ds.spec.shape))
+    if resume is not None and tuple(run.model.shape) != tuple(ds.spec.shape):
+        raise VaelabError(f"--resume {resume}: the run was trained on images of shape {run.model.shape}, "
+                          f"but {d.data} has {ds.spec.shape}.")
+    run = dataclasses.replace(run, model=model_cfg)
+    if t.batch_size > len(ds.train):
+        raise VaelabError(f"--batch-size {t.batch_size} is larger than the training set ({len(ds.train)} images).")
+
+    torch.manual_seed(t.seed)
+    model = entry.model_cls(model_cfg).to(device)
+    optimizers = entry.make_optimizers(model, t)
+    gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
+    batches = Batches(ds.train.x, ds.spec.levels, d.binarize, t.batch_size, gen, device)
+    x_val = eval_inputs(ds.val.x, ds.spec.levels, d.binarize).to(device)
+
+    out = Path(resume) if resume is not None else Path(t.out) if t.out else default_out(run)
+    start_epoch, step, history, best = 0, 0, [], -math.inf
+    if resume is not None:
+        if not (out / "resume.safetensors").exists():
+            raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
+        ckpt.load_weights(model, out / "model.safetensors")
+        rng, loop = ckpt.load_resume(out / "resume.safetensors", optimizers)
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["data"])
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        start_epoch, step, history, best = loop["epoch"], loop["global_step"], loop["history"], loop["best"]
+        if start_epoch >= t.epochs:
+            raise VaelabError(f"--resume {out}: the run already finished {start_epoch} epochs; "
+                              f"pass --epochs larger than {start_epoch} to continue it.")
+        log(f"resuming {out} at epoch {start_epoch + 1}/{t.epochs}")
+    else:
+        _prepare_out(out, t.overwrite)
+    config_doc = {"format_version": ckpt.FORMAT_VERSION, "vaelab_version": __version__,
+                  "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": ds.source}
+    ckpt.write_json(out / "config.json", config_doc)
+
+    ctx = StepContext(iw_samples=t.iw_samples, grad_clip=t.grad_clip)
+    n_params = sum(p.numel() for p in model.parameters())
+    if start_epoch == 0:
+        log(f"training {t.model} ({n_params:,} parameters) on {d.data} "
+            f"({len(ds.train)} train / {len(ds.val)} val) on {device} -> {out}")
+    for epoch in range(start_epoch, t.epochs):
+        lr = learning_rate(t, epoch)
+        for opt in optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = lr
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        taken = 0
+        t0 = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+                   disable=not t.progress or None, file=sys.stderr)
+        for i, xb in enumerate(bar):
+            ctx.kl_weight = kl_weight(t, step, len(batches))
+            m = entry.train_step(model, optimizers, xb, ctx)
+            step += 1
+            if m["skipped"].item():
+                continue
+            taken += 1
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{m['loss'].item():.2f}")
+        seconds = time.perf_counter() - t0
+        rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3),
+               "skipped_steps": len(batches) - taken,
+               "train_loss": (sums["loss"] / max(taken, 1)).item() if taken else float("nan")}
+        rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k not in ("loss", "skipped")})
+        model.eval()
+        if len(x_val):
+            with torch.no_grad():
+                scores = torch.cat([entry.val_score(model, x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
+            rec["val"] = scores.mean().item()
+            rec["val_name"] = entry.val_name
+        history.append(rec)
+        score = rec.get("val", -rec["train_loss"])
+        improved = score > best
+        best = max(best, score)
+        ckpt.save_weights(model, out / "model.safetensors", {"epoch": epoch + 1})
+        if improved:
+            ckpt.save_weights(model, out / "best.safetensors", {"epoch": epoch + 1})
+        rng = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        ckpt.save_resume(out / "resume.safetensors", optimizers, rng,
+                         {"epoch": epoch + 1, "global_step": step, "history": history, "best": best})
+        ckpt.atomic_write(out / "metrics.jsonl",
+                          lambda p: Path(p).write_text("".join(json.dumps(h) + "\n" for h in history)))
+        val_txt = f", val {entry.val_name} {rec['val']:.3f}" if "val" in rec else ""
+        log(f"epoch {epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.3f}{val_txt} ({seconds:.1f}s)")
+    return out

@@ -1,0 +1,50 @@
+"""Shared fixtures. Real data is found through $VAELAB_DATA (scripts/test.sh points it at
+../shared/data when that exists); where it is missing, tests that need it skip with a reason,
+except under CI=true, where a missing file is a failure."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _real_data_root():
+    env = os.environ.get("VAELAB_DATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return here if here.is_dir() else None
+
+
+def require_real(*relpaths):
+    """Return the real data directory holding every relpath, or skip (fail under CI=true)."""
+    root = _real_data_root()
+    missing = [p for p in relpaths if root is None or not (root / p).exists()]
+    if missing:
+        msg = f"real data missing: {', '.join(missing)} (set VAELAB_DATA to a folder like ../shared/data)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture
+def mnist_dir():
+    return require_real(*(f"mnist/{f}" for f in (
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")))
+
+
+@pytest.fixture
+def fashion_dir():
+    return require_real(*(f"fashion-mnist/{f}" for f in (
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")))
+
+
+@pytest.fixture(autouse=True)
+def _small_torch():
+    # Tests are tiny; one thread keeps them deterministic and avoids oversubscription.
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
