@@ -157,8 +157,8 @@ def cmd_datasets(a) -> int:
 
 
 DEMO = dict(data="digits", model="vae", arch="mlp", hidden=(256, 128), activation="relu", latent_dim=2,
-            likelihood="bernoulli", binarize="dynamic", epochs=150, batch_size=64, lr=2e-3,
-            lr_schedule="cosine", nll_samples=1000, seed=0)
+            likelihood="bernoulli", binarize="dynamic", epochs=500, batch_size=64, lr=2e-3,
+            lr_schedule="cosine", nll_samples=1000, seed=0, threads=1)
 
 
 def cmd_demo(a) -> int:
@@ -218,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:
+            flag = next((e for e in extra if e.startswith("-")), extra[0])
+            raise VaelabError(f"unknown {'flag' if flag.startswith('-') else 'argument'} {flag} for "
+                              f"vaelab {args.cmd} (see vaelab {args.cmd} --help).")
         return args.func(args)
     except VaelabError as e:
         print(f"error: {e}", file=sys.stderr)

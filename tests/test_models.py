@@ -1,0 +1,409 @@
+"""Contract tests for every model in the registry, every architecture and a range of image
+shapes: forward shapes, one training step, determinism, checkpoints, bad batches, resume and
+the config conversion path. Models are tiny (latent 4, hidden 16, channels 4-8)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.config import TrainConfig, coerce
+from vaelab.errors import VaelabError
+from vaelab.registry import MODELS
+from vaelab.run import make_config
+from vaelab.training import checkpoint as ckpt
+from vaelab.training.steps import StepContext
+
+SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 28, 20)]
+ARCHS = ["mlp", "conv"]
+SMALL = {"latent_dim": 4, "hidden": (16,), "channels": (4, 4, 8, 8)}
+B = 3
+
+
+def _config(entry, arch, shape, **extra):
+    """The entry's default config with the shape, arch and small sizes set (only the fields
+    that this model's config has, so a future model is covered without edits)."""
+    names = {f.name for f in dataclasses.fields(entry.config_cls)}
+    if arch != "mlp" and "arch" not in names:
+        pytest.skip(f"{entry.config_cls.__name__} has no arch field")
+    want = {"shape": shape, "arch": arch, **SMALL, **extra}
+    return dataclasses.replace(entry.config_cls(), **{k: v for k, v in want.items() if k in names})
+
+
+def _build(entry, cfg, seed=0):
+    torch.manual_seed(seed)
+    return entry.model_cls(cfg)
+
+
+def _batch(shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((B, *shape), 0.5), generator=g)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+CASES = [pytest.param((name, arch, shape), id=f"{name}-{arch}-{'x'.join(map(str, shape))}")
+         for name in MODELS for arch in ARCHS for shape in SHAPES]
+
+
+@pytest.fixture(params=CASES)
+def case(request):
+    name, arch, shape = request.param
+    entry = MODELS[name]
+    cfg = _config(entry, arch, shape)
+    return entry, cfg, shape
+
+
+def _vae_like(model):
+    if not all(hasattr(model, m) for m in ("encode", "decode", "log_weights")):
+        pytest.skip(f"{type(model).__name__} has no encoder/likelihood interface")
+
+
+# --------------------------------------------------------------------------------------------
+# forward shapes
+# --------------------------------------------------------------------------------------------
+
+def test_forward_shapes(case):
+    entry, cfg, shape = case
+    model = _build(entry, cfg).eval()
+    x = _batch(shape)
+    s = model.sample(5)
+    assert s.shape == (5, *shape) and torch.isfinite(s).all()
+    if not entry.has_likelihood:
+        return
+    _vae_like(model)
+    d = cfg.latent_dim
+    q = model.encode(x)
+    assert q.mu.shape == q.logvar.shape == (B, d)
+    p = model.decode(q.rsample())
+    params = p.logits if hasattr(p, "logits") else p.loc
+    assert params.shape == (B, *shape)
+    pk = model.decode(q.rsample(2))  # leading sample dims pass through the decoder
+    assert (pk.logits if hasattr(pk, "logits") else pk.loc).shape == (2, B, *shape)
+    lw = model.log_weights(x, 6)
+    assert lw.shape == (6, B) and torch.isfinite(lw).all()
+    r = model.reconstruct(x)
+    assert r.shape == (B, *shape)
+    if cfg.likelihood == "bernoulli":
+        assert ((s >= 0) & (s <= 1)).all() and ((r >= 0) & (r <= 1)).all()
+    out = model(x)
+    assert out.z.shape == (B, d)
+
+
+def test_forward_samples_z_from_the_posterior():
+    # out.z = mu + sigma * eps with eps ~ N(0, I): standardised residuals over 2000 copies of
+    # one input have mean 0 (within 5 s.e.) and std 1 (within 10%)
+    entry = MODELS["vae"]
+    model = _build(entry, _config(entry, "mlp", (1, 4, 4))).eval()
+    x = _batch((1, 4, 4))[:1].repeat(2000, 1, 1, 1)
+    with torch.no_grad():
+        out = model(x)
+    eps = (out.z - out.posterior.mu) / out.posterior.std
+    assert (eps.mean(0).abs() < 5 / np.sqrt(2000)).all()
+    assert ((eps.std(0) - 1).abs() < 0.1).all()
+
+
+def test_decoder_leading_dims_match_per_sample_decoding(case):
+    # decoding [K, B, D] at once equals decoding each [B, D] slice (the conv decoder reshapes)
+    entry, cfg, shape = case
+    model = _build(entry, cfg).eval()
+    _vae_like(model)
+    z = torch.randn(2, B, cfg.latent_dim)
+    with torch.no_grad():
+        whole = model.decode(z).mean
+        parts = torch.stack([model.decode(z[i]).mean for i in range(2)])
+    torch.testing.assert_close(whole, parts, atol=1e-6, rtol=1e-5)
+
+
+def test_decoder_outputs_are_unconstrained(case):
+    # the decoder's last layer has no activation: its outputs (logits, means) take both signs.
+    # At initialisation the conv decoder depends only weakly on z, so z is drawn wide.
+    entry, cfg, shape = case
+    model = _build(entry, cfg).eval()
+    _vae_like(model)
+    with torch.no_grad():
+        p = model.decode(100 * torch.randn(256, cfg.latent_dim))
+    params = p.logits if hasattr(p, "logits") else p.loc
+    assert params.min() < 0 < params.max()
+
+
+# --------------------------------------------------------------------------------------------
+# training step
+# --------------------------------------------------------------------------------------------
+
+def _step(entry, model, x, ctx=None, tcfg=None):
+    opts = entry.make_optimizers(model, tcfg or TrainConfig(lr=1e-2))
+    return opts, entry.train_step(model, opts, x, ctx or StepContext())
+
+
+def test_train_step_changes_weights(case):
+    entry, cfg, shape = case
+    model = _build(entry, cfg).train()
+    before = _weights(model)
+    _, m = _step(entry, model, _batch(shape))
+    assert m["skipped"].item() == 0
+    for k in ("loss",):
+        assert m[k].shape == () and torch.isfinite(m[k]) and not m[k].requires_grad
+    after = _weights(model)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "no parameter moved"
+    # every parameter that received a non-negligible gradient was updated
+    for name, p in model.named_parameters():
+        if p.grad is not None and p.grad.abs().max() > 1e-6:  # (a tiny one may round away)
+            assert name in changed, name
+
+
+@pytest.mark.parametrize("iw, beta", [(1, 1.0), (1, 0.3), (4, 1.0)])
+def test_vae_step_reports_the_objective_it_optimises(iw, beta):
+    # recompute the loss from the same random draws (same seed, same weights) with
+    # torch.distributions and scipy, independently of vaelab.losses
+    from scipy.special import logsumexp
+    from torch import distributions as td
+
+    entry = MODELS["vae"]
+    cfg = _config(entry, "mlp", (1, 4, 4))
+    model = _build(entry, cfg).train()
+    x = _batch((1, 4, 4))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        if iw > 1:
+            lw = model.log_weights(x, iw)
+            bound = torch.from_numpy(logsumexp(lw.double().numpy(), 0) - np.log(iw)).float()
+        else:
+            out = model(x)
+            q = out.posterior
+            rec = td.Bernoulli(logits=out.likelihood.logits).log_prob(x).sum((1, 2, 3))
+            kl = td.kl_divergence(td.Normal(q.mu, q.std), td.Normal(0.0, 1.0)).sum(-1)
+    torch.manual_seed(3)
+    _, m = _step(entry, model, x, StepContext(iw_samples=iw, kl_weight=beta))
+    if iw > 1:
+        torch.testing.assert_close(m["bound"], bound.mean())
+        torch.testing.assert_close(m["loss"], -bound.mean())
+    else:
+        torch.testing.assert_close(m["kl"], kl.mean())
+        torch.testing.assert_close(m["elbo"], (rec - kl).mean())
+        torch.testing.assert_close(m["loss"], (beta * kl - rec).mean())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_iwae_step_and_learned_gaussian_scale(arch):
+    for name, entry in MODELS.items():
+        names = {f.name for f in dataclasses.fields(entry.config_cls)}
+        if not entry.has_likelihood or "likelihood" not in names:
+            continue
+        cfg = _config(entry, arch, (1, 8, 8), likelihood="gaussian", gaussian_std=None)
+        model = _build(entry, cfg).train()
+        before = _weights(model)
+        x = torch.rand(B, 1, 8, 8)
+        _, m = _step(entry, model, x, StepContext(iw_samples=3))
+        assert m["skipped"].item() == 0 and torch.isfinite(m["loss"])
+        after = _weights(model)
+        assert "log_scale" in before and not torch.equal(before["log_scale"], after["log_scale"])
+
+
+def test_val_score_does_not_change_weights(case):
+    entry, cfg, shape = case
+    model = _build(entry, cfg).eval()
+    before = _weights(model)
+    with torch.no_grad():
+        s = entry.val_score(model, _batch(shape))
+    assert s.shape == (B,) and torch.isfinite(s).all()
+    assert _same(before, _weights(model))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_determinism(case):
+    entry, cfg, shape = case
+    runs = []
+    for _ in range(2):
+        model = _build(entry, cfg, seed=123).train()
+        w0 = _weights(model)
+        torch.manual_seed(7)
+        _, m1 = _step(entry, model, _batch(shape))
+        _, m2 = _step(entry, model, _batch(shape, seed=2))
+        runs.append((w0, m1, m2, _weights(model)))
+    (w0a, m1a, m2a, wa), (w0b, m1b, m2b, wb) = runs
+    assert _same(w0a, w0b)
+    assert _same(m1a, m1b) and _same(m2a, m2b)
+    assert _same(wa, wb)
+    # and a different seed gives different initial weights (the check above is not vacuous)
+    assert not _same(w0a, _weights(_build(entry, cfg, seed=124)))
+
+
+def test_nan_batch_is_skipped(case):
+    entry, cfg, shape = case
+    model = _build(entry, cfg).train()
+    opts = entry.make_optimizers(model, TrainConfig(lr=1e-2))
+    before = _weights(model)
+    x = torch.full((B, *shape), float("nan"))
+    m = entry.train_step(model, opts, x, StepContext())
+    assert m["skipped"].item() == 1
+    assert _same(before, _weights(model))
+    assert all(len(o.state) == 0 for o in opts.values())  # the optimizer took no step either
+    # a good batch afterwards is taken
+    m = entry.train_step(model, opts, _batch(shape), StepContext())
+    assert m["skipped"].item() == 0
+    assert not _same(before, _weights(model))
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+
+def test_weights_round_trip(case, tmp_path):
+    entry, cfg, shape = case
+    model = _build(entry, cfg, seed=1).eval()
+    _step(entry, model.train(), _batch(shape))  # weights that are not the initial ones
+    model.eval()
+    path = tmp_path / "model.safetensors"
+    ckpt.save_weights(model, path, {"epoch": 3})
+    assert ckpt.read_metadata(path) == {"epoch": 3}
+    other = _build(entry, cfg, seed=2).eval()
+    assert not _same(_weights(model), _weights(other))
+    ckpt.load_weights(other, path)
+    assert _same(_weights(model), _weights(other))
+    torch.manual_seed(5)
+    a = model.sample(4)
+    torch.manual_seed(5)
+    b = other.sample(4)
+    assert torch.equal(a, b)
+    if hasattr(model, "reconstruct"):
+        x = _batch(shape)
+        assert torch.equal(model.reconstruct(x), other.reconstruct(x))
+
+
+def _adam_state_equal(sd_a, sd_b):
+    assert sd_a["state"].keys() == sd_b["state"].keys()
+    for i in sd_a["state"]:
+        sa, sb = sd_a["state"][i], sd_b["state"][i]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            if torch.is_tensor(sa[k]):
+                assert torch.is_tensor(sb[k]) and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), (i, k)
+            else:
+                assert sa[k] == sb[k], (i, k)
+    assert len(sd_a["param_groups"]) == len(sd_b["param_groups"])
+    for ga, gb in zip(sd_a["param_groups"], sd_b["param_groups"]):
+        assert ga.keys() == gb.keys()
+        for k in ga:
+            va, vb = ga[k], gb[k]
+            if isinstance(va, (list, tuple)):
+                va, vb = list(va), list(vb)
+            assert va == vb, k
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resume_round_trips_optimizer_state(arch, tmp_path):
+    for name, entry in MODELS.items():
+        cfg = _config(entry, arch, (1, 8, 8))
+        tcfg = TrainConfig(lr=3e-3)
+        model = _build(entry, cfg).train()
+        opts = entry.make_optimizers(model, tcfg)
+        for s in range(3):
+            entry.train_step(model, opts, _batch((1, 8, 8), seed=s), StepContext())
+        rng = {"torch": torch.get_rng_state(), "data": torch.Generator().manual_seed(9).get_state()}
+        ckpt.save_weights(model, tmp_path / f"{name}.safetensors")
+        ckpt.save_resume(tmp_path / f"{name}-resume.safetensors", opts, rng, {"epoch": 2, "history": [{"a": 1.5}]})
+
+        fresh = _build(entry, cfg, seed=99).train()
+        fresh_opts = entry.make_optimizers(fresh, tcfg)
+        ckpt.load_weights(fresh, tmp_path / f"{name}.safetensors")
+        rng2, loop = ckpt.load_resume(tmp_path / f"{name}-resume.safetensors", fresh_opts)
+        assert loop == {"epoch": 2, "history": [{"a": 1.5}]}
+        assert rng2.keys() == rng.keys() and all(torch.equal(rng[k], rng2[k]) for k in rng)
+        assert fresh_opts.keys() == opts.keys()
+        for k in opts:
+            _adam_state_equal(opts[k].state_dict(), fresh_opts[k].state_dict())
+        # the next step is identical for the original and the resumed pair
+        x = _batch((1, 8, 8), seed=10)
+        torch.manual_seed(11)
+        ma = entry.train_step(model, opts, x, StepContext())
+        torch.manual_seed(11)
+        mb = entry.train_step(fresh, fresh_opts, x, StepContext())
+        assert _same(ma, mb)
+        assert _same(_weights(model), _weights(fresh))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_load_weights_errors_name_the_file(name, tmp_path):
+    entry = MODELS[name]
+    model = _build(entry, _config(entry, "mlp", (1, 8, 8)))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00\x13not a safetensors file at all" * 7)
+    with pytest.raises(VaelabError, match="garbage.safetensors"):
+        ckpt.load_weights(model, garbage)
+    other = _build(entry, _config(entry, "mlp", (1, 28, 28)))
+    wrong = tmp_path / "wrong-shape.safetensors"
+    ckpt.save_weights(other, wrong)
+    with pytest.raises(VaelabError, match="wrong-shape.safetensors"):
+        ckpt.load_weights(model, wrong)
+    with pytest.raises(VaelabError, match="missing.safetensors"):
+        ckpt.load_weights(model, tmp_path / "missing.safetensors")
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoint.load_weights calls load_state_dict(strict=True) on the live "
+                   "model: torch copies every tensor whose shape fits before raising on the mismatched ones, so "
+                   "a rejected checkpoint leaves the model half overwritten")
+@pytest.mark.parametrize("name", list(MODELS))
+def test_rejected_checkpoint_leaves_model_untouched(name, tmp_path):
+    entry = MODELS[name]
+    model = _build(entry, _config(entry, "mlp", (1, 8, 8)), seed=0)
+    # same hidden and latent sizes, other image size: only the first and last layers differ
+    other = _build(entry, _config(entry, "mlp", (1, 28, 28)), seed=1)
+    wrong = tmp_path / "wrong-shape.safetensors"
+    ckpt.save_weights(other, wrong)
+    before = _weights(model)
+    with pytest.raises(VaelabError):
+        ckpt.load_weights(model, wrong)
+    assert _same(before, _weights(model))
+
+
+# --------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------
+
+def test_make_config_defaults_and_values():
+    cfg = make_config(hidden="200,200", latent_dim="3", lr="0.01", arch="conv")
+    assert cfg.model.hidden == (200, 200) and cfg.model.latent_dim == 3 and cfg.model.arch == "conv"
+    assert cfg.train.lr == 0.01
+
+
+def test_make_config_rejects_unknown_flag():
+    with pytest.raises(VaelabError, match="--no-such-flag"):
+        make_config(no_such_flag=1)
+
+
+def test_make_config_rejects_bad_choice():
+    with pytest.raises(VaelabError, match="--arch.*transformer"):
+        make_config(arch="transformer")
+    with pytest.raises(VaelabError, match="--lr-schedule"):
+        make_config(lr_schedule="linear")
+
+
+@pytest.mark.parametrize("bad", ["200,abc", "2.5", "200,-1", "0"])
+def test_make_config_rejects_bad_hidden(bad):
+    with pytest.raises(VaelabError, match="--hidden"):
+        make_config(hidden=bad)
+
+
+def test_coerce_conversions():
+    from vaelab.models.vae import VAEConfig
+    assert coerce(VAEConfig, "hidden", "200,200", "flag") == (200, 200)
+    assert coerce(VAEConfig, "hidden", " 300 , 100 ", "flag") == (300, 100)
+    assert coerce(VAEConfig, "hidden", [64], "flag") == (64,)
+    assert coerce(VAEConfig, "latent_dim", "7", "flag") == 7
+    assert coerce(VAEConfig, "gaussian_std", "none", "flag") is None
+    assert coerce(VAEConfig, "gaussian_std", "0.5", "flag") == 0.5
+    assert coerce(TrainConfig, "progress", "off", "flag") is False
+    with pytest.raises(VaelabError):
+        coerce(VAEConfig, "latent_dim", 2.5, "flag")
+    with pytest.raises(VaelabError):
+        coerce(TrainConfig, "progress", "maybe", "flag")
