@@ -349,9 +349,6 @@ def test_load_weights_errors_name_the_file(name, tmp_path):
         ckpt.load_weights(model, tmp_path / "missing.safetensors")
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.load_weights calls load_state_dict(strict=True) on the live "
-                   "model: torch copies every tensor whose shape fits before raising on the mismatched ones, so "
-                   "a rejected checkpoint leaves the model half overwritten")
 @pytest.mark.parametrize("name", list(MODELS))
 def test_rejected_checkpoint_leaves_model_untouched(name, tmp_path):
     entry = MODELS[name]

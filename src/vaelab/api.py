@@ -16,7 +16,7 @@ import torch
 from .data import DataSpec, load_dataset
 from .data.transforms import eval_inputs
 from .errors import VaelabError
-from .evaluate import evaluate_likelihood
+from .likelihood import evaluate_likelihood
 from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
 from .registry import get_model
 from .run import RunConfig

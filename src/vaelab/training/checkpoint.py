@@ -79,11 +79,17 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     sd = _read_tensors(path)
-    try:
-        _unwrap(model).load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise VaelabError(f"checkpoint {path} does not fit the model its config.json describes ({first}).") from None
+    target = _unwrap(model)
+    # Check every name and shape before copying anything: load_state_dict copies the tensors
+    # that fit before it raises on those that do not, which would leave the model half loaded.
+    own = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    if own != got:
+        diff = sorted(set(own) ^ set(got)) or sorted(k for k in own if own[k] != got[k])
+        k = diff[0]
+        raise VaelabError(f"checkpoint {path} does not fit the model its config.json describes: {k} is "
+                          f"{got.get(k, 'missing')} in the file, {own.get(k, 'absent')} in the model.")
+    target.load_state_dict(sd, strict=True)
 
 
 def save_resume(path: Path, optimizers: dict[str, torch.optim.Optimizer], rng: dict[str, torch.Tensor],

@@ -35,7 +35,7 @@ def log_likelihood_is(model, x: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     """
     q = model.encode(x)
     chunk = max(1, min(k, CHUNK_ELEMENTS // max(1, x[0].numel() * x.shape[0])))
-    lse, total = [], torch.zeros(x.shape[0], device=x.device)
+    lse, total = [], 0.0
     for start in range(0, k, chunk):
         lw = model.log_weights(x, min(chunk, k - start), q)  # [c, B]
         lse.append(torch.logsumexp(lw, 0))
