@@ -48,6 +48,8 @@ class TrainConfig:
     beta: float = opt(1.0, "weight of the KL term (beta-VAE)")
     warmup_epochs: float = opt(0.0, "epochs over which the KL weight rises linearly from 0 to beta")
     iw_samples: int = opt(1, "importance samples k of the training bound (1 = ELBO, >1 = IWAE bound)")
+    time_budget: float | None = opt(None, "stop after this many minutes of training (the schedule then runs on "
+                                         "elapsed time; --epochs is the upper bound)")
     seed: int = opt(0, "random seed (weights, noise, batch order, dynamic binarization)")
     grad_clip: float | None = opt(None, "clip the gradient norm to this value")
     nll_samples: int = opt(100, "importance samples K for the test NLL at the end of training (0 = skip)")

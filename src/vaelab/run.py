@@ -101,6 +101,8 @@ def check(cfg: RunConfig) -> None:
             raise VaelabError(f"{flag_name(name)} must be at least 1, got {v}.")
     if t.lr <= 0:
         raise VaelabError(f"--lr must be positive, got {t.lr}.")
+    if t.time_budget is not None and t.time_budget <= 0:
+        raise VaelabError(f"--time-budget must be a positive number of minutes, got {t.time_budget}.")
     if t.nll_samples < 0:
         raise VaelabError(f"--nll-samples must be 0 (skip) or more, got {t.nll_samples}.")
     if t.iw_samples > 1 and (t.beta != 1.0 or t.warmup_epochs > 0):

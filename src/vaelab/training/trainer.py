@@ -38,11 +38,15 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def learning_rate(t: TrainConfig, epoch: int) -> float:
+def learning_rate(t: TrainConfig, epoch: int, elapsed: float = 0.0) -> float:
     """The learning rate of epoch ``epoch`` (0-based): a pure function, so resume needs no
-    scheduler state."""
+    scheduler state. With a time budget, progress is the fraction of it spent (``elapsed``
+    seconds), so the schedule ends when the budget does."""
     final = t.lr_final if t.lr_final is not None else t.lr / 10
-    frac = epoch / max(1, t.epochs - 1)
+    if t.time_budget:
+        frac = min(1.0, elapsed / (60 * t.time_budget))
+    else:
+        frac = epoch / max(1, t.epochs - 1)
     if t.lr_schedule == "cosine":
         return final + (t.lr - final) * 0.5 * (1 + math.cos(math.pi * frac))
     if t.lr_schedule == "exponential":
@@ -138,7 +142,11 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         log(f"training {t.model} ({n_params:,} parameters) on {d.data} "
             f"({len(ds.train)} train / {len(ds.val)} val) on {device} -> {out}")
     for epoch in range(start_epoch, t.epochs):
-        lr = learning_rate(t, epoch)
+        elapsed = sum(h["seconds"] for h in history)
+        if t.time_budget and elapsed >= 60 * t.time_budget:
+            log(f"time budget of {t.time_budget:g} min spent after {epoch} epochs")
+            break
+        lr = learning_rate(t, epoch, elapsed)
         for opt in optimizers.values():
             for g in opt.param_groups:
                 g["lr"] = lr
