@@ -148,6 +148,21 @@ def test_unreadable_checkpoint_leaves_nothing(capsys, tmp_path, run_dir):
     fails(capsys, ["eval", str(broken)], "config.json")
 
 
+def test_checkpoint_that_does_not_fit_the_architecture(capsys, tmp_path, run_dir):
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    doc = json.loads((other / "config.json").read_text())
+    doc["run"]["model"]["hidden"] = [48]  # the weights on disk were trained with --hidden 32
+    (other / "config.json").write_text(json.dumps(doc))
+    fails(capsys, ["sample", str(other), "-o", str(tmp_path / "s.png")], "best.safetensors", "does not fit")
+    assert not (tmp_path / "s.png").exists()
+    doc["run"]["model"]["hidden"] = [32]
+    doc["run"]["model"]["shape"] = doc["data_spec"]["shape"] = [1, 28, 28]  # claims MNIST-sized images
+    (other / "config.json").write_text(json.dumps(doc))
+    fails(capsys, ["eval", str(other)], "best.safetensors")
+
+
 def test_console_script_runs_in_a_subprocess(tmp_path):
     exe = Path(sys.executable).parent / "vaelab"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vaelab.cli"]

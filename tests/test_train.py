@@ -101,3 +101,15 @@ def test_mnist_real_data_trains(mnist_dir, tmp_path):
     assert res["n"] == 10000
     # one epoch of the IWAE net: well below the ~543 nats of an untrained model, far from converged
     assert 100 < res["nll"] < 250
+
+
+def test_time_budget_stops_training_and_drives_the_schedule(tmp_path):
+    from vaelab.config import TrainConfig
+    from vaelab.training.trainer import learning_rate
+    run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 50, "nll_samples": 0}, time_budget=1e-4,
+                                          out=str(tmp_path / "tb")), log=lambda m: None)
+    assert len(_lines(run)) == 1  # 6 ms of budget: the first epoch spends it
+    t = TrainConfig(lr=1e-3, lr_final=1e-4, lr_schedule="exponential", epochs=100000, time_budget=10.0)
+    assert learning_rate(t, 0, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(t, 5, 300.0) == pytest.approx(1e-3 * 0.1 ** 0.5)  # half the budget spent
+    assert learning_rate(t, 9, 900.0) == pytest.approx(1e-4)

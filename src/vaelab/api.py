@@ -35,7 +35,7 @@ def _read(run_dir) -> tuple[RunConfig, DataSpec, dict]:
     return RunConfig.from_dict(doc.get("run", {}), where), spec, doc
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> torch.nn.Module:
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> torch.nn.Module:
     """The trained model of a run, in eval mode, with ``encode``, ``decode``, ``sample``,
     ``reconstruct``. ``checkpoint`` is ``best`` (best validation score) or ``last``.
     The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``."""
@@ -66,7 +66,7 @@ def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> t
 
 
 def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
-             data_dir: str | None = None, device: str = "cpu", progress: bool = False, save: bool = True) -> dict:
+             data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True) -> dict:
     """ELBO, importance-sampled NLL and bits/dim (nats per example) of a run on a split;
     saved as ``eval-<split>.json`` in the run directory."""
     if k < 1:
@@ -118,7 +118,6 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
     run_dir = _train_loop(config, resume=resume, **kw)
     run, _, _ = _read(run_dir)
     if run.train.nll_samples > 0 and get_model(run.train.model).has_likelihood:
-        evaluate(run_dir, "test", run.train.nll_samples, data_dir=run.data.data_dir,
-                 device=run.train.device if run.train.device != "auto" else str(resolve_device("auto")))
+        evaluate(run_dir, "test", run.train.nll_samples, data_dir=run.data.data_dir, device=run.train.device)
     pictures(run_dir, data_dir=run.data.data_dir)
     return run_dir

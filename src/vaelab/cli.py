@@ -77,8 +77,8 @@ def _report(run_dir: Path) -> None:
     ev = run_dir / "eval-test.json"
     if ev.exists():
         print(ev.read_text().strip())
-    pics = sorted(p.name for p in run_dir.glob("*.png"))
-    _say(f"run written to {run_dir}/ ({', '.join(pics)}; metrics.jsonl, eval-test.json)")
+    files = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".png", ".json", ".jsonl"))
+    _say(f"run written to {run_dir}/: {', '.join(files)}")
 
 
 def cmd_eval(a) -> int:
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_cmd("eval", "ELBO, importance-sampled NLL and bits/dim as JSON", cmd_eval,
             **{"--nll-samples|-k": dict(type=int, default=1000, help="importance samples K (up to 5000 and more)"),
-               "--batch-size": dict(type=int, default=100), "--device": dict(default="cpu")})
+               "--batch-size": dict(type=int, default=100), "--device": dict(default="auto")})
     run_cmd("sample", "a grid of samples", cmd_sample,
             **{"-n": dict(type=int, default=64), "-o": dict(default=None), "--nrow": dict(type=int, default=0),
                "--seed": dict(type=int, default=0)})
