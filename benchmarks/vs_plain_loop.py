@@ -106,10 +106,13 @@ def main() -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     hist = [json.loads(x) for x in (Path(a.out) / "metrics.jsonl").read_text().splitlines()]
     x_test, _ = split_inputs(a.out, "test", a.data_dir)  # the fixed binarized test set both are scored on
-    model = vaelab.load(a.out)
+    model = vaelab.load(a.out, device="cpu")
     ours_own = vaelab.evaluate(a.out, k=a.nll_samples, data_dir=a.data_dir, save=False)["nll"]
-    ours_plain = plain_nll(lambda x: (model.encode(x).mu, model.encode(x).logvar), model.decoder, x_test,
-                           a.nll_samples)
+    def ours_encode(x):
+        q = model.encode(x)
+        return q.mu, q.logvar
+
+    ours_plain = plain_nll(ours_encode, model.decoder, x_test, a.nll_samples)
     print(json.dumps({"benchmark": "vs_plain_loop", "case": "vaelab train", "epochs": len(hist),
                       "train_seconds": round(sum(h["seconds"] for h in hist), 1),
                       "test_nll_plain_estimator": round(ours_plain, 3), "test_nll_vaelab_estimator": round(ours_own, 3),

@@ -10,7 +10,6 @@ stamp="$venv/.vaelab-installed"
 want="$(cat "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setting up $venv (torch 2.13.0 CPU, then vaelab and its test tools)..." >&2
-    "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
     "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
     "$venv/bin/python" -m pip install --quiet -e "$root[test]"
     echo "$want" > "$stamp"

@@ -105,6 +105,12 @@ def test_bad_inputs(capsys, tmp_path, run_dir, broken_mnist):
     fails(capsys, ["train", "--batch-size", "5000", "--out", str(out)], "--batch-size")
     fails(capsys, ["train", "--likelihood", "bernoulli", "--gaussian-std", "0.1", "--out", str(out)],
           "--gaussian-std")
+    fails(capsys, ["train", "--lr", "nan", "--out", str(out)], "--lr", "finite")
+    fails(capsys, ["train", "--grad-clip", "-1", "--out", str(out)], "--grad-clip", "positive")
+    fails(capsys, ["train", "--lr-final", "0", "--out", str(out)], "--lr-final", "positive")
+    fails(capsys, ["train", "--arch", "conv", "--channels", ",", "--out", str(out)], "--channels")
+    fails(capsys, ["train", "--device", "meta", "--out", str(out)], "--device")
+    fails(capsys, ["train", "--threads", "0", "--out", str(out)], "--threads")
     fails(capsys, ["train", "--config", str(tmp_path / "nope.toml")], "nope.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = 1\nlatnet_dim = 3\n")
@@ -132,7 +138,22 @@ def test_bad_inputs(capsys, tmp_path, run_dir, broken_mnist):
     fails(capsys, ["sample", str(run_dir), "-o", str(tmp_path / "x.jpg")], "x.jpg", ".png")
     fails(capsys, ["eval", str(run_dir), "--nll-samples", "0"], "--nll-samples")
     fails(capsys, ["train", "--resume", str(run_dir), "--latent-dim", "3"], "--latent-dim")
+    fails(capsys, ["train", "--resume", str(run_dir), "--epochs", "abc"], "--epochs", "abc")
+    fails(capsys, ["reconstruct", str(run_dir), "-n", "0"], "-n")
+    fails(capsys, ["sample", str(run_dir), "--nrow", "-3"], "--nrow")
     fails(capsys, ["manifold", str(run_dir), "-n", "3", "--checkpoint", "newest"], "--checkpoint")
+
+
+def test_overwrite_replaces_every_result_and_files_are_readable(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert (out / "eval-test.json").exists() and (out / "samples.png").exists()
+    assert (out / "config.json").stat().st_mode & 0o044  # not private to the owner
+    args = [a if a != "10" else "0" for a in TINY]  # --nll-samples 0: no new eval
+    assert main(["train", *args, "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "eval-test.json").exists()  # the old run's result is not passed off as the new one
+    assert main(["eval", str(out), "-k", "3", "--checkpoint", "last"]) == 0
+    assert (out / "eval-test-last.json").exists() and not (out / "eval-test.json").exists()
 
 
 def test_unreadable_checkpoint_leaves_nothing(capsys, tmp_path, run_dir):

@@ -310,13 +310,14 @@ def test_resume_round_trips_optimizer_state(arch, tmp_path):
         for s in range(3):
             entry.train_step(model, opts, _batch((1, 8, 8), seed=s), StepContext())
         rng = {"torch": torch.get_rng_state(), "data": torch.Generator().manual_seed(9).get_state()}
-        ckpt.save_weights(model, tmp_path / f"{name}.safetensors")
-        ckpt.save_resume(tmp_path / f"{name}-resume.safetensors", opts, rng, {"epoch": 2, "history": [{"a": 1.5}]})
+        ckpt.save_resume(tmp_path / f"{name}-resume.safetensors", model, opts, rng,
+                         {"epoch": 2, "history": [{"a": 1.5}]})
 
         fresh = _build(entry, cfg, seed=99).train()
         fresh_opts = entry.make_optimizers(fresh, tcfg)
-        ckpt.load_weights(fresh, tmp_path / f"{name}.safetensors")
-        rng2, loop = ckpt.load_resume(tmp_path / f"{name}-resume.safetensors", fresh_opts)
+        # one file restores the weights and the optimizer together
+        rng2, loop = ckpt.load_resume(tmp_path / f"{name}-resume.safetensors", fresh, fresh_opts)
+        assert _same(_weights(model), _weights(fresh))
         assert loop == {"epoch": 2, "history": [{"a": 1.5}]}
         assert rng2.keys() == rng.keys() and all(torch.equal(rng[k], rng2[k]) for k in rng)
         assert fresh_opts.keys() == opts.keys()

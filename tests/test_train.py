@@ -113,3 +113,14 @@ def test_time_budget_stops_training_and_drives_the_schedule(tmp_path):
     assert learning_rate(t, 0, 0.0) == pytest.approx(1e-3)
     assert learning_rate(t, 5, 300.0) == pytest.approx(1e-3 * 0.1 ** 0.5)  # half the budget spent
     assert learning_rate(t, 9, 900.0) == pytest.approx(1e-4)
+
+
+def test_learned_gaussian_std_has_a_floor():
+    import math
+    from vaelab.models.vae import VAE, VAEConfig
+    m = VAE(VAEConfig(shape=(1, 4, 4), hidden=(8,), latent_dim=2, likelihood="gaussian"))
+    with torch.no_grad():
+        m.log_scale.fill_(-50.0)  # what a constant pixel would drive it towards
+    p = m.decode(torch.zeros(3, 2))
+    assert p.log_scale.min().item() == pytest.approx(math.log(1e-3))
+    assert torch.isfinite(p.log_prob(torch.zeros(3, 1, 4, 4))).all()

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -16,42 +16,48 @@ import torch
 from .data import DataSpec, load_dataset
 from .data.transforms import eval_inputs
 from .errors import VaelabError
-from .likelihood import evaluate_likelihood
 from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
+from .likelihood import evaluate_likelihood
 from .registry import get_model
 from .run import RunConfig
 from .training import checkpoint as ckpt
 from .training.trainer import resolve_device
 from .training.trainer import train as _train_loop
 
+CHECKPOINTS = {"best": "best.safetensors", "last": "model.safetensors"}
 
-def _read(run_dir) -> tuple[RunConfig, DataSpec, dict]:
+
+def _read(run_dir) -> tuple[RunConfig, DataSpec]:
     doc = ckpt.read_run_config(Path(run_dir))
     where = f"{Path(run_dir) / 'config.json'}"
     try:
         spec = DataSpec.from_dict(doc["data_spec"])
     except (KeyError, TypeError, ValueError):
         raise VaelabError(f"{where} has no valid data_spec.") from None
-    return RunConfig.from_dict(doc.get("run", {}), where), spec, doc
+    return RunConfig.from_dict(doc.get("run", {}), where), spec
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> torch.nn.Module:
     """The trained model of a run, in eval mode, with ``encode``, ``decode``, ``sample``,
     ``reconstruct``. ``checkpoint`` is ``best`` (best validation score) or ``last``.
     The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``."""
-    if checkpoint not in ("best", "last"):
+    if checkpoint not in CHECKPOINTS:
         raise VaelabError(f"--checkpoint must be best or last, got {checkpoint!r}.")
-    run, spec, _ = _read(run_dir)
+    run, spec = _read(run_dir)
     model = get_model(run.train.model).model_cls(run.model)
-    name = "best.safetensors" if checkpoint == "best" else "model.safetensors"
-    ckpt.load_weights(model, Path(run_dir) / name)
+    ckpt.load_weights(model, Path(run_dir) / CHECKPOINTS[checkpoint])
     model.run_config, model.data_spec = run, spec
     return model.to(resolve_device(device)).eval()
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed evaluation inputs of a run's dataset split (binarized as the run was): (x, y)."""
-    run, spec, _ = _read(run_dir)
+    """The fixed evaluation inputs of a run's dataset split (binarized as the run was), on the
+    CPU: (x, y)."""
+    run, spec = _read(run_dir)
     if split not in ("train", "val", "test"):
         raise VaelabError(f"--split must be train, val or test, got {split!r}.")
     d = run.data
@@ -66,49 +72,66 @@ def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> t
 
 
 def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
-             data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True) -> dict:
+             data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True,
+             model: torch.nn.Module | None = None, x: torch.Tensor | None = None) -> dict:
     """ELBO, importance-sampled NLL and bits/dim (nats per example) of a run on a split;
-    saved as ``eval-<split>.json`` in the run directory."""
+    saved as ``eval-<split>.json`` (``eval-<split>-last.json`` for the last checkpoint).
+    ``model`` and ``x`` may be passed when the caller has loaded them already."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
     if batch_size < 1:
         raise VaelabError(f"--batch-size must be at least 1, got {batch_size}.")
-    model = load(run_dir, checkpoint, device)
+    model = load(run_dir, checkpoint, device) if model is None else model
     run = model.run_config
     if not get_model(run.train.model).has_likelihood:
         raise VaelabError(f"model {run.train.model} has no likelihood to evaluate.")
-    x, _ = split_inputs(run_dir, split, data_dir)
+    x = split_inputs(run_dir, split, data_dir)[0] if x is None else x
     discrete = run.data.binarize != "none" and getattr(run.model, "likelihood", "") == "bernoulli"
-    res = evaluate_likelihood(model, x.to(next(model.parameters()).device), k, batch_size, discrete, progress)
+    res = evaluate_likelihood(model, x.to(_device(model)), k, batch_size, discrete, progress)
     res = {"split": split, "checkpoint": checkpoint, **res}
     if save:
-        ckpt.write_json(Path(run_dir) / f"eval-{split}.json", res)
+        name = f"eval-{split}.json" if checkpoint == "best" else f"eval-{split}-{checkpoint}.json"
+        ckpt.write_json(Path(run_dir) / name, res)
     return res
-
-
-def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0) -> list[Path]:
-    """Write samples.png, reconstructions.png, interpolation.png, curves.png and, for a 2-D
-    latent, manifold.png into the run directory."""
-    run_dir = Path(run_dir)
-    model = load(run_dir)
-    torch.manual_seed(seed)
-    x, _ = split_inputs(run_dir, "test", data_dir)
-    out = [save_grid(model.sample(n), run_dir / "samples.png", nrow=8),
-           save_grid(rows_interleaved(x[:32], model.reconstruct(x[:32]), 8), run_dir / "reconstructions.png", 8)]
-    out.append(save_grid(interpolate(model, x[:8], x[8:16], 10), run_dir / "interpolation.png", nrow=10))
-    if getattr(model.run_config.model, "latent_dim", 0) == 2:
-        out.append(save_grid(model.decode(manifold_codes(20)).mean.detach(), run_dir / "manifold.png", nrow=20))
-    hist = [__import__("json").loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    if hist:
-        out.append(plot_curves(hist, run_dir / "curves.png"))
-    return out
 
 
 @torch.no_grad()
 def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10) -> torch.Tensor:
     """Decoded means along straight lines between the posterior means of x0[i] and x1[i]."""
-    z = interpolation_codes(model.codes(x0), model.codes(x1), steps)
+    dev = _device(model)
+    z = interpolation_codes(model.codes(x0.to(dev)), model.codes(x1.to(dev)), steps)
     return model.decode(z).mean
+
+
+@torch.no_grad()
+def reconstruction_rows(model, x: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """Rows of inputs, each above the same row of their reconstructions."""
+    return rows_interleaved(x.cpu(), model.reconstruct(x.to(_device(model))).cpu(), nrow)
+
+
+@torch.no_grad()
+def manifold(model, n: int = 20) -> torch.Tensor:
+    """Decoded means over the AEVB Figure 4 grid of a 2-D latent: [n*n, *shape]."""
+    return model.decode(manifold_codes(n).to(_device(model))).mean
+
+
+def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
+             model: torch.nn.Module | None = None, x: torch.Tensor | None = None) -> list[Path]:
+    """Write samples.png, reconstructions.png, interpolation.png, curves.png and, for a 2-D
+    latent, manifold.png into the run directory."""
+    run_dir = Path(run_dir)
+    model = load(run_dir) if model is None else model
+    x = split_inputs(run_dir, "test", data_dir)[0] if x is None else x
+    torch.manual_seed(seed)
+    out = [save_grid(model.sample(n), run_dir / "samples.png", nrow=8),
+           save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8),
+           save_grid(interpolate(model, x[:8], x[8:16], 10), run_dir / "interpolation.png", nrow=10)]
+    if getattr(model.run_config.model, "latent_dim", 0) == 2:
+        out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
+    hist = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    if hist:
+        out.append(plot_curves(hist, run_dir / "curves.png"))
+    return out
 
 
 def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path:
@@ -116,8 +139,10 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
     samples) and draw the pictures. Returns the run directory."""
     kw = {"log": log} if log else {}
     run_dir = _train_loop(config, resume=resume, **kw)
-    run, _, _ = _read(run_dir)
+    model = load(run_dir, "best", config.train.device)
+    run = model.run_config
+    x = split_inputs(run_dir, "test", run.data.data_dir)[0]
     if run.train.nll_samples > 0 and get_model(run.train.model).has_likelihood:
-        evaluate(run_dir, "test", run.train.nll_samples, data_dir=run.data.data_dir, device=run.train.device)
-    pictures(run_dir, data_dir=run.data.data_dir)
+        evaluate(run_dir, "test", run.train.nll_samples, model=model, x=x)
+    pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
     return run_dir

@@ -50,22 +50,28 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# What may change when a run is resumed: how long it trains and where/how it runs, never what
+# it computes.
+RESUME_FLAGS = ("epochs", "progress", "data_dir", "device", "threads")
+
+
 def cmd_train(a) -> int:
     from . import api
+    from .config import coerce
     from .run import make_config
 
     flags = {k: v for k, v in vars(a).items() if k not in ("cmd", "config_file", "resume", "func")}
     if a.resume:
-        epochs = flags.pop("epochs", None)
-        extra = sorted(set(flags) - {"progress"})
+        extra = sorted(set(flags) - set(RESUME_FLAGS)) + (["config"] if a.config_file else [])
         if extra:
-            raise VaelabError(f"--resume continues a run with its own settings; only --epochs may be given "
-                              f"with it, not {flag_name(extra[0])}.")
+            raise VaelabError(f"--resume continues a run with its own settings; {flag_name(extra[0])} cannot "
+                              f"be given with it (only {', '.join(flag_name(f) for f in RESUME_FLAGS)}).")
         run = api._read(a.resume)[0]
-        if epochs is not None:
-            run = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=int(epochs)))
-        if "progress" in flags:
-            run = dataclasses.replace(run, train=dataclasses.replace(run.train, progress=flags["progress"]))
+        for name, v in flags.items():
+            cls = DataConfig if name == "data_dir" else TrainConfig
+            part = "data" if cls is DataConfig else "train"
+            new = dataclasses.replace(getattr(run, part), **{name: coerce(cls, name, v, "flag")})
+            run = dataclasses.replace(run, **{part: new})
     else:
         run = make_config(a.config_file, **flags)
     run_dir = api.train(run, resume=a.resume, log=_say)
@@ -89,6 +95,11 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def _at_least(flag: str, value: int, low: int) -> None:
+    if value < low:
+        raise VaelabError(f"{flag} must be at least {low}, got {value}.")
+
+
 def _out_path(run_dir: str, given: str | None, default: str) -> Path:
     p = Path(given) if given else Path(run_dir) / default
     if p.suffix.lower() != ".png":
@@ -102,31 +113,32 @@ def cmd_sample(a) -> int:
     import torch
     from . import api
     from .images import save_grid
-    if a.n < 1:
-        raise VaelabError(f"-n must be at least 1, got {a.n}.")
+    _at_least("-n", a.n, 1)
+    _at_least("--nrow", a.nrow, 0)
     out = _out_path(a.run_dir, a.o, "samples.png")
     model = api.load(a.run_dir, a.checkpoint)
     torch.manual_seed(a.seed)
-    print(save_grid(model.sample(a.n), out, nrow=a.nrow or None))
+    print(save_grid(model.sample(a.n).cpu(), out, nrow=a.nrow or None))
     return 0
 
 
 def cmd_reconstruct(a) -> int:
     from . import api
-    from .images import rows_interleaved, save_grid
+    from .images import save_grid
+    _at_least("-n", a.n, 1)
+    _at_least("--nrow", a.nrow, 1)
     out = _out_path(a.run_dir, a.o, "reconstructions.png")
     model = api.load(a.run_dir, a.checkpoint)
     x, _ = api.split_inputs(a.run_dir, a.split, a.data_dir)
-    x = x[: a.n]
-    print(save_grid(rows_interleaved(x, model.reconstruct(x), a.nrow), out, nrow=a.nrow))
+    print(save_grid(api.reconstruction_rows(model, x[: a.n], a.nrow), out, nrow=a.nrow))
     return 0
 
 
 def cmd_interpolate(a) -> int:
     from . import api
     from .images import save_grid
-    if a.steps < 2 or a.pairs < 1:
-        raise VaelabError("--steps must be at least 2 and --pairs at least 1.")
+    _at_least("--steps", a.steps, 2)
+    _at_least("--pairs", a.pairs, 1)
     out = _out_path(a.run_dir, a.o, "interpolation.png")
     model = api.load(a.run_dir, a.checkpoint)
     x, _ = api.split_inputs(a.run_dir, a.split, a.data_dir)
@@ -138,13 +150,14 @@ def cmd_interpolate(a) -> int:
 
 def cmd_manifold(a) -> int:
     from . import api
-    from .images import manifold_codes, save_grid
+    from .images import save_grid
+    _at_least("-n", a.n, 1)
     model = api.load(a.run_dir, a.checkpoint)
     if getattr(model.run_config.model, "latent_dim", 0) != 2:
         raise VaelabError(f"{a.run_dir} has a {model.run_config.model.latent_dim}-D latent; "
                           "the manifold grid needs --latent-dim 2.")
     out = _out_path(a.run_dir, a.o, "manifold.png")
-    print(save_grid(model.decode(manifold_codes(a.n)).mean.detach(), out, nrow=a.n))
+    print(save_grid(api.manifold(model, a.n), out, nrow=a.n))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VaelabError
-
-FORMAT_VERSION = 1
 
 
 def opt(default, help: str, choices=None, flag: bool = True):
@@ -102,6 +101,8 @@ def coerce(cls, name: str, value: Any, where: str) -> Any:
             out = int(value)
         elif tp is float:
             out = float(value)
+            if not math.isfinite(out):
+                raise ValueError
         elif tp is str:
             if not isinstance(value, (str, int, float)):
                 raise ValueError
@@ -114,7 +115,7 @@ def coerce(cls, name: str, value: Any, where: str) -> Any:
         else:  # pragma: no cover - a field type this module does not know is a bug
             raise TypeError(f"unsupported config type {tp}")
     except (ValueError, TypeError):
-        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
             tp, "comma-separated positive integers such as 200,200")
         raise VaelabError(f"{what} expects {kind}, got {value!r}.") from None
     choices = f.metadata.get("choices")
@@ -140,10 +141,7 @@ def to_dict(cfg) -> dict[str, Any]:
 def from_dict(cls, d: dict[str, Any], where: str):
     """Rebuild a config saved by :func:`to_dict` (lists back to tuples, types checked)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise VaelabError(f"unknown key '{unknown[0]}' in {where}; expected one of {', '.join(sorted(names))}.")
-    return cls(**{k: coerce(cls, k, v, where) for k, v in d.items()})
+    return build(cls, {k: coerce(cls, k, v, where) if k in names else v for k, v in d.items()}, where)
 
 
 def read_config_file(path: str) -> dict[str, Any]:

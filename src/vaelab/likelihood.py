@@ -23,17 +23,18 @@ def bits_per_dim(nll_nats: float, dims: int) -> float:
 
 
 @torch.no_grad()
-def log_likelihood_is(model, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def log_likelihood_is(model, x: torch.Tensor, k: int, q=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance-sampled log p(x) and the K-sample mean of log w (an ELBO estimate).
 
     Args:
         model: a VAE (``encode``, ``log_weights``).
         x: a batch, [B, *shape].
         k: number of importance samples K.
+        q: the posterior q(z|x) if the caller already has it.
     Returns:
         (log_px [B], elbo [B]).
     """
-    q = model.encode(x)
+    q = model.encode(x) if q is None else q
     chunk = max(1, min(k, CHUNK_ELEMENTS // max(1, x[0].numel() * x.shape[0])))
     lse, total = [], 0.0
     for start in range(0, k, chunk):
@@ -62,10 +63,11 @@ def evaluate_likelihood(model, x: torch.Tensor, k: int, batch_size: int = 100, d
     batches = range(0, x.shape[0], batch_size)
     for i in tqdm(batches, desc=f"NLL (K={k})", leave=False, disable=not progress):
         xb = x[i:i + batch_size]
-        log_px, elbo = log_likelihood_is(model, xb, k)
+        q = model.encode(xb)
+        log_px, elbo = log_likelihood_is(model, xb, k, q)
         nll_sum -= log_px.sum().item()
         elbo_sum += elbo.sum().item()
-        kl_sum += model.encode(xb).kl_to_standard_normal().sum().item()
+        kl_sum += q.kl_to_standard_normal().sum().item()
     n = x.shape[0]
     nll = nll_sum / n
     return {"elbo": elbo_sum / n, "nll": nll, "bpd": bits_per_dim(nll, x[0].numel()) if discrete else None,

@@ -99,10 +99,17 @@ def check(cfg: RunConfig) -> None:
     for name, v in positive.items():
         if v < 1:
             raise VaelabError(f"{flag_name(name)} must be at least 1, got {v}.")
-    if t.lr <= 0:
-        raise VaelabError(f"--lr must be positive, got {t.lr}.")
-    if t.time_budget is not None and t.time_budget <= 0:
-        raise VaelabError(f"--time-budget must be a positive number of minutes, got {t.time_budget}.")
+    for name in ("lr", "lr_final", "grad_clip", "time_budget"):
+        v = getattr(t, name)
+        if v is not None and v <= 0:
+            raise VaelabError(f"{flag_name(name)} must be positive, got {v}.")
+    for name in ("beta", "warmup_epochs"):
+        if getattr(t, name) < 0:
+            raise VaelabError(f"{flag_name(name)} must be 0 or more, got {getattr(t, name)}.")
+    if t.threads is not None and t.threads < 1:
+        raise VaelabError(f"--threads must be at least 1, got {t.threads}.")
+    if getattr(cfg.model, "arch", None) == "conv" and not getattr(cfg.model, "channels", (1,)):
+        raise VaelabError("--channels must list at least one channel count for --arch conv, e.g. 32,32,64,64.")
     if t.nll_samples < 0:
         raise VaelabError(f"--nll-samples must be 0 (skip) or more, got {t.nll_samples}.")
     if t.iw_samples > 1 and (t.beta != 1.0 or t.warmup_epochs > 0):

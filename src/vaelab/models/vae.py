@@ -49,6 +49,9 @@ class VAE(nn.Module):
             # collapses on always-black MNIST pixels.
             self.log_scale = nn.Parameter(torch.zeros(cfg.shape))
 
+    # A constant pixel would drive a learned std to 0 and the density to infinity: floor it.
+    MIN_LOG_SCALE = math.log(1e-3)
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         mu, logvar = self.encoder(x).chunk(2, dim=-1)  # [B, D] each
         return DiagonalGaussian(mu, logvar)
@@ -61,7 +64,7 @@ class VAE(nn.Module):
         if self.cfg.gaussian_std is not None:
             log_scale = torch.full((), math.log(self.cfg.gaussian_std), device=out.device, dtype=out.dtype)
         else:
-            log_scale = self.log_scale
+            log_scale = self.log_scale.clamp(min=self.MIN_LOG_SCALE)
         return Gaussian(out, log_scale, self.event_ndim)
 
     def forward(self, x: torch.Tensor) -> VAEOutput:

@@ -5,8 +5,9 @@ A run directory holds:
 * ``config.json``: format version, model name and config, data config and spec, train config;
 * ``model.safetensors``: the weights after the last finished epoch (unwrapped module);
 * ``best.safetensors``: the weights with the best validation score so far;
-* ``resume.safetensors``: optimizer tensors and RNG states, with the loop position, history
-  and the non-tensor optimizer state as JSON metadata, for exact resume.
+* ``resume.safetensors``: the weights again, optimizer tensors and RNG states, with the loop
+  position, history and the non-tensor optimizer state as JSON metadata: one file, so resume
+  never mixes the weights of one epoch with the optimizer state of another.
 
 Every file is written to a temporary name in the same folder and renamed, so a crash never
 leaves a half-written checkpoint.
@@ -31,10 +32,17 @@ FORMAT_VERSION = 1
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise VaelabError(f"cannot write {path}: {e.strerror or e}.") from None
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); give it the permissions of an ordinary file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,7 +61,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any] | None = None) -> None:
-    sd = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    sd = _state(model)
     md = {k: json.dumps(v) for k, v in (meta or {}).items()}
     atomic_write(path, lambda p: save_file(sd, p, metadata=md))
 
@@ -77,8 +85,9 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise VaelabError(f"cannot read checkpoint {path}: it is not a valid safetensors file ({e}).") from None
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    sd = _read_tensors(path)
+def load_weights(model: torch.nn.Module, path: Path, sd: dict[str, torch.Tensor] | None = None) -> None:
+    """Load ``path`` (or its already-read tensors ``sd``) into ``model``, all or nothing."""
+    sd = _read_tensors(path) if sd is None else sd
     target = _unwrap(model)
     # Check every name and shape before copying anything: load_state_dict copies the tensors
     # that fit before it raises on those that do not, which would leave the model half loaded.
@@ -92,9 +101,14 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     target.load_state_dict(sd, strict=True)
 
 
-def save_resume(path: Path, optimizers: dict[str, torch.optim.Optimizer], rng: dict[str, torch.Tensor],
-                meta: dict[str, Any]) -> None:
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+
+
+def save_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                rng: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {f"rng.{k}": v.contiguous() for k, v in rng.items()}
+    tensors.update({f"model.{k}": v for k, v in _state(model).items()})
     optim_meta = {}
     for name, opt in optimizers.items():
         sd = opt.state_dict()
@@ -110,9 +124,11 @@ def save_resume(path: Path, optimizers: dict[str, torch.optim.Optimizer], rng: d
     atomic_write(path, lambda p: save_file(tensors, p, metadata=md))
 
 
-def load_resume(path: Path, optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore optimizer states in place; return (rng states, loop metadata)."""
+def load_resume(path: Path, model: torch.nn.Module,
+                optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Restore the weights and optimizer states in place; return (rng states, loop metadata)."""
     tensors = _read_tensors(path)
+    load_weights(model, path, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     try:
         md = read_metadata(path)
         optim_meta, loop = md["optim"], md["loop"]

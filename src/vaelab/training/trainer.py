@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from . import checkpoint as ckpt
 from .steps import StepContext
 
 RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl")
-
+RUN_PATTERNS = ("eval-*.json", "*.png")  # results of the run, replaced with it
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -32,9 +31,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise VaelabError(f"--device must be auto, cpu or cuda[:N], got {name!r}.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VaelabError("--device cuda was asked for, but torch sees no CUDA GPU here.")
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise VaelabError(f"--device must be auto, cpu or cuda[:N], got {name!r}.")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise VaelabError(f"--device {name} was asked for, but torch sees {count} CUDA GPU(s) here.")
     return dev
 
 
@@ -73,7 +76,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                               "--overwrite to replace it, or another --out.")
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+        for pattern in RUN_PATTERNS:
+            for p in out.glob(pattern):
+                p.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VaelabError(f"cannot create the run directory --out {out}: {e.strerror or e}.") from None
 
 
 def _log(msg: str) -> None:
@@ -119,8 +128,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     if resume is not None:
         if not (out / "resume.safetensors").exists():
             raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
-        ckpt.load_weights(model, out / "model.safetensors")
-        rng, loop = ckpt.load_resume(out / "resume.safetensors", optimizers)
+        rng, loop = ckpt.load_resume(out / "resume.safetensors", model, optimizers)
         torch.set_rng_state(rng["torch"])
         gen.set_state(rng["data"])
         if device.type == "cuda" and "cuda" in rng:
@@ -170,7 +178,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         seconds = time.perf_counter() - t0
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3),
                "skipped_steps": len(batches) - taken,
-               "train_loss": (sums["loss"] / max(taken, 1)).item() if taken else float("nan")}
+               "train_loss": (sums["loss"] / taken).item() if taken else float("nan")}
         rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k not in ("loss", "skipped")})
         model.eval()
         if len(x_val):
@@ -179,7 +187,9 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
             rec["val"] = scores.mean().item()
             rec["val_name"] = entry.val_name
         history.append(rec)
-        score = rec.get("val", -rec["train_loss"])
+        # without a validation set, the training score of the same quantity (not the loss,
+        # which carries beta and the warm-up weight)
+        score = rec.get("val", rec.get(f"train_{entry.val_name}", -rec["train_loss"]))
         improved = score > best
         best = max(best, score)
         ckpt.save_weights(model, out / "model.safetensors", {"epoch": epoch + 1})
@@ -188,7 +198,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         rng = {"torch": torch.get_rng_state(), "data": gen.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        ckpt.save_resume(out / "resume.safetensors", optimizers, rng,
+        ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
                          {"epoch": epoch + 1, "global_step": step, "history": history, "best": best})
         ckpt.atomic_write(out / "metrics.jsonl",
                           lambda p: Path(p).write_text("".join(json.dumps(h) + "\n" for h in history)))
