@@ -7,7 +7,7 @@ summed BCE + KL. Both models are then scored on the same fixed binarized test se
 importance-sampled NLL, written plainly here (independent of vaelab's estimator), and the vaelab
 model also by vaelab's own. One JSON line per case.
 
-    python benchmarks/vs_plain_loop.py --epochs 5 --data-dir ../shared/data
+    python benchmarks/vs_plain_loop.py --epochs 10 --seeds 0,1,2 --data-dir ../shared/data
 """
 from __future__ import annotations
 
@@ -91,16 +91,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--nll-samples", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds; one pair of lines per seed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA"))
     ap.add_argument("--out", default="runs/bench-vs-plain")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    for seed in (int(s) for s in a.seeds.split(",")):
+        compare(a, seed)
+
+
+def compare(a, seed: int) -> None:
     exe = Path(sys.executable).parent / "vaelab"
     cmd = [str(exe), "train", "--model", "vae", "--data", "mnist", "--arch", "mlp", "--hidden", "200,200",
            "--activation", "tanh", "--latent-dim", "50", "--likelihood", "bernoulli", "--binarize", "dynamic",
-           "--epochs", str(a.epochs), "--batch-size", "100", "--lr", "1e-3", "--seed", str(a.seed),
+           "--epochs", str(a.epochs), "--batch-size", "100", "--lr", "1e-3", "--seed", str(seed),
            "--out", a.out, "--val-size", "0", "--nll-samples", "0", "--threads", str(a.threads), "--overwrite",
            "--no-progress"] + (["--data-dir", a.data_dir] if a.data_dir else [])
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -113,14 +118,14 @@ def main() -> None:
         return q.mu, q.logvar
 
     ours_plain = plain_nll(ours_encode, model.decoder, x_test, a.nll_samples)
-    print(json.dumps({"benchmark": "vs_plain_loop", "case": "vaelab train", "epochs": len(hist),
+    print(json.dumps({"benchmark": "vs_plain_loop", "case": "vaelab train", "seed": seed, "epochs": len(hist),
                       "train_seconds": round(sum(h["seconds"] for h in hist), 1),
                       "test_nll_plain_estimator": round(ours_plain, 3), "test_nll_vaelab_estimator": round(ours_own, 3),
                       "k": a.nll_samples}), flush=True)
 
     ds = load_dataset("mnist", a.data_dir, val_size=0)
-    plain, secs = train_plain(ds.train.x.float().div(255), a.epochs, a.seed)
-    print(json.dumps({"benchmark": "vs_plain_loop", "case": "plain PyTorch loop", "epochs": a.epochs,
+    plain, secs = train_plain(ds.train.x.float().div(255), a.epochs, seed)
+    print(json.dumps({"benchmark": "vs_plain_loop", "case": "plain PyTorch loop", "seed": seed, "epochs": a.epochs,
                       "train_seconds": round(secs, 1),
                       "test_nll_plain_estimator": round(plain_nll(plain.encode, plain.dec, x_test, a.nll_samples), 3),
                       "k": a.nll_samples}), flush=True)

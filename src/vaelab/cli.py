@@ -109,6 +109,12 @@ def _out_path(run_dir: str, given: str | None, default: str) -> Path:
     return p
 
 
+def _model_and_split(a):
+    """The run's model and the fixed inputs of the split a picture command draws from."""
+    from . import api
+    return api.load(a.run_dir, a.checkpoint), api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
+
+
 def cmd_sample(a) -> int:
     import torch
     from . import api
@@ -128,8 +134,7 @@ def cmd_reconstruct(a) -> int:
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 1)
     out = _out_path(a.run_dir, a.o, "reconstructions.png")
-    model = api.load(a.run_dir, a.checkpoint)
-    x, _ = api.split_inputs(a.run_dir, a.split, a.data_dir)
+    model, x = _model_and_split(a)
     print(save_grid(api.reconstruction_rows(model, x[: a.n], a.nrow), out, nrow=a.nrow))
     return 0
 
@@ -140,8 +145,7 @@ def cmd_interpolate(a) -> int:
     _at_least("--steps", a.steps, 2)
     _at_least("--pairs", a.pairs, 1)
     out = _out_path(a.run_dir, a.o, "interpolation.png")
-    model = api.load(a.run_dir, a.checkpoint)
-    x, _ = api.split_inputs(a.run_dir, a.split, a.data_dir)
+    model, x = _model_and_split(a)
     if 2 * a.pairs > len(x):
         raise VaelabError(f"--pairs {a.pairs} needs {2 * a.pairs} images; the split has {len(x)}.")
     print(save_grid(api.interpolate(model, x[: a.pairs], x[a.pairs: 2 * a.pairs], a.steps), out, nrow=a.steps))
