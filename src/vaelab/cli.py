@@ -35,6 +35,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             help_ += f" ({'|'.join(f.metadata['choices'])})"
         help_ += f" [default: {f.default if f.default is not dataclasses.MISSING else '-'}]"
         if f.type in ("bool", bool):
+            help_ += f"; --no-{name.replace('_', '-')} turns it off"
             p.add_argument(flag_name(name), dest=name, action="store_const", const=True,
                            default=argparse.SUPPRESS, help=help_)
             p.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_const", const=False,
