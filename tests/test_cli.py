@@ -59,6 +59,22 @@ def test_picture_commands(run_dir, tmp_path, capsys, cmd, args, size):
     assert Image.open(out).size == size  # 8x8 digits are drawn 4x, 2 px apart
 
 
+@pytest.mark.parametrize("model", ["vae", "ae", "sparse-ae", "dae"])
+def test_every_registered_model_trains_evaluates_and_draws(model, tmp_path, capsys):
+    from vaelab.registry import MODELS
+    assert set(MODELS) == {"vae", "ae", "sparse-ae", "dae"}  # a new model joins this list
+    out = tmp_path / model
+    extra = {"sparse-ae": ["--l1", "0.01"], "dae": ["--corruption", "gaussian:0.2"]}.get(model, [])
+    assert main(["train", "--model", model, *TINY, "--epochs", "1", *extra, "--out", str(out)]) == 0
+    res = json.loads((out / "eval-test.json").read_text())
+    assert res["n"] == 360 and 0 < res["mse"] < 1
+    assert (out / "reconstructions.png").is_file() and (out / "interpolation.png").is_file()
+    assert (out / "samples.png").is_file() == MODELS[model].can_sample
+    capsys.readouterr()
+    assert main(["eval", str(out), "-k", "3"]) == 0
+    assert ("nll" in json.loads(capsys.readouterr().out)) == MODELS[model].has_likelihood
+
+
 def test_config_files(tmp_path, capsys):
     toml = tmp_path / "c.toml"
     toml.write_text('data = "digits"\nlatent-dim = 3\n[train]\nepochs = 1\nbatch_size = 64\nnll_samples = 0\n'

@@ -74,21 +74,23 @@ def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> t
 def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
              data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True,
              model: torch.nn.Module | None = None, x: torch.Tensor | None = None) -> dict:
-    """ELBO, importance-sampled NLL and bits/dim (nats per example) of a run on a split;
-    saved as ``eval-<split>.json`` (``eval-<split>-last.json`` for the last checkpoint).
-    ``model`` and ``x`` may be passed when the caller has loaded them already."""
+    """Metrics of a run on a split, saved as ``eval-<split>.json`` (``eval-<split>-last.json``
+    for the last checkpoint): the reconstruction error of every model (``mse``, per pixel), and
+    for models with a likelihood the ELBO, importance-sampled NLL (``k`` samples) and bits/dim in
+    nats per example. ``model`` and ``x`` may be passed when the caller has loaded them already."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
     if batch_size < 1:
         raise VaelabError(f"--batch-size must be at least 1, got {batch_size}.")
     model = load(run_dir, checkpoint, device) if model is None else model
     run = model.run_config
-    if not get_model(run.train.model).has_likelihood:
-        raise VaelabError(f"model {run.train.model} has no likelihood to evaluate.")
-    x = split_inputs(run_dir, split, data_dir)[0] if x is None else x
-    discrete = run.data.binarize != "none" and getattr(run.model, "likelihood", "") == "bernoulli"
-    res = evaluate_likelihood(model, x.to(_device(model)), k, batch_size, discrete, progress)
-    res = {"split": split, "checkpoint": checkpoint, **res}
+    x = (split_inputs(run_dir, split, data_dir)[0] if x is None else x).to(_device(model))
+    res = {"split": split, "checkpoint": checkpoint, "mse": reconstruction_mse(model, x, batch_size)}
+    if get_model(run.train.model).has_likelihood:
+        discrete = run.data.binarize != "none" and getattr(run.model, "likelihood", "") == "bernoulli"
+        res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress))
+    else:
+        res["n"] = len(x)
     if save:
         name = f"eval-{split}.json" if checkpoint == "best" else f"eval-{split}-{checkpoint}.json"
         ckpt.write_json(Path(run_dir) / name, res)
@@ -96,11 +98,20 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
 
 
 @torch.no_grad()
+def reconstruction_mse(model, x: torch.Tensor, batch_size: int = 500) -> float:
+    """Mean squared error per pixel between x and its reconstruction (at the code / posterior mean)."""
+    model.eval()
+    total = sum(((model.reconstruct(x[i:i + batch_size]) - x[i:i + batch_size]) ** 2).sum().item()
+                for i in range(0, len(x), batch_size))
+    return total / x.numel()
+
+
+@torch.no_grad()
 def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10) -> torch.Tensor:
     """Decoded means along straight lines between the posterior means of x0[i] and x1[i]."""
     dev = _device(model)
     z = interpolation_codes(model.codes(x0.to(dev)), model.codes(x1.to(dev)), steps)
-    return model.decode(z).mean
+    return model.decode_mean(z)
 
 
 @torch.no_grad()
@@ -112,7 +123,7 @@ def reconstruction_rows(model, x: torch.Tensor, nrow: int = 8) -> torch.Tensor:
 @torch.no_grad()
 def manifold(model, n: int = 20) -> torch.Tensor:
     """Decoded means over the AEVB Figure 4 grid of a 2-D latent: [n*n, *shape]."""
-    return model.decode(manifold_codes(n).to(_device(model))).mean
+    return model.decode_mean(manifold_codes(n).to(_device(model)))
 
 
 def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
@@ -123,11 +134,12 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
     model = load(run_dir) if model is None else model
     x = split_inputs(run_dir, "test", data_dir)[0] if x is None else x
     torch.manual_seed(seed)
-    out = [save_grid(model.sample(n), run_dir / "samples.png", nrow=8),
-           save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8),
+    out = [save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8),
            save_grid(interpolate(model, x[:8], x[8:16], 10), run_dir / "interpolation.png", nrow=10)]
-    if getattr(model.run_config.model, "latent_dim", 0) == 2:
-        out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
+    if get_model(model.run_config.train.model).can_sample:
+        out.append(save_grid(model.sample(n), run_dir / "samples.png", nrow=8))
+        if getattr(model.run_config.model, "latent_dim", 0) == 2:
+            out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
     hist = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     if hist:
         out.append(plot_curves(hist, run_dir / "curves.png"))
@@ -136,13 +148,13 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
 
 def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path:
     """Train, then evaluate the best checkpoint on the test set (``nll_samples`` importance
-    samples) and draw the pictures. Returns the run directory."""
+    samples for a likelihood; 0 skips it) and draw the pictures. Returns the run directory."""
     kw = {"log": log} if log else {}
     run_dir = _train_loop(config, resume=resume, **kw)
     model = load(run_dir, "best", config.train.device)
     run = model.run_config
     x = split_inputs(run_dir, "test", run.data.data_dir)[0]
-    if run.train.nll_samples > 0 and get_model(run.train.model).has_likelihood:
-        evaluate(run_dir, "test", run.train.nll_samples, model=model, x=x)
+    if run.train.nll_samples > 0 or not get_model(run.train.model).has_likelihood:
+        evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x)
     pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
     return run_dir

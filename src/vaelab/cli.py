@@ -120,10 +120,15 @@ def cmd_sample(a) -> int:
     import torch
     from . import api
     from .images import save_grid
+    from .registry import get_model
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 0)
     out = _out_path(a.run_dir, a.o, "samples.png")
     model = api.load(a.run_dir, a.checkpoint)
+    name = model.run_config.train.model
+    if not get_model(name).can_sample:
+        raise VaelabError(f"{a.run_dir} holds a {name}, which has no prior to sample from; "
+                          "try vaelab reconstruct or interpolate.")
     torch.manual_seed(a.seed)
     print(save_grid(model.sample(a.n).cpu(), out, nrow=a.nrow or None))
     return 0
@@ -158,6 +163,9 @@ def cmd_manifold(a) -> int:
     from .images import save_grid
     _at_least("-n", a.n, 1)
     model = api.load(a.run_dir, a.checkpoint)
+    if not hasattr(model, "sample"):
+        raise VaelabError(f"{a.run_dir} holds a {model.run_config.train.model}, which has no prior; "
+                          "the manifold grid needs a VAE.")
     if getattr(model.run_config.model, "latent_dim", 0) != 2:
         raise VaelabError(f"{a.run_dir} has a {model.run_config.model.latent_dim}-D latent; "
                           "the manifold grid needs --latent-dim 2.")

@@ -41,3 +41,28 @@ def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
 def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
     """The importance-weighted bound (Burda et al. 2016) from log-weights [K, B]: [B]."""
     return log_mean_exp(log_w, 0)
+
+
+def reconstruction_error(recon: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-example reconstruction loss summed over the data dims: [B].
+
+    ``bce``: binary cross-entropy of x (in [0, 1]) under logits ``recon`` (the Bernoulli
+    negative log-likelihood); ``l2``: squared error between ``recon`` and x.
+    """
+    if kind == "bce":
+        err = torch.nn.functional.binary_cross_entropy_with_logits(recon, x, reduction="none")
+    else:
+        err = (recon - x) ** 2
+    return err.flatten(1).sum(1)
+
+
+def l1_penalty(z: torch.Tensor) -> torch.Tensor:
+    """Omega(z) / lambda = sum_i |z_i| per example: [B]."""
+    return z.abs().sum(-1)
+
+
+def kl_sparsity(z: torch.Tensor, rho: float, eps: float = 1e-6) -> torch.Tensor:
+    """sum_j KL(Bernoulli(rho) || Bernoulli(rho_hat_j)), rho_hat_j the batch-mean activation of
+    unit j of sigmoid codes z [B, D] (Ng's sparse autoencoder penalty): a scalar."""
+    rho_hat = z.mean(0).clamp(eps, 1 - eps)
+    return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()

@@ -1,5 +1,8 @@
 """Encoders and decoders derived from the data's shape: never hard-coded to 28x28.
 
+``linear``: one affine map each way, no non-linearity (the linear autoencoder, whose optimum
+under an L2 loss spans the PCA subspace; as a Gaussian VAE it is probabilistic PCA).
+
 ``mlp``: flatten -> hidden layers -> linear head. ``conv``: four stride-2 3x3 convolutions
 (each halves H and W, rounding up, so any size >= 1 works) and the mirror image of four
 transposed convolutions whose output padding is chosen to land exactly on the encoder's sizes.
@@ -119,16 +122,20 @@ class ConvDecoder(nn.Module):
 
 
 def make_encoder(arch: str, shape, hidden, channels, act: str, out_dim: int) -> nn.Module:
+    if arch == "linear":  # one affine map, no non-linearity: the linear autoencoder / PCA
+        return MLPEncoder(shape, (), act, out_dim)
     if arch == "mlp":
         return MLPEncoder(shape, hidden, act, out_dim)
     if arch == "conv":
         return ConvEncoder(shape, channels, act, out_dim)
-    raise VaelabError(f"--arch must be mlp or conv, got {arch!r}.")
+    raise VaelabError(f"--arch must be mlp, conv or linear, got {arch!r}.")
 
 
 def make_decoder(arch: str, latent_dim: int, hidden, channels, act: str, shape, out_channels: int) -> nn.Module:
+    if arch == "linear":
+        return MLPDecoder(latent_dim, (), act, shape, out_channels)
     if arch == "mlp":
         return MLPDecoder(latent_dim, hidden, act, shape, out_channels)
     if arch == "conv":
         return ConvDecoder(latent_dim, channels, act, shape, out_channels)
-    raise VaelabError(f"--arch must be mlp or conv, got {arch!r}.")
+    raise VaelabError(f"--arch must be mlp, conv or linear, got {arch!r}.")

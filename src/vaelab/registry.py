@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import VaelabError
+from .models.ae import AE, AEConfig, DAEConfig, SparseAEConfig
 from .models.vae import VAE, VAEConfig
-from .training.steps import adam, vae_step, vae_val
+from .training.steps import adam, ae_step, ae_val, vae_step, vae_val
 
 
 @dataclass(frozen=True)
@@ -16,13 +17,18 @@ class ModelEntry:
     model_cls: type
     make_optimizers: Callable   # (model, TrainConfig) -> {name: optimizer}
     train_step: Callable        # (model, optimizers, x, StepContext) -> {metric: tensor}
-    val_score: Callable         # (model, x) -> [B] score per example, higher is better
-    val_name: str               # what val_score is, for logs
+    val_metric: Callable        # (model, x) -> [B] validation metric per example
+    val_name: str               # what val_metric is, for logs and the training-set fallback
+    higher_is_better: bool      # direction of val_metric, for the best checkpoint
     has_likelihood: bool        # ELBO / NLL / bits-per-dim apply
+    can_sample: bool            # has a prior to draw new images from
 
 
 MODELS: dict[str, ModelEntry] = {
-    "vae": ModelEntry(VAEConfig, VAE, adam, vae_step, vae_val, "elbo", True),
+    "vae": ModelEntry(VAEConfig, VAE, adam, vae_step, vae_val, "elbo", True, True, True),
+    "ae": ModelEntry(AEConfig, AE, adam, ae_step, ae_val, "recon", False, False, False),
+    "sparse-ae": ModelEntry(SparseAEConfig, AE, adam, ae_step, ae_val, "recon", False, False, False),
+    "dae": ModelEntry(DAEConfig, AE, adam, ae_step, ae_val, "recon", False, False, False),
 }
 
 

@@ -114,6 +114,20 @@ def check(cfg: RunConfig) -> None:
         raise VaelabError(f"--nll-samples must be 0 (skip) or more, got {t.nll_samples}.")
     if t.iw_samples > 1 and (t.beta != 1.0 or t.warmup_epochs > 0):
         raise VaelabError("--beta and --warmup-epochs apply to the ELBO, not to the IWAE bound of --iw-samples > 1.")
+    m = cfg.model
+    if getattr(m, "l1", 0.0) < 0:
+        raise VaelabError(f"--l1 must be 0 or more, got {m.l1}.")
+    if getattr(m, "sparsity_weight", 0.0):
+        rho = m.sparsity_target
+        if rho is None or not 0 < rho < 1:
+            raise VaelabError(f"--sparsity-weight needs --sparsity-target RHO with 0 < RHO < 1, got {rho}.")
+        if m.code_activation != "sigmoid":
+            raise VaelabError("the KL sparsity penalty needs codes in (0, 1): add --code-activation sigmoid.")
+        if m.sparsity_weight < 0:
+            raise VaelabError(f"--sparsity-weight must be 0 or more, got {m.sparsity_weight}.")
+    if getattr(m, "corruption", None) is not None:
+        from .corruption import parse_corruption
+        parse_corruption(m.corruption)
     gs = getattr(cfg.model, "gaussian_std", None)
     if gs is not None and gs <= 0:
         raise VaelabError(f"--gaussian-std must be positive, got {gs}.")

@@ -20,7 +20,7 @@ from ..nets import make_decoder, make_encoder
 @dataclass(frozen=True)
 class VAEConfig:
     shape: tuple[int, ...] = opt((1, 28, 28), "image shape C,H,W (taken from the data)", flag=False)
-    arch: str = opt("mlp", "encoder/decoder architecture", ("mlp", "conv"))
+    arch: str = opt("mlp", "encoder/decoder architecture", ("mlp", "conv", "linear"))
     hidden: tuple[int, ...] = opt((400,), "hidden layer sizes of the mlp encoder (the decoder mirrors them)")
     activation: str = opt("relu", "non-linearity of the hidden layers")
     channels: tuple[int, ...] = opt((32, 32, 64, 64), "channels of the conv encoder's stride-2 layers")
@@ -83,12 +83,17 @@ class VAE(nn.Module):
         """Means of p(x|z) for n draws z ~ N(0, I): [n, *shape]."""
         p = next(self.parameters())
         z = torch.randn(n, self.cfg.latent_dim, device=p.device, dtype=p.dtype)
+        return self.decode_mean(z)
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The image a code stands for: the mean of p(x|z), [..., *shape]."""
         return self.decode(z).mean
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of p(x|z) at the posterior mean z = mu(x)."""
-        return self.decode(self.encode(x).mode()).mean
+        return self.decode_mean(self.encode(x).mode())
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:

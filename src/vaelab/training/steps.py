@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..losses import elbo, iwae_bound
+from ..corruption import corrupt, parse_corruption
+from ..losses import elbo, iwae_bound, kl_sparsity, l1_penalty, reconstruction_error
 
 
 @dataclass
@@ -51,8 +52,37 @@ def vae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict
 
 @torch.no_grad()
 def vae_val(model, x: torch.Tensor) -> torch.Tensor:
-    """Validation score per example (higher is better): the ELBO, closed-form KL, one z."""
+    """Validation metric per example (higher is better): the ELBO, closed-form KL, one z."""
     return elbo(model(x), x).elbo
+
+
+def ae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+    """Plain, sparse or denoising autoencoder step, by the model's config:
+    L(x, g(f(x~))) + lambda * sum|z| + beta * sum_j KL(rho || rho_hat_j)."""
+    cfg = model.cfg
+    corruption = getattr(cfg, "corruption", None)
+    x_in = corrupt(x, parse_corruption(corruption)) if corruption else x
+    out = model(x_in)
+    rec = reconstruction_error(out.recon, x, cfg.loss).mean()
+    loss = rec
+    metrics = {"recon": rec}
+    if getattr(cfg, "l1", 0.0):
+        metrics["l1"] = l1_penalty(out.z).mean()
+        loss = loss + cfg.l1 * metrics["l1"]
+    if getattr(cfg, "sparsity_weight", 0.0):
+        metrics["kl_sparsity"] = kl_sparsity(out.z, cfg.sparsity_target)
+        loss = loss + cfg.sparsity_weight * metrics["kl_sparsity"]
+    metrics["loss"] = loss
+    ok = apply_update(loss, model.parameters(), optimizers["model"], ctx.grad_clip)
+    out_m = {k: v.detach() for k, v in metrics.items()}
+    out_m["skipped"] = torch.tensor(0.0 if ok else 1.0)
+    return out_m
+
+
+@torch.no_grad()
+def ae_val(model, x: torch.Tensor) -> torch.Tensor:
+    """Validation metric per example (lower is better): the reconstruction loss of clean x."""
+    return reconstruction_error(model(x).recon, x, model.cfg.loss)
 
 
 def adam(model, tcfg) -> dict[str, torch.optim.Optimizer]:

@@ -183,13 +183,17 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         model.eval()
         if len(x_val):
             with torch.no_grad():
-                scores = torch.cat([entry.val_score(model, x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
+                scores = torch.cat([entry.val_metric(model, x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
             rec["val"] = scores.mean().item()
             rec["val_name"] = entry.val_name
         history.append(rec)
         # without a validation set, the training score of the same quantity (not the loss,
         # which carries beta and the warm-up weight)
-        score = rec.get("val", rec.get(f"train_{entry.val_name}", -rec["train_loss"]))
+        metric = rec.get("val", rec.get(f"train_{entry.val_name}"))
+        if metric is None:  # e.g. the IWAE bound is trained: its loss is the bound's negative
+            score = -rec["train_loss"]
+        else:
+            score = metric if entry.higher_is_better else -metric
         improved = score > best
         best = max(best, score)
         ckpt.save_weights(model, out / "model.safetensors", {"epoch": epoch + 1})
