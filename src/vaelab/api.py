@@ -86,7 +86,10 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     run = model.run_config
     x = (split_inputs(run_dir, split, data_dir)[0] if x is None else x).to(_device(model))
     res = {"split": split, "checkpoint": checkpoint, "mse": reconstruction_mse(model, x, batch_size)}
-    if get_model(run.train.model).has_likelihood:
+    entry = get_model(run.train.model)
+    if entry.extra_metrics:
+        res.update(entry.extra_metrics(model, x))
+    if entry.has_likelihood:
         discrete = run.data.binarize != "none" and getattr(run.model, "likelihood", "") == "bernoulli"
         res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress))
     else:
@@ -140,6 +143,9 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
         out.append(save_grid(model.sample(n), run_dir / "samples.png", nrow=8))
         if getattr(model.run_config.model, "latent_dim", 0) == 2:
             out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
+    entry = get_model(model.run_config.train.model)
+    if entry.extra_pictures:
+        out += entry.extra_pictures(model, x, run_dir)
     hist = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     if hist:
         out.append(plot_curves(hist, run_dir / "curves.png"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .diagnostics import denoising_metrics, denoising_pictures, sparsity_metrics, sparsity_pictures
 from .errors import VaelabError
 from .models.ae import AE, AEConfig, DAEConfig, SparseAEConfig
 from .models.vae import VAE, VAEConfig
@@ -22,13 +23,19 @@ class ModelEntry:
     higher_is_better: bool      # direction of val_metric, for the best checkpoint
     has_likelihood: bool        # ELBO / NLL / bits-per-dim apply
     can_sample: bool            # has a prior to draw new images from
+    extra_metrics: Callable | None = None   # (model, x) -> {metric: value} for eval
+    extra_pictures: Callable | None = None  # (model, x, run_dir) -> [paths] after training
 
+
+_AE = dict(make_optimizers=adam, train_step=ae_step, val_metric=ae_val, val_name="recon", higher_is_better=False,
+           has_likelihood=False, can_sample=False)
 
 MODELS: dict[str, ModelEntry] = {
     "vae": ModelEntry(VAEConfig, VAE, adam, vae_step, vae_val, "elbo", True, True, True),
-    "ae": ModelEntry(AEConfig, AE, adam, ae_step, ae_val, "recon", False, False, False),
-    "sparse-ae": ModelEntry(SparseAEConfig, AE, adam, ae_step, ae_val, "recon", False, False, False),
-    "dae": ModelEntry(DAEConfig, AE, adam, ae_step, ae_val, "recon", False, False, False),
+    "ae": ModelEntry(AEConfig, AE, **_AE),
+    "sparse-ae": ModelEntry(SparseAEConfig, AE, **_AE, extra_metrics=sparsity_metrics,
+                            extra_pictures=sparsity_pictures),
+    "dae": ModelEntry(DAEConfig, AE, **_AE, extra_metrics=denoising_metrics, extra_pictures=denoising_pictures),
 }
 
 
