@@ -30,6 +30,16 @@ def test_resume_is_exact(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_takes_where_and_how_long_from_the_caller_and_the_rest_from_the_run(tmp_path):
+    run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 1, "nll_samples": 0}, out=str(tmp_path / "r")),
+                       log=lambda m: None)
+    other = vaelab.make_config(**{**TINY, "epochs": 2, "latent_dim": 5, "lr": 0.5}, threads=1, device="cpu")
+    vaelab.train(other, resume=run, log=lambda m: None)
+    cfg = json.loads((run / "config.json").read_text())["run"]
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["threads"] == 1 and cfg["train"]["device"] == "cpu"
+    assert cfg["model"]["latent_dim"] == 2 and cfg["train"]["lr"] == TINY["lr"]  # the run's own
+
+
 def test_resume_a_finished_run_needs_more_epochs(tmp_path):
     run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 1}, out=str(tmp_path / "r")), log=lambda m: None)
     with pytest.raises(VaelabError, match="--epochs larger than 1"):

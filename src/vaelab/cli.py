@@ -51,22 +51,19 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# What may change when a run is resumed: how long it trains and where/how it runs, never what
-# it computes.
-RESUME_FLAGS = ("epochs", "progress", "data_dir", "device", "threads")
-
-
 def cmd_train(a) -> int:
     from . import api
     from .config import coerce
     from .run import make_config
+    from .training.trainer import RESUMABLE
 
     flags = {k: v for k, v in vars(a).items() if k not in ("cmd", "config_file", "resume", "func")}
     if a.resume:
-        extra = sorted(set(flags) - set(RESUME_FLAGS)) + (["config"] if a.config_file else [])
+        allowed = [f for fields in RESUMABLE.values() for f in fields]
+        extra = sorted(set(flags) - set(allowed)) + (["config"] if a.config_file else [])
         if extra:
             raise VaelabError(f"--resume continues a run with its own settings; {flag_name(extra[0])} cannot "
-                              f"be given with it (only {', '.join(flag_name(f) for f in RESUME_FLAGS)}).")
+                              f"be given with it (only {', '.join(flag_name(f) for f in allowed)}).")
         run = api._read(a.resume)[0]
         for name, v in flags.items():
             cls = DataConfig if name == "data_dir" else TrainConfig

@@ -24,6 +24,9 @@ from .steps import StepContext
 
 RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl")
 RUN_PATTERNS = ("eval-*.json", "*.png")  # results of the run, replaced with it
+# What may change when a run is resumed: how long it trains and where it runs and finds its
+# data, never what it computes.
+RESUMABLE = {"train": ("epochs", "progress", "device", "threads"), "data": ("data_dir",)}
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -92,16 +95,16 @@ def _log(msg: str) -> None:
 def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     """Train ``run`` (or continue the run in ``resume``) and return its run directory.
 
-    The run directory receives config.json, the checkpoints, metrics.jsonl, eval.json and
-    pictures (samples, reconstructions, interpolation, curves, and for a 2-D latent the
-    manifold grid).
+    The run directory receives config.json, the checkpoints and metrics.jsonl (evaluation and
+    pictures are :func:`vaelab.api.train`'s). On resume, the run's own settings are used except
+    the fields in :data:`RESUMABLE`, which are taken from ``run``.
     """
     if resume is not None:
         saved = ckpt.read_run_config(Path(resume))
         old = RunConfig.from_dict(saved["run"], f"{resume}/config.json")
-        # Only the length of training may change on resume; everything else is the run's own.
-        run = dataclasses.replace(old, train=dataclasses.replace(old.train, epochs=run.train.epochs,
-                                                                  progress=run.train.progress))
+        run = dataclasses.replace(old, **{
+            part: dataclasses.replace(getattr(old, part), **{f: getattr(getattr(run, part), f) for f in fields})
+            for part, fields in RESUMABLE.items()})
     t, d = run.train, run.data
     entry = get_model(t.model)
     device = resolve_device(t.device)
