@@ -75,6 +75,18 @@ def test_every_registered_model_trains_evaluates_and_draws(model, tmp_path, caps
     assert ("nll" in json.loads(capsys.readouterr().out)) == MODELS[model].has_likelihood
 
 
+def test_probe_and_finetune_print_json(run_dir, capsys):
+    assert main(["probe", str(run_dir), "--labels", "50"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["task"] == "probe" and res["labels"] == 50 and res["n_test"] == 360 and 0 <= res["accuracy"] <= 1
+    assert main(["finetune", str(run_dir), "--labels", "all", "--epochs", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "baseline_accuracy", "labels", "n_test"} <= res.keys()
+    fails(capsys, ["probe", str(run_dir), "--labels", "3"], "--labels")
+    fails(capsys, ["finetune", str(run_dir), "--labels", "100000"], "--labels")
+    fails(capsys, ["probe", str(run_dir), "--labels", "many"], "--labels")
+
+
 def test_config_files(tmp_path, capsys):
     toml = tmp_path / "c.toml"
     toml.write_text('data = "digits"\nlatent-dim = 3\n[train]\nepochs = 1\nbatch_size = 64\nnll_samples = 0\n'

@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 
 from .api import evaluate, load, pictures, train  # noqa: E402
 from .errors import VaelabError  # noqa: E402
+from .probe import finetune, linear_probe  # noqa: E402
 from .registry import MODELS  # noqa: E402
 from .run import RunConfig, make_config  # noqa: E402
 
-__all__ = ["MODELS", "RunConfig", "VaelabError", "evaluate", "load", "make_config", "pictures", "train"]
+__all__ = ["MODELS", "RunConfig", "VaelabError", "evaluate", "finetune", "linear_probe", "load", "make_config",
+           "pictures", "train"]

@@ -171,6 +171,28 @@ def cmd_manifold(a) -> int:
     return 0
 
 
+def _labels(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise VaelabError(f"--labels must be a whole number or all, got {value!r}.") from None
+
+
+def cmd_probe(a) -> int:
+    from .probe import linear_probe
+    print(json.dumps(linear_probe(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.device)))
+    return 0
+
+
+def cmd_finetune(a) -> int:
+    from .probe import finetune
+    print(json.dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
+                              a.device)))
+    return 0
+
+
 def cmd_datasets(a) -> int:
     from .data import list_datasets
     for d in list_datasets(a.data_dir):
@@ -229,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
                "-o": dict(default=None)})
     run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
             **{"-n": dict(type=int, default=20), "-o": dict(default=None)})
+    for name, help_, func in (("probe", "linear probe (logistic regression) on the frozen codes", cmd_probe),
+                              ("finetune", "encoder + classifier head trained on the labels, vs the same "
+                                           "classifier from random initialisation", cmd_finetune)):
+        s = sub.add_parser(name, help=help_, allow_abbrev=False)
+        s.add_argument("run_dir", metavar="RUN_DIR")
+        s.add_argument("--labels", default="all", help="labelled training images, balanced per class (or all)")
+        s.add_argument("--data-dir", default=None)
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--device", default="auto")
+        if name == "finetune":
+            s.add_argument("--epochs", type=int, default=50)
+            s.add_argument("--lr", type=float, default=1e-3)
+            s.add_argument("--batch-size", type=int, default=64)
+        s.set_defaults(func=func)
     d = sub.add_parser("datasets", help="list the datasets and where each was found", allow_abbrev=False)
     d.add_argument("--data-dir", default=None)
     d.set_defaults(func=cmd_datasets)
