@@ -17,6 +17,7 @@ import math
 import operator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,20 +87,25 @@ def linear_probe(run_dir: str | Path, labels: int | None, data_dir: str | None =
         ``{"task": "probe", "accuracy", "labels", "n_test", "latent_dim", "model"}``, JSON-able;
         ``labels`` is the number of labelled images actually used.
     """
-    from sklearn.linear_model import LogisticRegression  # slow to import; only the probe needs it
-    from sklearn.preprocessing import StandardScaler
-
     model = load(run_dir, "best", device) if model is None else model
     x_tr, y_tr = split_inputs(run_dir, "train", data_dir)
     idx = balanced_subset(y_tr, labels, model.data_spec.num_classes, seed)
     x_te, y_te = split_inputs(run_dir, "test", data_dir)
     f_tr, f_te = codes_of(model, x_tr[idx]), codes_of(model, x_te)  # [n, D], [N_test, D]
-    # Standardised with the labelled subset's statistics only: the test set is never looked at.
-    scaler = StandardScaler().fit(f_tr)
-    clf = LogisticRegression(max_iter=1000).fit(scaler.transform(f_tr), y_tr[idx].numpy())
-    pred = clf.predict(scaler.transform(f_te))
-    return {"task": "probe", "accuracy": float((pred == y_te.numpy()).mean()), "labels": len(idx),
+    return {"task": "probe", "accuracy": probe_accuracy(f_tr, y_tr[idx], f_te, y_te), "labels": len(idx),
             "n_test": len(y_te), "latent_dim": int(f_tr.shape[1]), "model": model.run_config.train.model}
+
+
+def probe_accuracy(f_train, y_train, f_test, y_test) -> float:
+    """Test accuracy of a logistic regression on standardised features ([n, D] arrays or tensors).
+    The scaler sees only the labelled training features, never the test set."""
+    from sklearn.linear_model import LogisticRegression  # slow to import; only the probe needs it
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(np.asarray(f_train))
+    clf = LogisticRegression(max_iter=1000).fit(scaler.transform(np.asarray(f_train)), np.asarray(y_train))
+    pred = clf.predict(scaler.transform(np.asarray(f_test)))
+    return float((pred == np.asarray(y_test)).mean())
 
 
 def finetune(run_dir: str | Path, labels: int | None, data_dir: str | None = None, seed: int = 0,
