@@ -75,6 +75,15 @@ def test_every_registered_model_trains_evaluates_and_draws(model, tmp_path, caps
     assert ("nll" in json.loads(capsys.readouterr().out)) == MODELS[model].has_likelihood
 
 
+def test_linear_autoencoder_is_compared_with_pca(tmp_path, capsys):
+    out = tmp_path / "lin"
+    assert main(["train", "--model", "ae", "--arch", "linear", "--binarize", "none", "--latent-dim", "4",
+                 "--epochs", "3", "--batch-size", "64", "--lr", "0.01", "--no-progress", "--out", str(out)]) == 0
+    pca = json.loads((out / "eval-test.json").read_text())["pca"]
+    assert pca["d"] == 4 and len(pca["angles_deg"]) == 4 and 0 <= pca["max_angle_deg"] <= 90
+    assert pca["mse_ratio"] >= 0.95  # PCA is the optimum of the L2 loss over linear maps (on train)
+
+
 def test_probe_and_finetune_print_json(run_dir, capsys):
     assert main(["probe", str(run_dir), "--labels", "50"]) == 0
     res = json.loads(capsys.readouterr().out)

@@ -89,6 +89,11 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     entry = get_model(run.train.model)
     if entry.extra_metrics:
         res.update(entry.extra_metrics(model, x))
+    if getattr(run.model, "arch", None) == "linear" and not entry.has_likelihood:
+        # the linear autoencoder against PCA fitted on the same training images
+        from .pca import pca_report
+        x_train = split_inputs(run_dir, "train", data_dir)[0]
+        res["pca"] = pca_report(model, x_train, x.cpu())
     if entry.has_likelihood:
         discrete = run.data.binarize != "none" and getattr(run.model, "likelihood", "") == "bernoulli"
         res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress))

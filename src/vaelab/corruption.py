@@ -6,6 +6,7 @@ probability P, to 0 or 1 with equal odds).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ def parse_corruption(spec: str) -> Corruption:
         amount = float(value)
     except ValueError:
         amount = float("nan")
-    ok = kind in KINDS and amount == amount and amount >= 0 and (kind == "gaussian" or amount <= 1)
+    ok = kind in KINDS and math.isfinite(amount) and amount >= 0 and (kind == "gaussian" or amount <= 1)
     if not ok:
         raise VaelabError(f"--corruption expects gaussian:SIGMA, mask:P or salt-pepper:P with P in [0, 1], "
                           f"got {spec!r}.")
