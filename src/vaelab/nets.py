@@ -11,11 +11,24 @@ Decoders accept any leading dims on z (e.g. ``[K, B, D]`` importance samples).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .config import opt
 from .errors import VaelabError
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The network fields every encoder/decoder model shares; a model's config extends it."""
+    shape: tuple[int, ...] = opt((1, 28, 28), "image shape C,H,W (taken from the data)", flag=False)
+    arch: str = opt("mlp", "encoder/decoder architecture", ("mlp", "conv", "linear"))
+    hidden: tuple[int, ...] = opt((400,), "hidden layer sizes of the mlp encoder (the decoder mirrors them)")
+    activation: str = opt("relu", "non-linearity of the hidden layers")
+    channels: tuple[int, ...] = opt((32, 32, 64, 64), "channels of the conv encoder's stride-2 layers")
+    latent_dim: int = opt(20, "dimension of z")
 
 ACTIVATIONS = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .api import load, split_inputs
+from .data.datasets import whole_number as _whole
 from .errors import VaelabError
 from .registry import get_model
 
@@ -228,13 +228,3 @@ def _check_schedule(epochs, lr, batch_size) -> None:
         raise VaelabError(f"--batch-size must be a whole number >= 1, got {batch_size!r}.")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise VaelabError(f"--lr must be a positive number, got {lr!r}.")
-
-
-def _whole(value) -> int | None:
-    """``value`` as an int if it is a whole number (numpy ints too, bools not), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None

@@ -329,7 +329,7 @@ def _make_split(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
                  y=torch.from_numpy(y[idx].astype(np.int64)))
 
 
-def _whole_number(value: Any) -> int | None:
+def whole_number(value: Any) -> int | None:
     """``value`` as an int if it is a whole number (numpy ints too, bools not), else None."""
     if isinstance(value, bool):
         return None
@@ -342,9 +342,9 @@ def _whole_number(value: Any) -> int | None:
 def _check_val_size(n: int, val_size: int | None) -> int:
     if val_size is None:
         return round(n / 12)
-    if _whole_number(val_size) is None:
+    if whole_number(val_size) is None:
         raise VaelabError(f"--val-size must be a whole number, got {val_size!r}.")
-    val_size = _whole_number(val_size)
+    val_size = whole_number(val_size)
     if not 0 <= val_size < n:
         raise VaelabError(f"--val-size must be between 0 and {n - 1} (the training set has {n} "
                           f"images), got {val_size}.")
@@ -352,7 +352,7 @@ def _check_val_size(n: int, val_size: int | None) -> int:
 
 
 def _check_split_seed(split_seed: int) -> int:
-    seed = _whole_number(split_seed)
+    seed = whole_number(split_seed)
     if seed is None or seed < 0:
         # numpy's generators take no negative seeds.
         raise VaelabError(f"the split seed (--split-seed) must be a whole number >= 0, "

@@ -12,17 +12,11 @@ import torch
 from torch import nn
 
 from ..config import opt
-from ..nets import make_decoder, make_encoder
+from ..nets import NetConfig, make_decoder, make_encoder
 
 
 @dataclass(frozen=True)
-class AEConfig:
-    shape: tuple[int, ...] = opt((1, 28, 28), "image shape C,H,W (taken from the data)", flag=False)
-    arch: str = opt("mlp", "encoder/decoder architecture", ("mlp", "conv", "linear"))
-    hidden: tuple[int, ...] = opt((400,), "hidden layer sizes of the mlp encoder (the decoder mirrors them)")
-    activation: str = opt("relu", "non-linearity of the hidden layers")
-    channels: tuple[int, ...] = opt((32, 32, 64, 64), "channels of the conv encoder's stride-2 layers")
-    latent_dim: int = opt(20, "dimension of z")
+class AEConfig(NetConfig):
     recon_loss: str | None = opt(None, "reconstruction loss (default: l2 for --arch linear, bce otherwise)",
                                  ("bce", "l2"))
     code_activation: str = opt("none", "non-linearity on the code z", ("none", "sigmoid", "relu"))

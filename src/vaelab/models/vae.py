@@ -14,17 +14,11 @@ from torch import nn
 
 from ..config import opt
 from ..distributions import Bernoulli, DiagonalGaussian, Gaussian, standard_normal_log_prob
-from ..nets import make_decoder, make_encoder
+from ..nets import NetConfig, make_decoder, make_encoder
 
 
 @dataclass(frozen=True)
-class VAEConfig:
-    shape: tuple[int, ...] = opt((1, 28, 28), "image shape C,H,W (taken from the data)", flag=False)
-    arch: str = opt("mlp", "encoder/decoder architecture", ("mlp", "conv", "linear"))
-    hidden: tuple[int, ...] = opt((400,), "hidden layer sizes of the mlp encoder (the decoder mirrors them)")
-    activation: str = opt("relu", "non-linearity of the hidden layers")
-    channels: tuple[int, ...] = opt((32, 32, 64, 64), "channels of the conv encoder's stride-2 layers")
-    latent_dim: int = opt(20, "dimension of z")
+class VAEConfig(NetConfig):
     likelihood: str = opt("bernoulli", "decoder likelihood p(x|z)", ("bernoulli", "gaussian"))
     gaussian_std: float | None = opt(None, "fixed std of the Gaussian likelihood (default: learned, one per pixel)")
 

@@ -34,6 +34,14 @@ def apply_update(loss: torch.Tensor, params, opt: torch.optim.Optimizer, grad_cl
     return True
 
 
+def _update(model, opt, loss: torch.Tensor, metrics: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
+    """Take the step and return the detached metrics, with ``skipped`` = 1 for a dropped update."""
+    ok = apply_update(loss, model.parameters(), opt, ctx.grad_clip)
+    out = {k: v.detach() for k, v in metrics.items()}
+    out["skipped"] = torch.tensor(0.0 if ok else 1.0)
+    return out
+
+
 def vae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
     """ELBO (k = 1) or IWAE-bound (k > 1) step. Returns per-batch means (detached)."""
     if ctx.iw_samples > 1:
@@ -44,10 +52,7 @@ def vae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict
         t = elbo(model(x), x, beta=ctx.kl_weight)
         loss = t.loss
         metrics = {"loss": loss, "elbo": t.elbo.mean(), "kl": t.kl.mean()}
-    ok = apply_update(loss, model.parameters(), optimizers["model"], ctx.grad_clip)
-    out = {k: v.detach() for k, v in metrics.items()}
-    out["skipped"] = torch.tensor(0.0 if ok else 1.0)
-    return out
+    return _update(model, optimizers["model"], loss, metrics, ctx)
 
 
 @torch.no_grad()
@@ -73,10 +78,7 @@ def ae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict[
         metrics["kl_sparsity"] = kl_sparsity(out.z, cfg.sparsity_target)
         loss = loss + cfg.sparsity_weight * metrics["kl_sparsity"]
     metrics["loss"] = loss
-    ok = apply_update(loss, model.parameters(), optimizers["model"], ctx.grad_clip)
-    out_m = {k: v.detach() for k, v in metrics.items()}
-    out_m["skipped"] = torch.tensor(0.0 if ok else 1.0)
-    return out_m
+    return _update(model, optimizers["model"], loss, metrics, ctx)
 
 
 @torch.no_grad()
