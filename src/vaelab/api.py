@@ -141,14 +141,14 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
     run_dir = Path(run_dir)
     model = load(run_dir) if model is None else model
     x = split_inputs(run_dir, "test", data_dir)[0] if x is None else x
+    entry = get_model(model.run_config.train.model)
     torch.manual_seed(seed)
     out = [save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8),
            save_grid(interpolate(model, x[:8], x[8:16], 10), run_dir / "interpolation.png", nrow=10)]
-    if get_model(model.run_config.train.model).can_sample:
+    if entry.can_sample:
         out.append(save_grid(model.sample(n), run_dir / "samples.png", nrow=8))
         if getattr(model.run_config.model, "latent_dim", 0) == 2:
             out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
-    entry = get_model(model.run_config.train.model)
     if entry.extra_pictures:
         out += entry.extra_pictures(model, x, run_dir)
     hist = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]

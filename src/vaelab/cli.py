@@ -158,9 +158,10 @@ def cmd_interpolate(a) -> int:
 def cmd_manifold(a) -> int:
     from . import api
     from .images import save_grid
+    from .registry import get_model
     _at_least("-n", a.n, 1)
     model = api.load(a.run_dir, a.checkpoint)
-    if not hasattr(model, "sample"):
+    if not get_model(model.run_config.train.model).can_sample:
         raise VaelabError(f"{a.run_dir} holds a {model.run_config.train.model}, which has no prior; "
                           "the manifold grid needs a VAE.")
     if getattr(model.run_config.model, "latent_dim", 0) != 2:
