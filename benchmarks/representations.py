@@ -6,7 +6,7 @@ accuracy on the frozen codes at 100 / 1,000 / all labels, fine-tune vs from-scra
 of 400 ReLU units), the same epochs and Adam settings, on [0, 1] intensities (no binarization,
 so every model reconstructs the same targets). One JSON line per (dataset, code size, model).
 
-    python benchmarks/representations.py --datasets mnist,fashion-mnist --dims 10,32 --epochs 20 \\
+    python benchmarks/representations.py --datasets mnist,fashion-mnist --dims 10,32 --epochs 10 \\
         --data-dir ../shared/data
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="mnist,fashion-mnist")
     ap.add_argument("--dims", default="10,32")
     ap.add_argument("--models", default="pca,ae,sparse-ae,dae,vae")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--labels", default="100,1000,all")
     ap.add_argument("--finetune-labels", default="100,1000")
     ap.add_argument("--finetune-epochs", type=int, default=50)
