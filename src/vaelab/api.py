@@ -85,8 +85,10 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     model = load(run_dir, checkpoint, device) if model is None else model
     run = model.run_config
     x = (split_inputs(run_dir, split, data_dir)[0] if x is None else x).to(_device(model))
-    res = {"split": split, "checkpoint": checkpoint, "mse": reconstruction_mse(model, x, batch_size)}
     entry = get_model(run.train.model)
+    res = {"split": split, "checkpoint": checkpoint}
+    if entry.can_reconstruct:
+        res["mse"] = reconstruction_mse(model, x, batch_size)
     if entry.extra_metrics:
         res.update(entry.extra_metrics(model, x))
     if getattr(run.model, "arch", None) == "linear" and not entry.has_likelihood:
@@ -123,6 +125,14 @@ def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10) -> t
 
 
 @torch.no_grad()
+def interpolate_prior(model, pairs: int = 8, steps: int = 10, seed: int = 0) -> torch.Tensor:
+    """Generated images along straight lines between pairs of prior draws (a model with no
+    encoder, such as the GAN): [pairs * steps, *shape]."""
+    z = model.prior(2 * pairs, torch.Generator().manual_seed(seed))
+    return model.decode_mean(interpolation_codes(z[:pairs], z[pairs:], steps))
+
+
+@torch.no_grad()
 def reconstruction_rows(model, x: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Rows of inputs, each above the same row of their reconstructions."""
     return rows_interleaved(x.cpu(), model.reconstruct(x.to(_device(model))).cpu(), nrow)
@@ -136,18 +146,22 @@ def manifold(model, n: int = 20) -> torch.Tensor:
 
 def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
              model: torch.nn.Module | None = None, x: torch.Tensor | None = None) -> list[Path]:
-    """Write samples.png, reconstructions.png, interpolation.png, curves.png and, for a 2-D
-    latent, manifold.png into the run directory."""
+    """Write samples.png, reconstructions.png (models with an encoder), interpolation.png
+    (between encoded test images, or prior draws for a GAN), curves.png and, for a 2-D latent,
+    manifold.png into the run directory, and the model's own pictures."""
     run_dir = Path(run_dir)
     model = load(run_dir) if model is None else model
     x = split_inputs(run_dir, "test", data_dir)[0] if x is None else x
     entry = get_model(model.run_config.train.model)
     torch.manual_seed(seed)
-    out = [save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8),
-           save_grid(interpolate(model, x[:8], x[8:16], 10), run_dir / "interpolation.png", nrow=10)]
+    if entry.can_reconstruct:
+        out = [save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8),
+               save_grid(interpolate(model, x[:8], x[8:16], 10), run_dir / "interpolation.png", nrow=10)]
+    else:
+        out = [save_grid(interpolate_prior(model, 8, 10, seed), run_dir / "interpolation.png", nrow=10)]
     if entry.can_sample:
         out.append(save_grid(model.sample(n), run_dir / "samples.png", nrow=8))
-        if getattr(model.run_config.model, "latent_dim", 0) == 2:
+        if getattr(model.run_config.model, "latent_dim", 0) == 2 and getattr(model.run_config.model, "prior", "normal") == "normal":
             out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
     if entry.extra_pictures:
         out += entry.extra_pictures(model, x, run_dir)

@@ -107,6 +107,15 @@ def _out_path(run_dir: str, given: str | None, default: str) -> Path:
     return p
 
 
+def _need_encoder(run_dir: str, what: str) -> None:
+    from . import api
+    from .registry import get_model
+    name = api._read(run_dir)[0].train.model
+    if not get_model(name).can_reconstruct:
+        raise VaelabError(f"{run_dir} holds a {name}, which has no encoder: vaelab {what} needs a model that "
+                          "maps images to codes (vae, ae, sparse-ae, dae).")
+
+
 def _model_and_split(a):
     """The run's model and the fixed inputs of the split a picture command draws from."""
     from . import api
@@ -137,6 +146,7 @@ def cmd_reconstruct(a) -> int:
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 1)
     out = _out_path(a.run_dir, a.o, "reconstructions.png")
+    _need_encoder(a.run_dir, "reconstruct")
     model, x = _model_and_split(a)
     print(save_grid(api.reconstruction_rows(model, x[: a.n], a.nrow), out, nrow=a.nrow))
     return 0
@@ -148,7 +158,12 @@ def cmd_interpolate(a) -> int:
     _at_least("--steps", a.steps, 2)
     _at_least("--pairs", a.pairs, 1)
     out = _out_path(a.run_dir, a.o, "interpolation.png")
-    model, x = _model_and_split(a)
+    from .registry import get_model
+    model = api.load(a.run_dir, a.checkpoint)
+    if not get_model(model.run_config.train.model).can_reconstruct:  # no encoder: lines between prior draws
+        print(save_grid(api.interpolate_prior(model, a.pairs, a.steps, a.seed), out, nrow=a.steps))
+        return 0
+    x = api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
     if 2 * a.pairs > len(x):
         raise VaelabError(f"--pairs {a.pairs} needs {2 * a.pairs} images; the split has {len(x)}.")
     print(save_grid(api.interpolate(model, x[: a.pairs], x[a.pairs: 2 * a.pairs], a.steps), out, nrow=a.steps))
@@ -164,6 +179,9 @@ def cmd_manifold(a) -> int:
     if not get_model(model.run_config.train.model).can_sample:
         raise VaelabError(f"{a.run_dir} holds a {model.run_config.train.model}, which has no prior; "
                           "the manifold grid needs a VAE.")
+    if getattr(model.run_config.model, "prior", "normal") != "normal":
+        raise VaelabError(f"{a.run_dir} has a uniform prior; the manifold grid maps the unit square through "
+                          "the Gaussian CDF and needs --prior normal.")
     if getattr(model.run_config.model, "latent_dim", 0) != 2:
         raise VaelabError(f"{a.run_dir} has a {model.run_config.model.latent_dim}-D latent; "
                           "the manifold grid needs --latent-dim 2.")
@@ -183,12 +201,14 @@ def _labels(value: str) -> int | None:
 
 def cmd_probe(a) -> int:
     from .probe import linear_probe
+    _need_encoder(a.run_dir, "probe")
     print(json.dumps(linear_probe(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.device)))
     return 0
 
 
 def cmd_finetune(a) -> int:
     from .probe import finetune
+    _need_encoder(a.run_dir, "finetune")
     print(json.dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
                               a.device)))
     return 0
@@ -247,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                "--seed": dict(type=int, default=0)})
     run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
             **{"-n": dict(type=int, default=32), "-o": dict(default=None), "--nrow": dict(type=int, default=8)})
-    run_cmd("interpolate", "decoded straight lines between encoded test images", cmd_interpolate,
-            **{"--pairs": dict(type=int, default=8), "--steps": dict(type=int, default=10),
-               "-o": dict(default=None)})
+    run_cmd("interpolate", "decoded straight lines between encoded test images (between prior draws for a GAN)",
+            cmd_interpolate, **{"--pairs": dict(type=int, default=8), "--steps": dict(type=int, default=10),
+                                "-o": dict(default=None), "--seed": dict(type=int, default=0)})
     run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
             **{"-n": dict(type=int, default=20), "-o": dict(default=None)})
     for name, help_, func in (("probe", "linear probe (logistic regression) on the frozen codes", cmd_probe),

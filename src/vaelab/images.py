@@ -11,15 +11,29 @@ from PIL import Image
 from .training.checkpoint import atomic_write
 
 
-def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, scale: int | None = None) -> np.ndarray:
-    """[N, C, H, W] in [0, 1] -> uint8 array [rows*(H+p)+p, nrow*(W+p)+p, C] on a white-ish
-    background; small images are enlarged by pixel repetition so 8x8 digits stay visible."""
+GRID_PADDING = 2
+
+
+def grid_scale(hw: tuple[int, int]) -> int:
+    """Pixel repetition of a grid cell: small images are enlarged so 8x8 digits stay visible."""
+    return max(1, 32 // max(hw))
+
+
+def grid_cell(hw: tuple[int, int]) -> int:
+    """Height in pixels of one image in a grid."""
+    return hw[0] * grid_scale(hw)
+
+
+def grid(images: torch.Tensor, nrow: int | None = None, padding: int = GRID_PADDING,
+         scale: int | None = None) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> uint8 array [rows*(H+p)+p, nrow*(W+p)+p, C] on a grey
+    background; small images are enlarged by pixel repetition (:func:`grid_scale`)."""
     x = images.detach().float().clamp(0, 1).cpu()
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
     if scale is None:
-        scale = max(1, 32 // max(h, w))
+        scale = grid_scale((h, w))
     h2, w2 = h * scale, w * scale
     out = np.full((rows * (h2 + padding) + padding, nrow * (w2 + padding) + padding, c), 128, np.uint8)
     arr = (x.numpy() * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)  # [N, H, W, C]

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -66,3 +67,24 @@ def kl_sparsity(z: torch.Tensor, rho: float, eps: float = 1e-6) -> torch.Tensor:
     unit j of sigmoid codes z [B, D] (Ng's sparse autoencoder penalty): a scalar."""
     rho_hat = z.mean(0).clamp(eps, 1 - eps)
     return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+
+
+# --------------------------------------------------------------------------------------------
+# the GAN game (Goodfellow et al. 2014). D outputs logits a, D(x) = sigmoid(a), and
+# log D = -softplus(-a), log(1 - D) = -softplus(a): exact and stable for any logit.
+# --------------------------------------------------------------------------------------------
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator descends -(E log D(x) + E log(1 - D(G(z)))): ascending the value
+    V(D, G) of Algorithm 1. At the equilibrium D = 1/2 it equals log 4."""
+    return nn.functional.softplus(-real_logits).mean() + nn.functional.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """``minimax``: descend E log(1 - D(G(z))) as Algorithm 1 writes it (saturates when D
+    rejects the samples). ``non-saturating``: ascend E log D(G(z)) instead, the paper's advice."""
+    if kind == "minimax":
+        return -nn.functional.softplus(fake_logits).mean()
+    if kind == "non-saturating":
+        return nn.functional.softplus(-fake_logits).mean()
+    raise ValueError(f"unknown generator loss {kind!r}")

@@ -72,6 +72,7 @@ def make_config(config_file: str | None = None, **flags: Any) -> RunConfig:
             raise VaelabError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
         values = {**PRESETS[preset], **values}
         where_of.update({k: "flag" for k in PRESETS[preset] if k not in where_of})
+    values = {**entry.defaults, **values}  # the model's own defaults, below everything given
 
     parts: dict[type, dict[str, Any]] = {DataConfig: {}, TrainConfig: {}, entry.config_cls: {}}
     for name, v in values.items():
@@ -115,6 +116,20 @@ def check(cfg: RunConfig) -> None:
     if t.iw_samples > 1 and (t.beta != 1.0 or t.warmup_epochs > 0):
         raise VaelabError("--beta and --warmup-epochs apply to the ELBO, not to the IWAE bound of --iw-samples > 1.")
     m = cfg.model
+    if not get_model(t.model).has_likelihood:
+        for name, default in (("beta", 1.0), ("warmup_epochs", 0.0), ("iw_samples", 1)):
+            if getattr(t, name) != default:
+                raise VaelabError(f"{flag_name(name)} applies to the ELBO of --model vae, not to --model {t.model}.")
+    if t.model == "gan":
+        if m.k < 1:
+            raise VaelabError(f"--k must be at least 1 (discriminator steps per generator step), got {m.k}.")
+        if m.width < 1:
+            raise VaelabError(f"--width must be at least 1, got {m.width}.")
+        if m.d_lr is not None and m.d_lr <= 0:
+            raise VaelabError(f"--d-lr must be positive, got {m.d_lr}.")
+        for name in ("beta1", "momentum", "dropout"):
+            if not 0 <= getattr(m, name) < 1:
+                raise VaelabError(f"{flag_name(name)} must be in [0, 1), got {getattr(m, name)}.")
     if getattr(m, "l1", 0.0) < 0:
         raise VaelabError(f"--l1 must be 0 or more, got {m.l1}.")
     if getattr(m, "sparsity_weight", 0.0):

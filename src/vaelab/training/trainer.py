@@ -23,7 +23,7 @@ from . import checkpoint as ckpt
 from .steps import StepContext
 
 RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl")
-RUN_PATTERNS = ("eval-*.json", "*.png")  # results of the run, replaced with it
+RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png")  # results of the run, replaced with it
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
 RESUMABLE = {"train": ("epochs", "progress", "device", "threads"), "data": ("data_dir",)}
@@ -42,6 +42,20 @@ def resolve_device(name: str) -> torch.device:
         if (dev.index or 0) >= count:
             raise VaelabError(f"--device {name} was asked for, but torch sees {count} CUDA GPU(s) here.")
     return dev
+
+
+def _steps(batches, per_step: int):
+    """The epoch's minibatches, one per step, or in lists of ``per_step`` (a GAN's k
+    discriminator minibatches); a last incomplete group is dropped."""
+    if per_step == 1:
+        yield from batches
+        return
+    group = []
+    for xb in batches:
+        group.append(xb)
+        if len(group) == per_step:
+            yield group
+            group = []
 
 
 def learning_rate(t: TrainConfig, epoch: int, elapsed: float = 0.0) -> float:
@@ -125,6 +139,10 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
     batches = Batches(ds.train.x, ds.spec.levels, d.binarize, t.batch_size, gen, device)
     x_val = eval_inputs(ds.val.x, ds.spec.levels, d.binarize).to(device)
+    per_step = entry.data_per_step(model_cfg)
+    if len(batches) < per_step:
+        raise VaelabError(f"--k {per_step} needs {per_step} minibatches per step, but the training set makes "
+                          f"{len(batches)} of --batch-size {t.batch_size}.")
 
     out = Path(resume) if resume is not None else Path(t.out) if t.out else default_out(run)
     start_epoch, step, history, best = 0, 0, [], -math.inf
@@ -158,15 +176,15 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
             log(f"time budget of {t.time_budget:g} min spent after {epoch} epochs")
             break
         lr = learning_rate(t, epoch, elapsed)
-        for opt in optimizers.values():
+        for opt in optimizers.values():  # each group's own rate (a GAN's players), scheduled alike
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = g.get("base_lr", t.lr) * lr / t.lr
         model.train()
         sums: dict[str, torch.Tensor] = {}
         taken = 0
         t0 = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
-                   disable=not t.progress or None, file=sys.stderr)
+        bar = tqdm(_steps(batches, per_step), total=len(batches) // per_step, desc=f"epoch {epoch + 1}/{t.epochs}",
+                   leave=False, disable=not t.progress or None, file=sys.stderr)
         for i, xb in enumerate(bar):
             ctx.kl_weight = kl_weight(t, step, len(batches))
             m = entry.train_step(model, optimizers, xb, ctx)
@@ -180,7 +198,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
                 bar.set_postfix(loss=f"{m['loss'].item():.2f}")
         seconds = time.perf_counter() - t0
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3),
-               "skipped_steps": len(batches) - taken,
+               "skipped_steps": len(batches) // per_step - taken,
                "train_loss": (sums["loss"] / taken).item() if taken else float("nan")}
         rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k not in ("loss", "skipped")})
         model.eval()
@@ -193,7 +211,9 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         # without a validation set, the training score of the same quantity (not the loss,
         # which carries beta and the warm-up weight)
         metric = rec.get("val", rec.get(f"train_{entry.val_name}"))
-        if metric is None:  # e.g. the IWAE bound is trained: its loss is the bound's negative
+        if entry.higher_is_better is None:  # no ranking of epochs: the best is the latest
+            score = float(epoch + 1)
+        elif metric is None:  # e.g. the IWAE bound is trained: its loss is the bound's negative
             score = -rec["train_loss"]
         else:
             score = metric if entry.higher_is_better else -metric
@@ -209,6 +229,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
                          {"epoch": epoch + 1, "global_step": step, "history": history, "best": best})
         ckpt.atomic_write(out / "metrics.jsonl",
                           lambda p: Path(p).write_text("".join(json.dumps(h) + "\n" for h in history)))
+        if entry.epoch_pictures:
+            entry.epoch_pictures(model, out, epoch + 1)
         val_txt = f", val {entry.val_name} {rec['val']:.3f}" if "val" in rec else ""
         log(f"epoch {epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.3f}{val_txt} ({seconds:.1f}s)")
     return out
