@@ -42,6 +42,15 @@ def fashion_dir():
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _classifier_cache(tmp_path_factory):
+    # the Fréchet distance's classifiers are cached per session, never in the user's ~/.cache
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VAELAB_CACHE", str(tmp_path_factory.mktemp("vaelab-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _small_torch():
     # Tests are tiny; one thread keeps them deterministic and avoids oversubscription.

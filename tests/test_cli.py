@@ -75,9 +75,17 @@ def test_every_registered_model_trains_evaluates_and_draws(model, tmp_path, caps
     assert (out / "reconstructions.png").is_file() == entry.can_reconstruct
     assert (out / "interpolation.png").is_file()
     assert (out / "samples.png").is_file() == entry.can_sample
+    # a GAN's samples are scored when it is trained; every sampler's by `vaelab eval`
+    assert ("parzen_ll" in res) == (entry.can_sample and not entry.has_likelihood)
     capsys.readouterr()
-    assert main(["eval", str(out), "-k", "3"]) == 0
-    assert ("nll" in json.loads(capsys.readouterr().out)) == entry.has_likelihood
+    assert main(["eval", str(out), "-k", "3", "--samples", "500"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert ("nll" in res) == entry.has_likelihood
+    assert ("parzen_ll" in res) == ("frechet" in res) == entry.can_sample
+    if entry.can_sample:
+        assert res["parzen_samples"] == 500 and res["parzen_n_test"] == 360 and res["frechet"] > 0
+        assert main(["eval", str(out), "-k", "3", "--no-sample-metrics"]) == 0
+        assert "parzen_ll" not in json.loads(capsys.readouterr().out)
 
 
 def test_linear_autoencoder_is_compared_with_pca(tmp_path, capsys):

@@ -73,11 +73,15 @@ def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> t
 
 def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
              data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True,
-             model: torch.nn.Module | None = None, x: torch.Tensor | None = None) -> dict:
+             model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
+             sample_metrics: bool | None = None, samples: int = 10_000, log=None) -> dict:
     """Metrics of a run on a split, saved as ``eval-<split>.json`` (``eval-<split>-last.json``
     for the last checkpoint): the reconstruction error of every model (``mse``, per pixel), and
     for models with a likelihood the ELBO, importance-sampled NLL (``k`` samples) and bits/dim in
-    nats per example. ``model`` and ``x`` may be passed when the caller has loaded them already."""
+    nats per example. For a model that can sample (``sample_metrics``, default: whenever it can),
+    the Parzen-window log-likelihood and the Fréchet distance of ``samples`` samples
+    (:mod:`vaelab.sample_quality`). ``model`` and ``x`` may be passed when the caller has loaded
+    them already."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
     if batch_size < 1:
@@ -101,6 +105,9 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress))
     else:
         res["n"] = len(x)
+    if entry.can_sample and sample_metrics is not False:
+        from .sample_quality import sample_metrics as _sample_metrics
+        res.update(_sample_metrics(model, samples, data_dir, log=log))
     if save:
         name = f"eval-{split}.json" if checkpoint == "best" else f"eval-{split}-{checkpoint}.json"
         ckpt.write_json(Path(run_dir) / name, res)
@@ -179,7 +186,10 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
     model = load(run_dir, "best", config.train.device)
     run = model.run_config
     x = split_inputs(run_dir, "test", run.data.data_dir)[0]
-    if run.train.nll_samples > 0 or not get_model(run.train.model).has_likelihood:
-        evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x)
+    entry = get_model(run.train.model)
+    if run.train.nll_samples > 0 or not entry.has_likelihood:
+        # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
+        evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
+                 sample_metrics=not entry.has_likelihood, log=log)
     pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
     return run_dir

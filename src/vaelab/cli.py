@@ -88,7 +88,7 @@ def _report(run_dir: Path) -> None:
 def cmd_eval(a) -> int:
     from . import api
     res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
-                       progress=True)
+                       progress=True, sample_metrics=a.sample_metrics, samples=a.samples, log=_say)
     print(json.dumps(res))
     return 0
 
@@ -259,9 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
         return s
 
-    run_cmd("eval", "ELBO, importance-sampled NLL and bits/dim as JSON", cmd_eval,
+    run_cmd("eval", "reconstruction error, ELBO, importance-sampled NLL, bits/dim, Parzen log-likelihood and "
+                    "Fréchet distance of samples, as JSON", cmd_eval,
             **{"--nll-samples|-k": dict(type=int, default=1000, help="importance samples K (up to 5000 and more)"),
-               "--batch-size": dict(type=int, default=100), "--device": dict(default="auto")})
+               "--batch-size": dict(type=int, default=100), "--device": dict(default="auto"),
+               "--samples": dict(type=int, default=10_000,
+                                 help="samples for the Parzen window and the Fréchet distance"),
+               "--sample-metrics": dict(action=argparse.BooleanOptionalAction, default=True,
+                                        help="score the model's samples (models that can sample)")})
     run_cmd("sample", "a grid of samples", cmd_sample,
             **{"-n": dict(type=int, default=64), "-o": dict(default=None), "--nrow": dict(type=int, default=0),
                "--seed": dict(type=int, default=0)})

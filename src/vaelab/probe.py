@@ -23,6 +23,7 @@ from torch import nn
 from .api import load, split_inputs
 from .data.datasets import whole_number as _whole
 from .errors import VaelabError
+from .training.classify import train_classifier
 from .registry import get_model
 
 MIN_STEPS = 200  # fine-tuning takes at least this many Adam steps, however few the labels
@@ -199,18 +200,7 @@ def _check_features(clf: _Classifier, model: nn.Module, x: torch.Tensor, name: s
 
 def _train(clf: _Classifier, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int,
            seed: int) -> None:
-    opt = torch.optim.Adam(clf.parameters(), lr=lr)
-    g = torch.Generator(device="cpu").manual_seed(seed)  # the same batches for every classifier
-    clf.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g).to(x.device)
-        for i in range(0, len(x), batch_size):
-            b = perm[i:i + batch_size]
-            loss = nn.functional.cross_entropy(clf(x[b]), y[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    clf.eval()
+    train_classifier(clf, x, y, epochs, lr, batch_size, seed)  # the same batches for every classifier
 
 
 @torch.no_grad()

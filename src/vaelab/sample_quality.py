@@ -1,0 +1,61 @@
+"""Scores of a model's samples on one scale for every model that can sample (GAN, VAE):
+
+* the Parzen-window log-likelihood of Goodfellow et al. 2014 (Table 1): a Gaussian kernel
+  density on 10,000 samples, sigma chosen on 1,000 validation images, the mean log-likelihood
+  of the test images with its standard error (:mod:`vaelab.parzen`);
+* the Fréchet distance between test images and samples in the features of a classifier
+  vaelab trains on the dataset's training split and caches (:mod:`vaelab.frechet`).
+
+Both compare samples with the data's grey levels in [0, 1], whatever binarization the model was
+trained with: a VAE trained on binarized pixels contributes the means of p(x|z), the images
+its decoder stands for, as its samples.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .data import load_dataset
+from .data.transforms import to_unit
+from .errors import VaelabError
+from .frechet import feature_classifier, frechet_from_images
+from .parzen import parzen_evaluate
+
+PARZEN_VAL = 1000  # validation images that choose sigma (Goodfellow et al.'s parzen_ll.py)
+
+
+@torch.no_grad()
+def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000) -> tuple[torch.Tensor, float]:
+    """n samples on the CPU, clamped to [0, 1], and the samples/s of drawing them."""
+    dev = next(model.parameters()).device
+    model.eval()
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        out = [model.sample(min(batch_size, n - i)) for i in range(0, n, batch_size)]
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - t0
+    return torch.cat(out).float().clamp(0, 1).cpu(), n / max(seconds, 1e-9)
+
+
+def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, seed: int = 0,
+                   log=None) -> dict:
+    """Parzen log-likelihood and Fréchet distance of ``n_samples`` samples of a loaded run's
+    model (:func:`vaelab.load`), against its dataset's test split."""
+    if n_samples < 2:
+        raise VaelabError(f"--samples must be at least 2, got {n_samples}.")
+    run, spec = model.run_config, model.data_spec
+    d = run.data
+    ds = load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed)
+    unit = {s: to_unit(getattr(ds, s).x, ds.spec.levels) for s in ("train", "val", "test")}
+    samples, per_s = draw_samples(model, n_samples, seed)
+    x_val = unit["val"][:PARZEN_VAL] if len(unit["val"]) else unit["train"][:PARZEN_VAL]
+    res = {"samples_per_s": per_s, **parzen_evaluate(samples, x_val, unit["test"])}
+    if spec.num_classes >= 2:
+        net = feature_classifier(d.data, unit["train"], ds.train.y, tuple(spec.shape), spec.num_classes,
+                                 log=log, x_test=unit["test"], y_test=ds.test.y)
+        res["frechet"] = frechet_from_images(net, unit["test"], samples)
+        res["frechet_classifier_accuracy"] = net.accuracy
+    return res
