@@ -49,7 +49,8 @@ def main() -> None:
     wall = time.perf_counter() - t0
     hist = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     t1 = time.perf_counter()
-    res = evaluate(run_dir, "test", a.nll_samples, batch_size=100, checkpoint="last", data_dir=a.data_dir)
+    res = evaluate(run_dir, "test", a.nll_samples, batch_size=100, checkpoint="last", data_dir=a.data_dir,
+                   sample_metrics=False)
     print(json.dumps({
         "benchmark": "mnist_nll", "model": "vae 784-200-200-50 tanh (IWAE paper, 1 stochastic layer)",
         "epochs": len(hist), "train_seconds": round(sum(h["seconds"] for h in hist), 1),

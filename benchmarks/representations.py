@@ -55,7 +55,7 @@ def model_row(model: str, name: str, d: int, a, labels: list, finetune_labels: l
                              **({"likelihood": "bernoulli"} if model == "vae" else {}), **MODELS[model])
     vaelab.train(cfg, log=lambda m: None)
     hist = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
-    ev = vaelab.evaluate(out, k=1, data_dir=a.data_dir, save=False) if model == "vae" else \
+    ev = vaelab.evaluate(out, k=1, data_dir=a.data_dir, save=False, sample_metrics=False) if model == "vae" else \
         vaelab.evaluate(out, data_dir=a.data_dir, save=False)
     row = {"model": model, "epochs": len(hist), "train_seconds": round(sum(h["seconds"] for h in hist), 1),
            "mse": ev["mse"]}

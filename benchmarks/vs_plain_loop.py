@@ -112,7 +112,7 @@ def compare(a, seed: int) -> None:
     hist = [json.loads(x) for x in (Path(a.out) / "metrics.jsonl").read_text().splitlines()]
     x_test, _ = split_inputs(a.out, "test", a.data_dir)  # the fixed binarized test set both are scored on
     model = vaelab.load(a.out, device="cpu")
-    ours_own = vaelab.evaluate(a.out, k=a.nll_samples, data_dir=a.data_dir, save=False)["nll"]
+    ours_own = vaelab.evaluate(a.out, k=a.nll_samples, data_dir=a.data_dir, save=False, sample_metrics=False)["nll"]
     def ours_encode(x):
         q = model.encode(x)
         return q.mu, q.logvar

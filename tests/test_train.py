@@ -55,7 +55,7 @@ def test_run_directory_and_api(tmp_path):
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["format_version"] == 1 and cfg["run"]["model"]["shape"] == [1, 8, 8]
-    model = vaelab.load(run)
+    model = vaelab.load(run, device="cpu")
     x = torch.rand(5, 1, 8, 8).round()
     assert model.encode(x).mu.shape == (5, 2)
     assert model.decode(torch.zeros(3, 2)).mean.shape == (3, 1, 8, 8)

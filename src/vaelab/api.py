@@ -171,7 +171,7 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
         if getattr(model.run_config.model, "latent_dim", 0) == 2 and getattr(model.run_config.model, "prior", "normal") == "normal":
             out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
     if entry.extra_pictures:
-        out += entry.extra_pictures(model, x, run_dir)
+        out += entry.extra_pictures(model, x.to(_device(model)), run_dir)
     hist = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     if hist:
         out.append(plot_curves(hist, run_dir / "curves.png"))

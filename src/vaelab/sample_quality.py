@@ -54,7 +54,8 @@ def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, 
     x_val = unit["val"][:PARZEN_VAL] if len(unit["val"]) else unit["train"][:PARZEN_VAL]
     res = {"samples_per_s": per_s, **parzen_evaluate(samples, x_val, unit["test"])}
     if spec.num_classes >= 2:
-        net = feature_classifier(d.data, unit["train"], ds.train.y, tuple(spec.shape), spec.num_classes,
+        dev = next(model.parameters()).device  # the classifier trains where the model lives
+        net = feature_classifier(d.data, unit["train"].to(dev), ds.train.y, tuple(spec.shape), spec.num_classes,
                                  log=log, x_test=unit["test"], y_test=ds.test.y)
         res["frechet"] = frechet_from_images(net, unit["test"], samples)
         res["frechet_classifier_accuracy"] = net.accuracy
