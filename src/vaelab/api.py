@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from .data import DataSpec, load_dataset
-from .data.transforms import eval_inputs
+from .data.transforms import dequantize_fixed, dequantizes, eval_inputs
 from .errors import VaelabError
 from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
 from .likelihood import evaluate_likelihood
@@ -101,8 +102,12 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         x_train = split_inputs(run_dir, "train", data_dir)[0]
         res["pca"] = pca_report(model, x_train, x.cpu())
     if entry.has_likelihood:
-        discrete = run.data.binarize != "none" and getattr(run.model, "likelihood", "") == "bernoulli"
-        res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress))
+        lik, levels = getattr(run.model, "likelihood", ""), model.data_spec.levels
+        offset = 0.0
+        if dequantizes(run.model, run.data.binarize):  # a density on (k + u) / levels: see dequantizes
+            x, offset = dequantize_fixed(x, levels), x[0].numel() * math.log(levels)
+        discrete = lik.startswith("logistic") or offset > 0 or (run.data.binarize != "none" and lik == "bernoulli")
+        res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress, offset))
     else:
         res["n"] = len(x)
     if entry.can_sample and sample_metrics is not False:

@@ -47,13 +47,16 @@ def log_likelihood_is(model, x: torch.Tensor, k: int, q=None) -> tuple[torch.Ten
 
 @torch.no_grad()
 def evaluate_likelihood(model, x: torch.Tensor, k: int, batch_size: int = 100, discrete: bool = True,
-                        progress: bool = False) -> dict:
+                        progress: bool = False, offset: float = 0.0) -> dict:
     """ELBO, NLL (K importance samples) and bits/dim over a whole split.
 
     Args:
         x: the split's inputs as the model sees them, [N, *shape] (on the model's device).
-        discrete: whether p(x|z) is a probability mass (binary data, Bernoulli); bits/dim
-            is reported only then, as ``None`` otherwise.
+        discrete: whether the NLL is a code length of the data: p(x|z) a probability mass
+            (binary data with a Bernoulli, a discretized logistic), or a density on dequantized
+            pixels with ``offset`` = D log(levels) added. bits/dim is reported only then,
+            as ``None`` otherwise.
+        offset: nats added to the NLL (and taken from the ELBO) per example.
     Returns:
         dict with ``elbo`` (mean log-weight, <= -nll), ``nll`` (positive), ``bpd``,
         ``kl`` (closed form), ``n`` and ``k``.
@@ -69,6 +72,6 @@ def evaluate_likelihood(model, x: torch.Tensor, k: int, batch_size: int = 100, d
         elbo_sum += elbo.sum().item()
         kl_sum += q.kl_to_standard_normal().sum().item()
     n = x.shape[0]
-    nll = nll_sum / n
-    return {"elbo": elbo_sum / n, "nll": nll, "bpd": bits_per_dim(nll, x[0].numel()) if discrete else None,
+    nll = nll_sum / n + offset
+    return {"elbo": elbo_sum / n - offset, "nll": nll, "bpd": bits_per_dim(nll, x[0].numel()) if discrete else None,
             "kl": kl_sum / n, "n": n, "k": k}

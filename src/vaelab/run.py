@@ -143,6 +143,11 @@ def check(cfg: RunConfig) -> None:
     if getattr(m, "corruption", None) is not None:
         from .corruption import parse_corruption
         parse_corruption(m.corruption)
+    if getattr(m, "likelihood", "").startswith("logistic"):
+        if cfg.data.binarize != "none":
+            raise VaelabError(f"--likelihood {m.likelihood} models the grey levels: use it with --binarize none.")
+        if m.mixtures < 1:
+            raise VaelabError(f"--mixtures must be at least 1, got {m.mixtures}.")
     gs = getattr(cfg.model, "gaussian_std", None)
     if gs is not None and gs <= 0:
         raise VaelabError(f"--gaussian-std must be positive, got {gs}.")

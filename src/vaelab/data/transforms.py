@@ -30,6 +30,21 @@ def binarize_fixed(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:
     return torch.bernoulli(x.cpu(), generator=g).to(x.device)
 
 
+def dequantizes(model_cfg, binarize: str) -> bool:
+    """Whether a model sees dequantized pixels: a Gaussian density on grey levels, trained and
+    scored on (k + u) / levels, u ~ U(0, 1), so its log-density plus D log(levels) bounds the
+    log-probability of the 8-bit image (Theis et al. 2016) and bits/dim mean the same for it
+    as for a discrete likelihood."""
+    return binarize == "none" and getattr(model_cfg, "likelihood", None) == "gaussian"
+
+
+def dequantize_fixed(x_unit: torch.Tensor, levels: int, seed: int = BINARIZE_SEED) -> torch.Tensor:
+    """Inputs k / (levels - 1) -> (k + u) / levels with u ~ U(0, 1) drawn once from a fixed seed."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.rand(x_unit.shape, generator=g).to(x_unit.device)
+    return ((x_unit * (levels - 1)).round() + u) / levels
+
+
 def eval_inputs(x: torch.Tensor, levels: int, binarize: str) -> torch.Tensor:
     """The fixed float inputs for an evaluation split."""
     u = to_unit(x, levels)
@@ -44,10 +59,14 @@ class Batches:
     """
 
     def __init__(self, x: torch.Tensor, levels: int, binarize: str, batch_size: int,
-                 generator: torch.Generator, device: torch.device | str = "cpu"):
-        u = to_unit(x, levels)
-        if binarize == "static":
-            u = binarize_fixed(u)
+                 generator: torch.Generator, device: torch.device | str = "cpu", dequantize: bool = False):
+        self.dequantize, self.levels = dequantize, levels
+        if dequantize:  # raw values 0..levels-1; each batch gets fresh uniform noise
+            u = x.to(torch.float32)
+        else:
+            u = to_unit(x, levels)
+            if binarize == "static":
+                u = binarize_fixed(u)
         self.x = u.to(device)  # [N, *shape], float32
         self.dynamic = binarize == "dynamic"
         self.batch_size = batch_size
@@ -65,4 +84,7 @@ class Batches:
                 # uniform noise from the checkpointed generator, so the draw is reproducible
                 u = torch.rand(xb.shape, generator=self.generator).to(xb.device)
                 xb = (u < xb).to(xb.dtype)
+            elif self.dequantize:
+                u = torch.rand(xb.shape, generator=self.generator).to(xb.device)
+                xb = (xb + u) / self.levels
             yield xb

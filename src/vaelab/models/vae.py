@@ -1,7 +1,7 @@
 """The variational autoencoder of the lecture (Kingma & Welling 2014).
 
-q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) Bernoulli (logits) or Gaussian
-(fixed or learned variance). The model only computes distributions; the objectives (ELBO,
+q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) Bernoulli (logits), Gaussian
+(fixed or learned variance) or a discretized logistic (mixture) on the data's pixel levels. The model only computes distributions; the objectives (ELBO,
 IWAE bound) are pure functions in :mod:`vaelab.losses`.
 """
 from __future__ import annotations
@@ -13,14 +13,24 @@ import torch
 from torch import nn
 
 from ..config import opt
-from ..distributions import Bernoulli, DiagonalGaussian, Gaussian, standard_normal_log_prob
+from ..distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, standard_normal_log_prob
 from ..nets import NetConfig, make_decoder, make_encoder
 
 
 @dataclass(frozen=True)
 class VAEConfig(NetConfig):
-    likelihood: str = opt("bernoulli", "decoder likelihood p(x|z)", ("bernoulli", "gaussian"))
+    likelihood: str = opt("bernoulli", "decoder likelihood p(x|z): bernoulli (binary pixels), gaussian "
+                                       "(density; 8-bit data is dequantized), logistic or logistic-mixture "
+                                       "(discretized on the data's levels)",
+                          ("bernoulli", "gaussian", "logistic", "logistic-mixture"))
     gaussian_std: float | None = opt(None, "fixed std of the Gaussian likelihood (default: learned, one per pixel)")
+    mixtures: int = opt(5, "components of --likelihood logistic-mixture")
+    levels: int = opt(256, "pixel levels of the data (taken from the data)", flag=False)
+
+    @property
+    def decoder_params(self) -> int:
+        """Numbers the decoder emits per sub-pixel."""
+        return {"logistic": 2, "logistic-mixture": 3 * self.mixtures}.get(self.likelihood, 1)
 
 
 @dataclass
@@ -37,7 +47,7 @@ class VAE(nn.Module):
         self.event_ndim = len(cfg.shape)
         self.encoder = make_encoder(cfg.arch, cfg.shape, cfg.hidden, cfg.channels, cfg.activation, 2 * cfg.latent_dim)
         self.decoder = make_decoder(cfg.arch, cfg.latent_dim, cfg.hidden, cfg.channels, cfg.activation,
-                                    cfg.shape, cfg.shape[0])
+                                    cfg.shape, cfg.shape[0] * cfg.decoder_params)
         if cfg.likelihood == "gaussian" and cfg.gaussian_std is None:
             # Learned per-pixel log std, independent of z: stable where a z-dependent variance
             # collapses on always-black MNIST pixels.
@@ -55,6 +65,16 @@ class VAE(nn.Module):
         out = self.decoder(z)
         if self.cfg.likelihood == "bernoulli":
             return Bernoulli(out, self.event_ndim)
+        if self.cfg.likelihood.startswith("logistic"):
+            # [..., P * C, H, W] -> P parameter maps of [..., C, H, W] (a mixture: M each)
+            p = out.unflatten(-self.event_ndim, (self.cfg.decoder_params, self.cfg.shape[0]))
+            d = -1 - self.event_ndim
+            if self.cfg.likelihood == "logistic":
+                loc, log_scale = p.unbind(d)
+                return DiscretizedLogistic(loc + 0.5, log_scale, self.event_ndim, self.cfg.levels)
+            m = self.cfg.mixtures
+            w, loc, log_scale = p.split(m, dim=d)
+            return DiscretizedLogistic(loc + 0.5, log_scale, self.event_ndim, self.cfg.levels, w)
         if self.cfg.gaussian_std is not None:
             log_scale = torch.full((), math.log(self.cfg.gaussian_std), device=out.device, dtype=out.dtype)
         else:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import TrainConfig
 from ..data import load_dataset
-from ..data.transforms import Batches, eval_inputs
+from ..data.transforms import Batches, dequantize_fixed, dequantizes, eval_inputs
 from ..errors import VaelabError
 from ..registry import get_model
 from ..run import RunConfig
@@ -125,7 +125,10 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     if t.threads:
         torch.set_num_threads(t.threads)
     ds = load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download)
-    model_cfg = dataclasses.replace(run.model, shape=tuple(ds.spec.shape))
+    # what the model takes from the data: its image shape (and pixel levels, where it has them)
+    from_data = {"shape": tuple(ds.spec.shape), "levels": ds.spec.levels}
+    model_cfg = dataclasses.replace(run.model, **{k: v for k, v in from_data.items()
+                                                  if k in {f.name for f in dataclasses.fields(run.model)}})
     if resume is not None and tuple(run.model.shape) != tuple(ds.spec.shape):
         raise VaelabError(f"--resume {resume}: the run was trained on images of shape {run.model.shape}, "
                           f"but {d.data} has {ds.spec.shape}.")
@@ -137,8 +140,11 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     model = entry.model_cls(model_cfg).to(device)
     optimizers = entry.make_optimizers(model, t)
     gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
-    batches = Batches(ds.train.x, ds.spec.levels, d.binarize, t.batch_size, gen, device)
+    deq = dequantizes(model_cfg, d.binarize)
+    batches = Batches(ds.train.x, ds.spec.levels, d.binarize, t.batch_size, gen, device, dequantize=deq)
     x_val = eval_inputs(ds.val.x, ds.spec.levels, d.binarize).to(device)
+    if deq:
+        x_val = dequantize_fixed(x_val, ds.spec.levels)
     per_step = entry.data_per_step(model_cfg)
     if len(batches) < per_step:
         raise VaelabError(f"--k {per_step} needs {per_step} minibatches per step, but the training set makes "

@@ -1,0 +1,295 @@
+"""Reader for images stored as plain arrays: ``.npy``, ``.npz`` and MATLAB ``.mat`` (v4 to v7.2).
+
+What an array may hold:
+
+* images already shaped: ``[N, H, W]`` (greyscale) or ``[N, H, W, C]`` with ``C`` 1 or 3
+  (channel-last, the default ``layout="hwc"``), or ``[N, C, H, W]`` with ``layout="chw"``;
+* flat rows ``[N, D]``, which need ``shape=(H, W)`` or ``(H, W, C)`` and a ``layout`` saying how
+  a row of ``D = H*W*C`` values is an image:
+
+  - ``"hwc"``: row-major over ``(H, W, C)``: pixel ``(i, j)`` at ``i*W + j``, channels interleaved;
+  - ``"chw"``: planar channels, each plane row-major (the CIFAR python layout: 1024 R, 1024 G,
+    1024 B);
+  - ``"column-major"``: Fortran order over ``(H, W, C)``: pixel ``(i, j)`` at ``i + j*H``
+    (MATLAB's own order, e.g. Olivetti faces).
+
+``examples="columns"`` says that the *last* axis indexes the examples instead of the first: for a
+flat ``[D, N]`` array each column is one image (Frey faces, Olivetti), and a MATLAB ``H x W x N``
+stack works the same way.
+
+Pixel values: ``uint8`` is kept as is; other integer, boolean or float arrays whose values are all
+whole numbers in 0..255 are converted to ``uint8`` unchanged; float arrays within [0, 1] that are
+not all whole become ``round(x * 255)``; anything else (negative, above 255, NaN) is an error.
+``levels`` is 2 when the stored values are all 0 or 1 (binary data, like binarized MNIST) and 256
+otherwise (always 256 for rescaled [0, 1] floats).
+
+Labels come from ``label_key`` (an integer array of the same N in the same file), used as they
+are; without it every label is 0 and ``classes`` is ``[]``. With labels and no ``classes``, the
+class names are ``"0"`` .. ``str(max label)``.
+
+Every problem raises :class:`VaelabError` in one sentence naming the file or flag.
+"""
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from vaelab.errors import VaelabError
+
+from .raw import RawData
+
+LAYOUTS = ("hwc", "chw", "column-major")
+EXAMPLES = ("rows", "columns")
+SUFFIXES = (".npy", ".npz", ".mat")
+
+# Two classic sets in their original MATLAB files, read from <data-dir>/<name>/<file>.
+# frey-face (Roweis): ff is 560 x 1965 uint8, each column a 28-tall, 20-wide image, row-major
+#   (every public loader does ff.T.reshape(-1, 28, 20)).
+# olivetti (Roweis, via scikit-learn): faces is 4096 x 400, each column a 64x64 image in MATLAB's
+#   column-major order (sklearn: faces.T.reshape(-1, 64, 64).transpose(0, 2, 1)), 256 grey levels;
+#   40 people x 10 images in order, so image i shows person i // 10.
+PRESETS: dict[str, dict] = {
+    "frey-face": dict(file="frey_rawface.mat", key="ff", shape=(28, 20), layout="hwc",
+                      examples="columns"),
+    "olivetti": dict(file="olivettifaces.mat", key="faces", shape=(64, 64),
+                     layout="column-major", examples="columns", per_class=10,
+                     class_name="person {}"),
+}
+
+
+def read_preset(name: str, folder: str | os.PathLike) -> RawData:
+    """Read a preset's original file, ``<folder>/<file>`` (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise VaelabError(f"unknown array preset {name!r}: expected one of {', '.join(PRESETS)}.")
+    p = PRESETS[name]
+    path = Path(folder) / p["file"]
+    if not path.is_file():
+        raise VaelabError(f"{path} does not exist: the {name} dataset expects its original file "
+                          f"{p['file']} (variable '{p['key']}') in {Path(folder)}.")
+    raw = read_array(path, key=p["key"], shape=p["shape"], layout=p["layout"],
+                     examples=p["examples"])
+    if "per_class" in p:  # labels implied by the order of the images
+        n = len(raw.x_train)
+        raw.y_train = np.arange(n, dtype=np.int64) // p["per_class"]
+        raw.classes = [p["class_name"].format(k) for k in range(-(-n // p["per_class"]))]
+    return raw.check()
+
+
+def read_array(path: str | os.PathLike, key: str | None = None, label_key: str | None = None,
+               shape: tuple[int, ...] | None = None, layout: str = "hwc",
+               examples: str = "rows", classes: list[str] | None = None) -> RawData:
+    """Read the images (and optionally labels) of one array file into :class:`RawData`.
+
+    All images land in ``x_train`` as uint8 ``[N, C, H, W]``; the caller splits them. See the
+    module's docstring for the accepted shapes, layouts and values. ``classes`` (names by label)
+    is used only with ``label_key``.
+    """
+    path = Path(path)
+    if layout not in LAYOUTS:
+        raise VaelabError(f"--layout {layout!r} is not a layout: expected one of "
+                          f"{', '.join(LAYOUTS)}.")
+    if examples not in EXAMPLES:
+        raise VaelabError(f"--examples {examples!r} is not valid: expected rows or columns.")
+    if shape is not None:
+        shape = _check_shape(shape)
+    data, labels = _load(path, key, label_key)
+    images = _to_images(path, data, shape, layout, examples)
+    x, levels = _to_uint8(path, images)
+    if label_key is not None:
+        y = _labels(path, label_key, labels, len(x))
+        if classes is None:
+            classes = [str(k) for k in range(int(y.max(initial=0)) + 1)]
+        classes = list(classes)
+        if len(y) and y.max() >= len(classes):
+            raise VaelabError(f"{path}: label {int(y.max())} in '{label_key}' has no class name: "
+                              f"only {len(classes)} classes were given.")
+    else:
+        y, classes = np.zeros(len(x), np.int64), []
+    return RawData(x_train=x, y_train=y, classes=classes, levels=levels, source=str(path)).check()
+
+
+def _check_shape(shape) -> tuple[int, int, int]:
+    """(H, W) or (H, W, C) with C 1 or 3 -> (H, W, C)."""
+    try:
+        dims = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        dims = ()
+    if len(dims) not in (2, 3) or min(dims) < 1 or (len(dims) == 3 and dims[2] not in (1, 3)):
+        raise VaelabError(f"--shape {shape!r} is not an image shape: expected H,W or H,W,C with "
+                          f"positive sizes and C 1 or 3.")
+    return dims if len(dims) == 3 else (*dims, 1)
+
+
+def _load(path: Path, key: str | None, label_key: str | None):
+    """(images, labels or None) from the file; with no key the images are its only other array."""
+    if not path.exists():
+        raise VaelabError(f"{path} does not exist.")
+    if not path.is_file():
+        raise VaelabError(f"{path} is a folder, not an array file.")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise VaelabError(f"--data-path {path} is not an array file: expected a .npy, .npz or "
+                          f".mat file.")
+    if suffix == ".npy":
+        if key is not None or label_key is not None:
+            raise VaelabError(f"{path} is a .npy file, which holds one unnamed array: --key and "
+                              f"--label-key apply only to .npz and .mat files.")
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise VaelabError(f"{path} is not a .npy file: it does not start with the NumPy "
+                                  f"magic bytes.")
+        return _np_load(path, lambda: np.load(path, allow_pickle=False)), None
+    if suffix == ".npz":
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            raise VaelabError(f"{path} is not a readable .npz file ({e}).") from None
+        with archive:
+            key = _pick(path, list(archive.files), key, label_key)
+            images = _np_load(path, lambda: archive[key], key)
+            if label_key is None:
+                return images, None
+            return images, _np_load(path, lambda: archive[label_key], label_key)
+    variables = _loadmat(path)
+    key = _pick(path, list(variables), key, label_key)
+    return variables[key], None if label_key is None else variables[label_key]
+
+
+def _pick(path: Path, found: list[str], key: str | None, label_key: str | None) -> str:
+    """The images' name: ``key``, or the file's only array besides the labels."""
+    listing = ", ".join(repr(k) for k in found) or "none"
+    for flag, name in (("--key", key), ("--label-key", label_key)):
+        if name is not None and name not in found:
+            raise VaelabError(f"{path} has no variable {name!r} (named by {flag}): the variables "
+                              f"in it are {listing}.")
+    if key is None:
+        others = [k for k in found if k != label_key]
+        if len(others) != 1:
+            raise VaelabError(f"{path} holds {len(found)} arrays ({listing}): say which holds "
+                              f"the images with --key.")
+        key = others[0]
+    return key
+
+
+def _np_load(path: Path, load, name: str = "") -> np.ndarray:
+    what = f" array {name!r}" if name else ""
+    try:
+        return load()
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "pickled" in str(e):
+            raise VaelabError(f"{path}{what} holds Python objects, not numbers: expected a "
+                              f"numeric array.") from None
+        raise VaelabError(f"{path}{what} cannot be read as a NumPy array ({e}).") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise VaelabError(f"{path}{what} cannot be read ({e}); is the file truncated?") from None
+
+
+def _loadmat(path: Path) -> dict[str, np.ndarray]:
+    import scipy.io  # a heavy import, only for .mat files
+
+    with open(path, "rb") as f:
+        header = f.read(128)
+    if header.startswith(b"MATLAB 7.3"):
+        raise VaelabError(f"{path} is a MATLAB v7.3 (HDF5) file, which cannot be read: re-save "
+                          f"it in MATLAB with save(..., '-v7') or convert it to .npy.")
+    try:
+        variables = scipy.io.loadmat(path)
+    except NotImplementedError:  # v7.3 without the usual header text
+        raise VaelabError(f"{path} is a MATLAB v7.3 (HDF5) file, which cannot be read: re-save "
+                          f"it in MATLAB with save(..., '-v7') or convert it to .npy.") from None
+    except (ValueError, TypeError, OSError, EOFError, scipy.io.matlab.MatReadError) as e:
+        raise VaelabError(f"{path} is not a readable MATLAB .mat file ({e}).") from None
+    return {k: v for k, v in variables.items() if not k.startswith("__")}
+
+
+def _to_images(path: Path, a: np.ndarray, shape, layout: str, examples: str) -> np.ndarray:
+    """The array as images ``[N, C, H, W]`` (values not yet converted)."""
+    if a.dtype.kind not in "biuf":
+        raise VaelabError(f"{path} holds {a.dtype} values, not numbers: expected a numeric "
+                          f"array of images.")
+    if a.ndim < 2 or a.ndim > 4:
+        raise VaelabError(f"{path} holds an array of shape {a.shape}: expected flat images "
+                          f"[N, D] or images [N, H, W], [N, H, W, C] or [N, C, H, W].")
+    if examples == "columns":
+        a = np.moveaxis(a, -1, 0)
+    if a.shape[0] == 0:
+        raise VaelabError(f"{path} holds no images: its array has shape {a.shape}.")
+    if a.ndim == 2:
+        if shape is None:
+            raise VaelabError(f"{path} holds flat rows of {a.shape[1]} values: give --shape H,W "
+                              f"or H,W,C to say what image a row is.")
+        h, w, c = shape
+        if a.shape[1] != h * w * c:
+            raise VaelabError(f"--shape {_fmt(shape)} does not fit {path}: a row holds "
+                              f"{a.shape[1]} values, but {_fmt(shape)} is {h * w * c}.")
+        n = len(a)
+        if layout == "hwc":
+            return a.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        if layout == "chw":
+            return a.reshape(n, c, h, w)
+        # column-major: pixel (i, j) of channel c at i + j*H + c*H*W
+        return a.reshape(n, c, w, h).transpose(0, 1, 3, 2)
+    if layout == "column-major":
+        raise VaelabError(f"--layout column-major applies to flat rows, but {path} holds "
+                          f"images of shape {a.shape}.")
+    if a.ndim == 3:
+        images = a[:, None]
+    elif layout == "chw":
+        images = a
+    else:
+        images = a.transpose(0, 3, 1, 2)
+    if images.shape[1] not in (1, 3):
+        chw = layout == "hwc" and a.shape[1] in (1, 3)
+        hint = " (channel-first? give --layout chw)" if chw else ""
+        raise VaelabError(f"{path} holds images of shape {a.shape} with {images.shape[1]} "
+                          f"channels: expected 1 or 3{hint}.")
+    if shape is not None and images.shape[1:] != (shape[2], shape[0], shape[1]):
+        raise VaelabError(f"--shape {_fmt(shape)} does not match {path}, whose images are "
+                          f"{images.shape[2]}x{images.shape[3]} with {images.shape[1]} channels.")
+    return images
+
+
+def _fmt(shape) -> str:
+    h, w, c = shape
+    return f"{h},{w}" + (f",{c}" if c != 1 else "")
+
+
+def _to_uint8(path: Path, a: np.ndarray) -> tuple[np.ndarray, int]:
+    """uint8 pixels and their number of levels (2 for 0/1 data, else 256)."""
+    if a.dtype == np.uint8:
+        x = a
+    else:
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise VaelabError(f"{path} holds NaN or infinite values: expected pixel values "
+                              f"0..255 or within [0, 1].")
+        lo, hi = a.min(), a.max()
+        whole = a.dtype.kind in "biu" or bool(np.all(a == np.floor(a)))
+        if lo >= 0 and hi <= 255 and whole:
+            x = a.astype(np.uint8)
+        elif lo >= 0 and hi <= 1:
+            return np.ascontiguousarray(np.rint(a * 255.0).astype(np.uint8)), 256
+        else:
+            raise VaelabError(f"{path} holds pixel values from {lo:g} to {hi:g}: expected whole "
+                              f"numbers 0..255 or floats within [0, 1].")
+    return np.ascontiguousarray(x), 2 if int(x.max()) <= 1 else 256
+
+
+def _labels(path: Path, name: str, y: np.ndarray, n: int) -> np.ndarray:
+    """int64 labels [n] from a label array (a MATLAB 1 x N or N x 1 vector is fine)."""
+    y = np.asarray(y)
+    if y.ndim != 1 and math.prod(y.shape) == max(y.shape, default=0):
+        y = y.reshape(-1)
+    if y.ndim != 1 or len(y) != n:
+        raise VaelabError(f"{path}: the labels {name!r} have shape {y.shape}: expected one "
+                          f"label for each of the {n} images.")
+    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.all(y == np.floor(y))):
+        raise VaelabError(f"{path}: the labels {name!r} are {y.dtype} values: expected whole "
+                          f"numbers.")
+    if n and y.min() < 0:
+        raise VaelabError(f"{path}: the labels {name!r} include {y.min():g}: expected labels "
+                          f"0 or more.")
+    return y.astype(np.int64)
