@@ -155,7 +155,8 @@ def test_read_idx_expected_magic(tmp_path):
 # --- names, specs -----------------------------------------------------------------------------
 
 def test_dataset_names():
-    assert dataset_names() == ["digits", "fashion-mnist", "mnist"]
+    assert dataset_names() == ["array", "binarized-mnist", "cifar10", "digits", "fashion-mnist", "frey-face",
+                               "image-folder", "lfw", "mnist", "olivetti"]
 
 
 def test_unknown_dataset_lists_the_known_ones(isolated):

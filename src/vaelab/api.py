@@ -62,7 +62,8 @@ def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> t
     if split not in ("train", "val", "test"):
         raise VaelabError(f"--split must be train, val or test, got {split!r}.")
     d = run.data
-    ds = load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed)
+    ds = load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed,
+                      **d.reader_options())
     if tuple(ds.spec.shape) != tuple(spec.shape):
         raise VaelabError(f"{run_dir} was trained on images of shape {tuple(spec.shape)}, "
                           f"but {d.data} now has {tuple(ds.spec.shape)}.")
@@ -167,8 +168,11 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
     entry = get_model(model.run_config.train.model)
     torch.manual_seed(seed)
     if entry.can_reconstruct:
-        out = [save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8),
-               save_grid(interpolate(model, x[:8], x[8:16], 10), run_dir / "interpolation.png", nrow=10)]
+        pairs = min(8, len(x) // 2)  # a small test set gives fewer lines
+        out = [save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8)]
+        if pairs:
+            out.append(save_grid(interpolate(model, x[:pairs], x[pairs:2 * pairs], 10), run_dir / "interpolation.png",
+                                 nrow=10))
     else:
         out = [save_grid(interpolate_prior(model, 8, 10, seed), run_dir / "interpolation.png", nrow=10)]
     if entry.can_sample:

@@ -34,6 +34,27 @@ class DataConfig:
     split_seed: int = opt(0, "seed of the train/validation split")
     binarize: str = opt("dynamic", "binarization of pixel intensities", ("none", "static", "dynamic"))
     download: bool = opt(False, "download the official files (md5-checked) when not found")
+    data_path: str | None = opt(None, "the file or folder to read: required by --data image-folder and array; "
+                                      "for a named dataset, its archive or folder instead of <data-dir>/<name>/")
+    test_size: int | None = opt(None, "images held out as the test set where the data has no official one "
+                                      "(default a tenth, by a fixed permutation)")
+    image_size: int | None = opt(None, "resize images to this side after the crop (lfw, image-folder)")
+    crop: int | None = opt(None, "side of the centred square crop, in source pixels (default: the shorter side)")
+    min_faces_per_person: int = opt(0, "keep the people with at least this many images (lfw)")
+    workers: int | None = opt(None, "processes decoding images (lfw, image-folder; default: up to 8)")
+    key: str | None = opt(None, "the variable holding the images in an .npz or .mat file (--data array)")
+    label_key: str | None = opt(None, "the variable holding the labels (--data array)")
+    shape: tuple[int, ...] | None = opt(None, "H,W or H,W,C of a flat array's images (--data array)")
+    layout: str = opt("hwc", "how a flat array row is an image: row-major with channels last, planar "
+                             "channels (CIFAR), or column-major (MATLAB)", ("hwc", "chw", "column-major"))
+    examples: str = opt("rows", "whether the array's rows or columns are the images (--data array)",
+                        ("rows", "columns"))
+
+    def reader_options(self) -> dict[str, Any]:
+        """The settings :func:`vaelab.data.load_dataset` passes to a file-format reader."""
+        names = ("data_path", "test_size", "image_size", "crop", "min_faces_per_person", "workers", "key",
+                 "label_key", "shape", "layout", "examples")
+        return {n: getattr(self, n) for n in names}
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ def check(cfg: RunConfig) -> None:
         raise VaelabError(f"--nll-samples must be 0 (skip) or more, got {t.nll_samples}.")
     if t.iw_samples > 1 and (t.beta != 1.0 or t.warmup_epochs > 0):
         raise VaelabError("--beta and --warmup-epochs apply to the ELBO, not to the IWAE bound of --iw-samples > 1.")
+    _check_data(cfg.data)
     m = cfg.model
     if not get_model(t.model).has_likelihood:
         for name, default in (("beta", 1.0), ("warmup_epochs", 0.0), ("iw_samples", 1)):
@@ -153,3 +154,25 @@ def check(cfg: RunConfig) -> None:
         raise VaelabError(f"--gaussian-std must be positive, got {gs}.")
     if getattr(cfg.model, "likelihood", None) == "bernoulli" and gs is not None:
         raise VaelabError("--gaussian-std applies to --likelihood gaussian, not bernoulli.")
+
+
+def _check_data(d: DataConfig) -> None:
+    """Reader options only where the reader takes them; sizes positive."""
+    from .data.sources import OPTIONS, SOURCES
+    takes = SOURCES[d.data].options if d.data in SOURCES else ()
+    defaults = DataConfig()
+    for name in OPTIONS:
+        if getattr(d, name) != getattr(defaults, name) and name not in takes:
+            users = sorted(n for n, s in SOURCES.items() if name in s.options)
+            raise VaelabError(f"{flag_name(name)} applies to --data {' or '.join(users)}, not to --data {d.data}.")
+    if d.data_path is not None and d.data not in SOURCES:
+        raise VaelabError(f"--data-path applies to the datasets read from a file ({', '.join(sorted(SOURCES))}); "
+                          f"--data {d.data} is found through --data-dir.")
+    if d.test_size is not None and d.data in ("digits", "mnist", "fashion-mnist", "cifar10", "binarized-mnist"):
+        raise VaelabError(f"--test-size applies to data without an official test split; --data {d.data} has one.")
+    for name in ("image_size", "crop", "test_size", "workers"):
+        v = getattr(d, name)
+        if v is not None and v < (0 if name == "workers" else 1):
+            raise VaelabError(f"{flag_name(name)} must be at least {0 if name == 'workers' else 1}, got {v}.")
+    if d.min_faces_per_person < 0:
+        raise VaelabError(f"--min-faces-per-person must be 0 or more, got {d.min_faces_per_person}.")

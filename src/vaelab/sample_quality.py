@@ -48,7 +48,8 @@ def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, 
         raise VaelabError(f"--samples must be at least 2, got {n_samples}.")
     run, spec = model.run_config, model.data_spec
     d = run.data
-    ds = load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed)
+    ds = load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed,
+                      **d.reader_options())
     unit = {s: to_unit(getattr(ds, s).x, ds.spec.levels) for s in ("train", "val", "test")}
     samples, per_s = draw_samples(model, n_samples, seed)
     x_val = unit["val"][:PARZEN_VAL] if len(unit["val"]) else unit["train"][:PARZEN_VAL]

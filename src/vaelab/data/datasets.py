@@ -19,6 +19,7 @@ import torch
 from vaelab.errors import VaelabError
 
 from . import download as _download
+from . import sources as _sources
 from .idx import read_idx
 
 DATA_ENV = "VAELAB_DATA"
@@ -111,7 +112,7 @@ _DATASETS: dict[str, _Info] = {
 
 def dataset_names() -> list[str]:
     """The names :func:`load_dataset` knows, sorted."""
-    return sorted(_DATASETS)
+    return sorted([*_DATASETS, *_sources.SOURCES])
 
 
 def default_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -132,11 +133,14 @@ def default_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
 
 
 def locate_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The folder holding all 4 IDX files of ``name``, or None if there is none.
+    """The folder holding all 4 IDX files of ``name`` (for a reader's dataset, the file or
+    folder it would read), or None if there is none.
 
     Looks in ``<root>/<name>/`` for each root of :func:`default_data_dirs`, then (unless
     ``data_dir`` is given) where a system package installs it. ``digits`` is bundled: None.
     """
+    if name in _sources.SOURCES:  # a file-format reader's dataset: the path it would read
+        return _sources.locate(name, default_data_dirs(data_dir))
     _info(name)
     for folder in _candidate_folders(name, data_dir):
         if all((folder / f).is_file() for f in _ALL_IDX_FILES):
@@ -148,8 +152,14 @@ def list_datasets(data_dir: str | os.PathLike | None = None) -> list[dict[str, A
     """One dict per dataset, ``{"name", "found", "where", "description"}``, for a listing."""
     rows = []
     for name in dataset_names():
+        if name in _sources.SOURCES:
+            src = _sources.SOURCES[name]
+            path = _sources.locate(name, default_data_dirs(data_dir))
+            where = str(path) if path is not None else ("given by --data-path" if src.needs_path else None)
+            rows.append({"name": name, "found": path is not None, "where": where, "description": src.description})
+            continue
         if name == "digits":
-            where: str | None = BUNDLED_SOURCE
+            where = BUNDLED_SOURCE
         else:
             folder = locate_dataset(name, data_dir)
             where = str(folder) if folder is not None else None
@@ -160,14 +170,20 @@ def list_datasets(data_dir: str | os.PathLike | None = None) -> list[dict[str, A
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                  val_size: int | None = None, split_seed: int = 0,
-                 download: bool = False) -> Dataset:
+                 download: bool = False, test_size: int | None = None, **options: Any) -> Dataset:
     """Load ``name`` with its train/validation/test splits.
 
     The validation split is ``val_size`` images held out from the official train set by a
     permutation seeded with ``split_seed`` (default size: 1/12 of it, 5000 for MNIST); train
-    keeps the rest in their original order. ``download=True`` fetches a missing MNIST or
-    Fashion-MNIST into the first data root. Bad input raises :class:`VaelabError`.
+    keeps the rest in their original order. A format with an official validation split
+    (binarized MNIST) keeps it. A format without a test split gets ``test_size`` images (default
+    a tenth) held out by a fixed permutation. ``download=True`` fetches a missing MNIST or
+    Fashion-MNIST into the first data root. ``options`` are the readers' (``data_path``, ``key``,
+    ``shape``, ``image_size``, ...: see :mod:`vaelab.data.sources`). Bad input raises
+    :class:`VaelabError`.
     """
+    if name in _sources.SOURCES:
+        return _load_source(name, data_dir, val_size, split_seed, test_size, options)
     spec = _info(name).spec
     if name == "digits":
         (x_train, y_train), (x_test, y_test) = _digits_arrays()
@@ -182,6 +198,25 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                    val=_make_split(x_train, y_train, val_idx),
                    test=_make_split(x_test, y_test, np.arange(len(y_test))),
                    source=source)
+
+
+def _load_source(name: str, data_dir, val_size, split_seed, test_size, options: dict) -> Dataset:
+    raw = _sources.read(name, default_data_dirs(data_dir), options)
+    x, y = raw.x_train, raw.y_train
+    if raw.x_test is not None:
+        x_test, y_test = raw.x_test, raw.y_test
+    else:
+        rest, test = _sources.held_out_test(len(y), test_size)
+        x, y, x_test, y_test = x[rest], y[rest], x[test], y[test]
+    if raw.x_val is not None:  # the format's own validation split
+        x_val, y_val = raw.x_val, raw.y_val
+    else:
+        train_idx, val_idx = split_indices(len(y), val_size, split_seed)
+        x, y, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+    spec = DataSpec(name, tuple(int(v) for v in x.shape[1:]), raw.levels, len(raw.classes))
+    every = lambda a, b: _make_split(a, b, np.arange(len(b)))  # noqa: E731
+    return Dataset(spec=spec, train=every(x, y), val=every(x_val, y_val), test=every(x_test, y_test),
+                   source=raw.source)
 
 
 def split_indices(n: int, val_size: int | None, split_seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.saf
 RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png")  # results of the run, replaced with it
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
-RESUMABLE = {"train": ("epochs", "progress", "device", "threads"), "data": ("data_dir",)}
+RESUMABLE = {"train": ("epochs", "progress", "device", "threads"), "data": ("data_dir", "data_path", "workers")}
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -124,7 +124,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
-    ds = load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download)
+    ds = load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download,
+                      **d.reader_options())
     # what the model takes from the data: its image shape (and pixel levels, where it has them)
     from_data = {"shape": tuple(ds.spec.shape), "levels": ds.spec.levels}
     model_cfg = dataclasses.replace(run.model, **{k: v for k, v in from_data.items()
