@@ -149,17 +149,17 @@ def test_steps_groups_fresh_minibatches():
 
 
 def test_trainer_takes_k_discriminator_steps_per_generator_step(tmp_path):
-    # n minibatches of 64 per epoch; k = 4 -> n // 4 iterations, each of 4 discriminator
+    # n minibatches of 64 per epoch; k = 3 -> n // 3 iterations, each of 3 discriminator
     # updates and one generator update; Adam's step counters (per parameter) say so
     from vaelab.data import load_dataset
-    n = -(-len(load_dataset("digits", None).train) // 64)
-    run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 2, "k": 4}, out=str(tmp_path / "g")),
+    n = len(load_dataset("digits", None).train) // 64  # the last, smaller minibatch is dropped
+    run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 2, "k": 3}, out=str(tmp_path / "g")),
                        log=lambda m: None)
     res = load_file(str(run / "resume.safetensors"))
     d_steps = {v.item() for k, v in res.items() if k.startswith("optim.d.") and k.endswith(".step")}
     g_steps = {v.item() for k, v in res.items() if k.startswith("optim.g.") and k.endswith(".step")}
-    assert n % 4 != 0  # (so the dropped remainder is exercised)
-    assert d_steps == {2 * 4 * (n // 4)} and g_steps == {2 * (n // 4)}
+    assert n % 3 != 0  # (so the dropped remainder is exercised)
+    assert d_steps == {2 * 3 * (n // 3)} and g_steps == {2 * (n // 3)}
 
 
 def test_prior_and_fixed_noise():
@@ -212,7 +212,10 @@ def test_learning_rates_of_the_two_players():
 def test_resume_is_exact_for_both_players(arch, tmp_path):
     if arch == "conv" and torch.cuda.is_available():
         pytest.skip("on a GPU, cuDNN's transposed-convolution backward is not bitwise deterministic")
-    base = {**TINY, "arch": arch, "width": 4, "k": 2}  # batch norm buffers and two optimizers
+    base = {**TINY, "arch": arch, "k": 2}  # batch norm buffers and two optimizers
+    if arch == "conv":
+        del base["hidden"]
+        base["width"] = 4
     full = vaelab.train(vaelab.make_config(**base, out=str(tmp_path / "full")), log=lambda m: None)
     half = vaelab.train(vaelab.make_config(**{**base, "epochs": 2}, out=str(tmp_path / "half")),
                         log=lambda m: None)
@@ -276,3 +279,49 @@ def test_gan_is_registered_with_what_it_can_do():
     e = MODELS["gan"]
     assert e.can_sample and not e.can_reconstruct and not e.has_likelihood and e.higher_is_better is None
     assert e.data_per_step(GANConfig(k=5)) == 5
+
+
+def test_a_dropped_step_leaves_no_trace_and_the_steps_before_it_stand():
+    model = _gan("conv")  # batch norm in both nets
+    opts = gan_optimizers(model, TrainConfig(lr=1e-2))
+    d0 = [p.detach().clone() for p in model.discriminator.parameters()]
+    g0 = [p.detach().clone() for p in model.generator.parameters()]
+    good, bad = torch.rand(4, 1, 8, 8), torch.full((4, 1, 8, 8), float("nan"))
+    after_good = {}
+
+    def spy(real_step):
+        def step(*a, **kw):
+            out = real_step(*a, **kw)
+            after_good["bufs"] = {k: v.clone() for k, v in model.state_dict().items()}
+            return out
+        return step
+    opts["d"].step = spy(opts["d"].step)
+    m = gan_step(model, opts, [good, bad], StepContext())
+    assert m["skipped"].item() == 1
+    assert not _equal([p.detach() for p in model.discriminator.parameters()], d0)  # the first D step stands
+    assert all(s["step"].item() == 1 for s in opts["d"].state.values())             # one D step, no second
+    assert len(opts["g"].state) == 0 and _equal([p.detach() for p in model.generator.parameters()], g0)  # no G step
+    now = model.state_dict()  # the NaN pass's batch-norm statistics were restored
+    assert all(torch.equal(now[k], v) for k, v in after_good["bufs"].items())
+
+
+def test_a_one_image_last_minibatch_is_dropped(tmp_path):
+    from vaelab.data import load_dataset
+    n = len(load_dataset("digits", None).train)
+    bs = next(b for b in range(300, 400) if n % b == 1)  # the last minibatch would hold one image
+    run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 1, "batch_size": bs}, out=str(tmp_path / "g")),
+                       log=lambda m: None)
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["skipped_steps"] == 0
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (dict(arch="conv", dropout=0.3), "--dropout applies with --arch mlp"),
+    (dict(arch="conv", hidden="64"), "--hidden applies with --arch mlp"),
+    (dict(width=32), "--width applies with --arch conv"),
+    (dict(momentum=0.9), "--momentum applies with --optimizer sgd"),
+    (dict(optimizer="sgd", beta1=0.9), "--beta1 applies with --optimizer adam"),
+    (dict(batch_size=1), "--batch-size must be at least 2"),
+])
+def test_gan_options_that_nothing_would_read_are_errors(flags, needle):
+    with pytest.raises(VaelabError, match=needle):
+        vaelab.make_config(model="gan", **flags)

@@ -107,3 +107,39 @@ def test_real_cifar_images_through_array():
     assert len(ds.train) + len(ds.val) + len(ds.test) == 4000 and len(ds.test) == 400
     assert ds.train.x.dtype == torch.uint8
     vaelab.make_config(data="array", data_path="x.npz", shape="32,32,3", layout="chw")  # the flags' spelling
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (dict(model="vae", likelihood="gaussian", mixtures=3, binarize="none"), "--mixtures applies with"),
+    (dict(model="vae", likelihood="logistic", gaussian_std=0.1, binarize="none"), "--gaussian-std applies with"),
+    (dict(data="binarized-mnist", val_size=100), "its own validation file"),
+    (dict(data="cifar10", download=True), "--download fetches mnist"),
+])
+def test_options_that_nothing_would_read_are_errors(flags, needle):
+    with pytest.raises(vaelab.VaelabError, match=needle):
+        vaelab.make_config(**flags)
+
+
+def test_preset_reads_the_file_named_by_data_path(tmp_path):
+    ff = np.random.default_rng(3).integers(0, 256, (560, 20)).astype(np.uint8)
+    scipy.io.savemat(tmp_path / "my_frey.mat", {"ff": ff})
+    ds = load_dataset("frey-face", data_path=str(tmp_path / "my_frey.mat"))
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 20 and ds.source.endswith("my_frey.mat")
+
+
+def test_resume_takes_a_moved_data_path_and_workers_but_not_other_levels(tmp_path, capsys):
+    x = np.random.default_rng(4).integers(0, 256, (40, 6, 6)).astype(np.uint8)
+    np.save(tmp_path / "a.npy", x)
+    out = tmp_path / "run"
+    common = ["--epochs", "1", "--no-progress"]
+    assert main(["train", "--data", "array", "--data-path", str(tmp_path / "a.npy"), "--hidden", "8",
+                 "--latent-dim", "2", "--likelihood", "logistic", "--binarize", "none", "--batch-size", "8",
+                 "--nll-samples", "2", "--out", str(out), *common]) == 0
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "a.npy").rename(tmp_path / "moved" / "a.npy")
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress", "--workers", "1",
+                 "--data-path", str(tmp_path / "moved" / "a.npy")]) == 0
+    np.save(tmp_path / "binary.npy", (x > 127).astype(np.uint8))  # the same shape, 2 levels
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress",
+                 "--data-path", str(tmp_path / "binary.npy")]) == 2
+    assert "pixel levels" in capsys.readouterr().err

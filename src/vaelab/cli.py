@@ -66,8 +66,8 @@ def cmd_train(a) -> int:
                               f"be given with it (only {', '.join(flag_name(f) for f in allowed)}).")
         run = api._read(a.resume)[0]
         for name, v in flags.items():
-            cls = DataConfig if name == "data_dir" else TrainConfig
-            part = "data" if cls is DataConfig else "train"
+            part = next(p for p, fields in RESUMABLE.items() if name in fields)
+            cls = DataConfig if part == "data" else TrainConfig
             new = dataclasses.replace(getattr(run, part), **{name: coerce(cls, name, v, "flag")})
             run = dataclasses.replace(run, **{part: new})
     else:

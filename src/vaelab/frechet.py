@@ -148,7 +148,8 @@ def train_feature_net(x_train: torch.Tensor, y_train, shape: tuple[int, ...], nu
     n = len(x_train)
     steps_per_epoch = -(-n // batch_size)
     epochs = max(2, -(-MIN_UPDATES // steps_per_epoch)) if epochs is None else int(epochs)
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+    cuda = [x_train.device] if x_train.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         net = FeatureNet(shape, num_classes).to(x_train.device)
     say = (lambda e, loss: print(f"feature classifier epoch {e + 1}/{epochs}: loss {loss:.4f}", flush=True))

@@ -31,6 +31,7 @@ class ModelEntry:
     epoch_pictures: Callable | None = None  # (model, run_dir, epoch) -> path, after every epoch
     data_per_step: Callable = lambda cfg: 1  # training minibatches one step consumes (a GAN's k)
     defaults: dict = field(default_factory=dict)  # this model's defaults for data/train fields
+    drop_last: bool = False     # drop an epoch's last, smaller minibatch (batch norm on one image fails)
 
 
 _AE = dict(make_optimizers=adam, train_step=ae_step, val_metric=ae_val, val_name="recon", higher_is_better=False,
@@ -45,7 +46,7 @@ MODELS: dict[str, ModelEntry] = {
     # best = last: no held-out score ranks a GAN's epochs cheaply (D(x) on held-out data is logged)
     "gan": ModelEntry(GANConfig, GAN, gan_optimizers, gan_step, gan_val, "d_real", None, False, True,
                       can_reconstruct=False, extra_pictures=gan_pictures, epoch_pictures=gan_epoch_pictures,
-                      data_per_step=lambda cfg: cfg.k,
+                      data_per_step=lambda cfg: cfg.k, drop_last=True,
                       # DCGAN's learning rate; GANs model the grey levels, not binarized pixels
                       defaults={"lr": 2e-4, "binarize": "none"}),
 }

@@ -121,7 +121,10 @@ def check(cfg: RunConfig) -> None:
         for name, default in (("beta", 1.0), ("warmup_epochs", 0.0), ("iw_samples", 1)):
             if getattr(t, name) != default:
                 raise VaelabError(f"{flag_name(name)} applies to the ELBO of --model vae, not to --model {t.model}.")
+    _check_unused(cfg)
     if t.model == "gan":
+        if t.batch_size < 2:
+            raise VaelabError("--batch-size must be at least 2 for a GAN (batch norm needs two images).")
         if m.k < 1:
             raise VaelabError(f"--k must be at least 1 (discriminator steps per generator step), got {m.k}.")
         if m.width < 1:
@@ -165,6 +168,11 @@ def _check_data(d: DataConfig) -> None:
         if getattr(d, name) != getattr(defaults, name) and name not in takes:
             users = sorted(n for n, s in SOURCES.items() if name in s.options)
             raise VaelabError(f"{flag_name(name)} applies to --data {' or '.join(users)}, not to --data {d.data}.")
+    if d.data in SOURCES and d.download:
+        raise VaelabError(f"--download fetches mnist and fashion-mnist; --data {d.data} reads files you provide.")
+    if d.data == "binarized-mnist" and (d.val_size is not None or d.split_seed != 0):
+        raise VaelabError("--data binarized-mnist has its own validation file; --val-size and --split-seed "
+                          "do not apply.")
     if d.data_path is not None and d.data not in SOURCES:
         raise VaelabError(f"--data-path applies to the datasets read from a file ({', '.join(sorted(SOURCES))}); "
                           f"--data {d.data} is found through --data-dir.")
@@ -176,3 +184,23 @@ def _check_data(d: DataConfig) -> None:
             raise VaelabError(f"{flag_name(name)} must be at least {0 if name == 'workers' else 1}, got {v}.")
     if d.min_faces_per_person < 0:
         raise VaelabError(f"--min-faces-per-person must be 0 or more, got {d.min_faces_per_person}.")
+
+
+# model options that only one setting of another option reads: (option, applies when, condition text)
+_ONLY_WITH = {
+    "gan": (("dropout", lambda m: m.arch == "mlp", "--arch mlp"), ("hidden", lambda m: m.arch == "mlp", "--arch mlp"),
+            ("width", lambda m: m.arch == "conv", "--arch conv"),
+            ("momentum", lambda m: m.optimizer == "sgd", "--optimizer sgd"),
+            ("beta1", lambda m: m.optimizer == "adam", "--optimizer adam")),
+    "vae": (("gaussian_std", lambda m: m.likelihood == "gaussian", "--likelihood gaussian"),
+            ("mixtures", lambda m: m.likelihood == "logistic-mixture", "--likelihood logistic-mixture")),
+}
+
+
+def _check_unused(cfg: RunConfig) -> None:
+    """An option set away from its default where nothing reads it is an error, not a no-op."""
+    m = cfg.model
+    default = type(m)()
+    for name, applies, where in _ONLY_WITH.get(cfg.train.model, ()):
+        if getattr(m, name) != getattr(default, name) and not applies(m):
+            raise VaelabError(f"{flag_name(name)} applies with {where} only.")

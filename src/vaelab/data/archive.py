@@ -69,6 +69,7 @@ def iter_tar_files(path: str | os.PathLike, accept: Accept | None = None) -> Ite
                 name = _safe_name(path, member)
                 if name is None or _hidden(name) or (accept is not None and not accept(name)):
                     continue
+                _check_size(f"{path} (member {name})", member.size)
                 yield name, tf.extractfile(member).read()
             _check_end(path, tf)
         except _ARCHIVE_ERRORS as e:
@@ -95,6 +96,16 @@ def read_files(path: str | os.PathLike, accept: Accept | None = None) -> list[tu
             dup = dups[0]
             raise VaelabError(f"{path} holds the member {dup} more than once; expected each file once.")
     return sorted(items, key=lambda item: item[0].split("/"))
+
+
+MAX_FILE_BYTES = 1 << 28  # 256 MB: no photograph is larger; a decompression bomb may be
+
+
+def _check_size(what: str, size: int) -> None:
+    """Refuse a file too large to be one image before reading it into memory."""
+    if size > MAX_FILE_BYTES:
+        raise VaelabError(f"{what} is {size:,} bytes, more than the {MAX_FILE_BYTES:,} an image file may have; "
+                          "expected PNG or JPEG images of ordinary size.")
 
 
 def list_folder_files(root: str | os.PathLike, accept: Accept | None = None) -> list[tuple[str, Path]]:
@@ -126,6 +137,7 @@ def list_folder_files(root: str | os.PathLike, accept: Accept | None = None) -> 
             if entry.is_dir():
                 walk(p, f"{prefix}{entry.name}/", (*above, real))
             elif entry.is_file() and (accept is None or accept(prefix + entry.name)):
+                _check_size(str(p), p.stat().st_size)
                 out.append((prefix + entry.name, p))
 
     walk(root, "")

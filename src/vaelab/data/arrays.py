@@ -62,11 +62,12 @@ PRESETS: dict[str, dict] = {
 
 
 def read_preset(name: str, folder: str | os.PathLike) -> RawData:
-    """Read a preset's original file, ``<folder>/<file>`` (see :data:`PRESETS`)."""
+    """Read a preset's original file, ``<folder>/<file>`` (see :data:`PRESETS`), or the file
+    ``folder`` itself when it names one."""
     if name not in PRESETS:
         raise VaelabError(f"unknown array preset {name!r}: expected one of {', '.join(PRESETS)}.")
     p = PRESETS[name]
-    path = Path(folder) / p["file"]
+    path = Path(folder) if Path(folder).is_file() else Path(folder) / p["file"]
     if not path.is_file():
         raise VaelabError(f"{path} does not exist: the {name} dataset expects its original file "
                           f"{p['file']} (variable '{p['key']}') in {Path(folder)}.")

@@ -90,7 +90,7 @@ def _preset(name: str) -> Source:
 
     def read(path: Path, o: dict) -> RawData:
         from .arrays import read_preset
-        return read_preset(name, path if path.is_dir() else path.parent)
+        return read_preset(name, path)
     return Source(f"{'Frey faces' if name == 'frey-face' else 'Olivetti faces'}: {p['file']}, variable "
                   f"{p['key']!r}, {p['shape'][0]}x{p['shape'][1]} grey images", read, _in_folder(p["file"]),
                   wants=p["file"])

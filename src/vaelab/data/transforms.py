@@ -59,8 +59,9 @@ class Batches:
     """
 
     def __init__(self, x: torch.Tensor, levels: int, binarize: str, batch_size: int,
-                 generator: torch.Generator, device: torch.device | str = "cpu", dequantize: bool = False):
-        self.dequantize, self.levels = dequantize, levels
+                 generator: torch.Generator, device: torch.device | str = "cpu", dequantize: bool = False,
+                 drop_last: bool = False):
+        self.dequantize, self.levels, self.drop_last = dequantize, levels, drop_last
         if dequantize:  # raw values 0..levels-1; each batch gets fresh uniform noise
             u = x.to(torch.float32)
         else:
@@ -73,12 +74,13 @@ class Batches:
         self.generator = generator
 
     def __len__(self) -> int:
-        return -(-self.x.shape[0] // self.batch_size)
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         n = self.x.shape[0]
         perm = torch.randperm(n, generator=self.generator).to(self.x.device)
-        for i in range(0, n, self.batch_size):
+        for i in range(0, len(self) * self.batch_size, self.batch_size):
             xb = self.x[perm[i:i + self.batch_size]]
             if self.dynamic:
                 # uniform noise from the checkpointed generator, so the draw is reproducible

@@ -137,39 +137,50 @@ def gan_step(model, optimizers: dict, xs: torch.Tensor | list[torch.Tensor],
     """One iteration of Algorithm 1: for each of the k data minibatches in ``xs``, one
     discriminator step on it and a fresh noise minibatch, ascending log D(x) + log(1 - D(G(z)))
     with G(z) detached; then one generator step on fresh noise. Returns means over the k
-    discriminator steps of its loss and of D(x), D(G(z)), and the generator's loss. A
-    discriminator step that is dropped (NaN/Inf loss or gradient) ends the iteration there:
-    no further steps, and the batch-norm statistics are restored."""
+    discriminator steps of its loss and of D(x), D(G(z)), and the generator's loss.
+
+    A step whose loss or gradient is NaN/Inf is dropped and leaves no trace (its forward
+    passes' batch-norm statistics are restored too); the iteration ends there, reported as
+    ``skipped``, and the steps taken before it stand."""
     if torch.is_tensor(xs):  # k = 1: the trainer hands over the one minibatch itself
         xs = [xs]
     d_params, g_params = list(model.discriminator.parameters()), list(model.generator.parameters())
-    # batch-norm statistics move in every forward pass: kept to be restored if the iteration is
-    # dropped, so a NaN minibatch leaves no trace in the running means either
-    buffers = [(b, b.clone()) for b in model.buffers()]
     d_loss, d_real, d_fake = [], [], []
+    g_loss = torch.tensor(float("nan"))
+    ok = True
     for x in xs:
+        saved = _buffers(model)
         with torch.no_grad():
             fake = model.generate(model.prior(len(x)))
         real_logits, fake_logits = model.discriminate(x), model.discriminate(fake)
         loss = discriminator_loss(real_logits, fake_logits)
-        ok = apply_update(loss, d_params, optimizers["d"], ctx.grad_clip)
+        ok = _step_or_restore(loss, d_params, optimizers["d"], ctx, saved)
         d_loss.append(loss.detach())
         d_real.append(torch.sigmoid(real_logits.detach()).mean())
         d_fake.append(torch.sigmoid(fake_logits.detach()).mean())
         if not ok:
             break
-    if ok:  # a minibatch that broke a discriminator step (NaN/Inf) drops the whole iteration
+    if ok:
+        saved = _buffers(model)
         g_loss = generator_loss(model.discriminate(model.generate(model.prior(len(xs[-1])))), model.cfg.g_loss)
-        ok = apply_update(g_loss, g_params, optimizers["g"], ctx.grad_clip)
-    else:
-        g_loss = torch.tensor(float("nan"))
-    if not ok:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+        ok = _step_or_restore(g_loss, g_params, optimizers["g"], ctx, saved)
     mean = lambda v: torch.stack(v).mean()  # noqa: E731
     return {"loss": mean(d_loss), "d_loss": mean(d_loss), "g_loss": g_loss.detach(), "d_real": mean(d_real),
             "d_fake": mean(d_fake), "skipped": torch.tensor(0.0 if ok else 1.0)}
+
+
+def _buffers(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    # batch-norm statistics move in every forward pass (small tensors: cheap to keep)
+    return [(b, b.clone()) for b in model.buffers()]
+
+
+def _step_or_restore(loss, params, opt, ctx: StepContext, saved) -> bool:
+    ok = apply_update(loss, params, opt, ctx.grad_clip)
+    if not ok:
+        with torch.no_grad():
+            for b, old in saved:
+                b.copy_(old)
+    return ok
 
 
 @torch.no_grad()

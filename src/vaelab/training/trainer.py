@@ -133,6 +133,9 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     if resume is not None and tuple(run.model.shape) != tuple(ds.spec.shape):
         raise VaelabError(f"--resume {resume}: the run was trained on images of shape {run.model.shape}, "
                           f"but {d.data} has {ds.spec.shape}.")
+    if resume is not None and getattr(run.model, "levels", ds.spec.levels) != ds.spec.levels:
+        raise VaelabError(f"--resume {resume}: the run was trained on {run.model.levels} pixel levels, "
+                          f"but {d.data} now has {ds.spec.levels}.")
     run = dataclasses.replace(run, model=model_cfg)
     if t.batch_size > len(ds.train):
         raise VaelabError(f"--batch-size {t.batch_size} is larger than the training set ({len(ds.train)} images).")
@@ -142,7 +145,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     optimizers = entry.make_optimizers(model, t)
     gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
     deq = dequantizes(model_cfg, d.binarize)
-    batches = Batches(ds.train.x, ds.spec.levels, d.binarize, t.batch_size, gen, device, dequantize=deq)
+    batches = Batches(ds.train.x, ds.spec.levels, d.binarize, t.batch_size, gen, device, dequantize=deq,
+                      drop_last=entry.drop_last)
     x_val = eval_inputs(ds.val.x, ds.spec.levels, d.binarize).to(device)
     if deq:
         x_val = dequantize_fixed(x_val, ds.spec.levels)
