@@ -139,6 +139,9 @@ def test_resume_takes_a_moved_data_path_and_workers_but_not_other_levels(tmp_pat
     (tmp_path / "a.npy").rename(tmp_path / "moved" / "a.npy")
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress", "--workers", "1",
                  "--data-path", str(tmp_path / "moved" / "a.npy")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "-k", "2", "--no-sample-metrics", "--data-dir", str(tmp_path / "moved" / "a.npy")]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 4
     np.save(tmp_path / "binary.npy", (x > 127).astype(np.uint8))  # the same shape, 2 levels
     assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress",
                  "--data-path", str(tmp_path / "binary.npy")]) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .data import DataSpec, load_dataset
+from .data import DataSpec, run_dataset
 from .data.transforms import dequantize_fixed, dequantizes, eval_inputs
 from .errors import VaelabError
 from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
@@ -62,8 +62,7 @@ def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> t
     if split not in ("train", "val", "test"):
         raise VaelabError(f"--split must be train, val or test, got {split!r}.")
     d = run.data
-    ds = load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed,
-                      **d.reader_options())
+    ds = run_dataset(d, data_dir)
     if tuple(ds.spec.shape) != tuple(spec.shape):
         raise VaelabError(f"{run_dir} was trained on images of shape {tuple(spec.shape)}, "
                           f"but {d.data} now has {tuple(ds.spec.shape)}.")

@@ -240,6 +240,10 @@ def cmd_demo(a) -> int:
     return 0
 
 
+DATA_DIR_HELP = ("where the run's data is now, if not where it was found in training (for a run trained with "
+                 "--data-path: that file or folder itself)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vaelab", description="Autoencoders, VAEs and GANs on real images, measured honestly.",
                 allow_abbrev=False)
@@ -252,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_, allow_abbrev=False)
         s.add_argument("run_dir", metavar="RUN_DIR")
         s.add_argument("--checkpoint", default="best", choices=("best", "last"))
-        s.add_argument("--data-dir", default=None)
+        s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
         s.add_argument("--split", default="test", choices=("train", "val", "test"))
         for flag, kw in extra.items():
             s.add_argument(*flag.split("|"), **kw)
@@ -283,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_, allow_abbrev=False)
         s.add_argument("run_dir", metavar="RUN_DIR")
         s.add_argument("--labels", default="all", help="labelled training images, balanced per class (or all)")
-        s.add_argument("--data-dir", default=None)
+        s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default="auto")
         if name == "finetune":

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .data import load_dataset
+from .data import run_dataset
 from .data.transforms import to_unit
 from .errors import VaelabError
 from .frechet import feature_classifier, frechet_from_images
@@ -48,8 +48,7 @@ def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, 
         raise VaelabError(f"--samples must be at least 2, got {n_samples}.")
     run, spec = model.run_config, model.data_spec
     d = run.data
-    ds = load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed,
-                      **d.reader_options())
+    ds = run_dataset(d, data_dir)
     unit = {s: to_unit(getattr(ds, s).x, ds.spec.levels) for s in ("train", "val", "test")}
     samples, per_s = draw_samples(model, n_samples, seed)
     x_val = unit["val"][:PARZEN_VAL] if len(unit["val"]) else unit["train"][:PARZEN_VAL]

@@ -9,6 +9,7 @@ from .datasets import (
     list_datasets,
     load_dataset,
     locate_dataset,
+    run_dataset,
 )
 from .download import download_dataset
 from .idx import read_idx
@@ -23,5 +24,6 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "locate_dataset",
+    "run_dataset",
     "read_idx",
 ]

@@ -200,6 +200,16 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                    source=source)
 
 
+def run_dataset(d, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """The dataset of a run's data config ``d`` (a :class:`vaelab.config.DataConfig`), found in
+    ``data_dir`` if given, else where the run found it. For a run that read a file
+    (``--data-path``), ``data_dir`` names that file or folder in its new place."""
+    options = d.reader_options()
+    if data_dir is not None and d.data_path is not None:
+        options["data_path"], data_dir = str(data_dir), None
+    return load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed, **options)
+
+
 def _load_source(name: str, data_dir, val_size, split_seed, test_size, options: dict) -> Dataset:
     raw = _sources.read(name, default_data_dirs(data_dir), options)
     x, y = raw.x_train, raw.y_train
