@@ -1,11 +1,14 @@
 """Training throughput of vaelab against the plain PyTorch recipe, in the same process,
 interleaved, median of repeats, with the ratio and the fraction of this machine's matmul peak.
 
-Case (a) of issue 7, the first one measured: the MLP VAE 784-400-20 (pytorch/examples
+Cases (a) and (d) of issue 7 so far. (a): the MLP VAE 784-400-20 (pytorch/examples
 ``vae/main.py``), batch 128, Adam 1e-3, summed BCE + KL, on statically binarized Fashion-MNIST.
 The reference is that recipe written plainly: a DataLoader over a TensorDataset, shuffled.
 vaelab runs ``vaelab.train`` for one epoch (its own timer covers the batch loop only: no
 validation, checkpoints or pictures). Each repeat times one epoch of each, alternately.
+
+(d): the importance-sampled NLL with K = 1000 on 1,000 test images, vaelab's batched and
+chunked estimator against the same sums one image at a time (as Pythae computes it).
 
 FLOPs per example of a training step: forward 2 x (784*400 + 400*40 + 20*400 + 400*784) and
 backward about twice that (3x the forward in all); the peak is a 2048^3 matrix product, fp32
@@ -82,6 +85,53 @@ def vaelab_epoch(a) -> float:
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
 
 
+DECODER_MACS = 20 * 400 + 400 * 784
+
+
+def reference_nll(model, x: torch.Tensor, k: int) -> float:
+    """The importance-sampled NLL one image at a time (as Pythae computes it): K samples of z
+    for each image in turn."""
+    import math
+    total = 0.0
+    with torch.no_grad():
+        for xi in x:
+            q = model.encode(xi[None])
+            z = q.mu + q.std * torch.randn(k, q.mu.shape[-1])
+            logits = model.decoder(z).flatten(1)
+            log_px = -F.binary_cross_entropy_with_logits(logits, xi.flatten()[None].expand_as(logits),
+                                                         reduction="none").sum(-1)
+            log_pz = (-0.5 * z ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+            log_qz = (-0.5 * ((z - q.mu) / q.std) ** 2 - torch.log(q.std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+            total -= (torch.logsumexp(log_px + log_pz - log_qz, 0) - math.log(k)).item()
+    return total / len(x)
+
+
+def nll_case(a, peak: dict, x_test: torch.Tensor) -> dict:
+    """Case (d): the importance-sampled NLL, K = 1000, 1000 test images, the MLP VAE."""
+    from vaelab.likelihood import evaluate_likelihood
+    from vaelab.models.vae import VAE, VAEConfig
+    from vaelab.run import PRESETS
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(shape=(1, 28, 28), **{k: v for k, v in PRESETS["pytorch-examples"].items()})).eval()
+    x = x_test[:a.nll_images]
+    flops = len(x) * a.nll_k * 2 * DECODER_MACS
+    ref, ours = [], []
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        r_nll = reference_nll(model, x, a.nll_k)
+        ref.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        o_nll = evaluate_likelihood(model, x, a.nll_k, batch_size=100)["nll"]
+        ours.append(time.perf_counter() - t0)
+    r, o = statistics.median(ref), statistics.median(ours)
+    return {"benchmark": "throughput", "case": f"d: importance-sampled NLL, K={a.nll_k}, {len(x)} images, mlp vae",
+            "precision": "fp32", "threads": a.threads, "repeats": a.repeats, "reference": "one image at a time",
+            "reference_s": round(r, 3), "vaelab_s": round(o, 3), "speedup": round(r / o, 2),
+            "vaelab_gflops": round(flops / o / 1e9, 2), "matmul_peak_gflops_fp32": round(peak["fp32"], 1),
+            "fraction_of_fp32_peak": round(flops / o / 1e9 / peak["fp32"], 3),
+            "nll_reference": round(r_nll, 3), "nll_vaelab": round(o_nll, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True)
@@ -89,10 +139,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default="runs/bench-throughput")
     ap.add_argument("--results", default="benchmarks/results/throughput.jsonl")
+    ap.add_argument("--cases", default="a,d")
+    ap.add_argument("--nll-k", type=int, default=1000)
+    ap.add_argument("--nll-images", type=int, default=1000)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     ds = load_dataset("fashion-mnist", a.data_dir, val_size=0)
+    cases = a.cases.split(",")
+    if "d" in cases:
+        _emit(a, nll_case(a, peak, binarize_fixed(to_unit(ds.test.x, ds.spec.levels))))
+    if "a" not in cases:
+        return
     x = binarize_fixed(to_unit(ds.train.x, ds.spec.levels))
     n = len(x)
     torch.manual_seed(0)
@@ -114,6 +172,10 @@ def main() -> None:
            "matmul_peak_gflops_fp32": round(peak["fp32"], 1), "matmul_peak_gflops_bf16": round(peak["bf16"], 1),
            "fraction_of_fp32_peak": round(n * FLOPS_PER_EXAMPLE / o / 1e9 / peak["fp32"], 3),
            "reference_all_s": [round(v, 3) for v in ref], "vaelab_all_s": [round(v, 3) for v in ours]}
+    _emit(a, row)
+
+
+def _emit(a, row: dict) -> None:
     line = json.dumps(row)
     print(line, flush=True)
     with open(a.results, "a") as f:
