@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: a VAE on scikit-learn's bundled 8x8 digits
-# (about a minute on 2 cores). Pictures and metrics go to runs/digits-vae/.
+# (one to two minutes on 2 cores). Pictures and metrics go to runs/digits-vae/.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/venv.sh"

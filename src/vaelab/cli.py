@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("datasets", help="list the datasets and where each was found", allow_abbrev=False)
     d.add_argument("--data-dir", default=None)
     d.set_defaults(func=cmd_datasets)
-    m = sub.add_parser("demo", help="train a VAE on the bundled digits (about a minute)", allow_abbrev=False)
+    m = sub.add_parser("demo", help="train a VAE on the bundled digits (one to two minutes)", allow_abbrev=False)
     m.add_argument("--out", default="runs/digits-vae")
     m.add_argument("--epochs", type=int, default=None)
     m.set_defaults(func=cmd_demo)
