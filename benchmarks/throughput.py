@@ -1,13 +1,15 @@
 """Training throughput of vaelab against the plain PyTorch recipe, in the same process,
 interleaved, median of repeats, with the ratio and the fraction of this machine's matmul peak.
 
-Cases (a) and (d) of issue 7 so far. (a): the MLP VAE 784-400-20 (pytorch/examples
+Cases (a) to (d) of issue 7. (a): the MLP VAE 784-400-20 (pytorch/examples
 ``vae/main.py``), batch 128, Adam 1e-3, summed BCE + KL, on statically binarized Fashion-MNIST.
 The reference is that recipe written plainly: a DataLoader over a TensorDataset, shuffled.
 vaelab runs ``vaelab.train`` for one epoch (its own timer covers the batch loop only: no
 validation, checkpoints or pictures). Each repeat times one epoch of each, alternately.
 
-(d): the importance-sampled NLL with K = 1000 on 1,000 test images, vaelab's batched and
+(b) the conv VAE and (c) the DCGAN (k = 1) on the 4,000 CIFAR-10 images at 32x32x3, batch 64,
+against vaelab's own modules trained in a plain loop (the same network and initial weights; the
+GAN's loop is Algorithm 1 with fresh noise for each player, as vaelab's). (d): the importance-sampled NLL with K = 1000 on 1,000 test images, vaelab's batched and
 chunked estimator against the same sums one image at a time (as Pythae computes it).
 
 FLOPs per example of a training step: forward 2 x (784*400 + 400*40 + 20*400 + 400*784) and
@@ -22,6 +24,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -107,7 +110,9 @@ def reference_nll(model, x: torch.Tensor, k: int) -> float:
 
 
 def nll_case(a, peak: dict, x_test: torch.Tensor) -> dict:
-    """Case (d): the importance-sampled NLL, K = 1000, 1000 test images, the MLP VAE."""
+    """Case (b) the conv VAE and (c) the DCGAN (k = 1) on the 4,000 CIFAR-10 images at 32x32x3, batch 64,
+against vaelab's own modules trained in a plain loop (the same network and initial weights; the
+GAN's loop is Algorithm 1 with fresh noise for each player, as vaelab's). (d): the importance-sampled NLL, K = 1000, 1000 test images, the MLP VAE."""
     from vaelab.likelihood import evaluate_likelihood
     from vaelab.models.vae import VAE, VAEConfig
     from vaelab.run import PRESETS
@@ -132,6 +137,95 @@ def nll_case(a, peak: dict, x_test: torch.Tensor) -> dict:
             "nll_reference": round(r_nll, 3), "nll_vaelab": round(o_nll, 3)}
 
 
+# ------------------------------------------------------------------------------------------
+# (b) the conv VAE and (c) the DCGAN on 32x32x3: the 4,000 CIFAR-10 images through --data array.
+# The reference loops train vaelab's own modules (the same network, the same initial weights)
+# the plain way: a shuffled DataLoader over a TensorDataset, Adam, the loss written out.
+# ------------------------------------------------------------------------------------------
+
+CIFAR = dict(data="array", key="data", label_key="labels", shape=(32, 32, 3), layout="chw", binarize="none",
+             arch="conv", val_size=0, batch_size=64, epochs=1, nll_samples=0, seed=0)
+CASE_FLAGS = {"b": dict(model="vae", channels=(64, 128, 256, 256), latent_dim=64, likelihood="bernoulli", lr=1e-3),
+              "c": dict(model="gan", k=1, lr=2e-4)}
+
+
+def _cifar_run(a, case: str):
+    flags = {**CIFAR, **CASE_FLAGS[case], "data_path": str(Path(a.data_dir) / "cifar10_batch1_first4000.npz")}
+    return vaelab.make_config(threads=a.threads, progress=False, overwrite=True, out=f"{a.out}-{case}", **flags)
+
+
+def vaelab_cifar_epoch(a, case: str) -> float:
+    from vaelab.training.trainer import train as train_loop
+    run = train_loop(_cifar_run(a, case), log=lambda m: None)
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
+
+
+def reference_cifar(a, case: str):
+    """(epoch function, number of images): vaelab's module for the case, trained plainly."""
+    import dataclasses
+    from vaelab.registry import MODELS
+    cfg = _cifar_run(a, case)
+    ds = vaelab.data.run_dataset(cfg.data)
+    x = to_unit(ds.train.x, ds.spec.levels)
+    model_cfg = dataclasses.replace(cfg.model, shape=tuple(ds.spec.shape))
+    torch.manual_seed(0)
+    model = MODELS[cfg.train.model].model_cls(model_cfg).train()
+    loader = DataLoader(TensorDataset(x), batch_size=64, shuffle=True)
+    if case == "b":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def epoch() -> float:
+            t0 = time.perf_counter()
+            for (data,) in loader:
+                opt.zero_grad()
+                q = model.encode(data)
+                z = q.mu + q.std * torch.randn_like(q.mu)
+                logits = model.decoder(z)
+                bce = F.binary_cross_entropy_with_logits(logits, data, reduction="sum")
+                kld = -0.5 * torch.sum(1 + q.logvar - q.mu.pow(2) - q.logvar.exp())
+                (bce + kld).backward()
+                opt.step()
+            return time.perf_counter() - t0
+        return epoch, len(x)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(model.generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+    def gan_epoch() -> float:  # Algorithm 1, k = 1: fresh noise for each player's step
+        t0 = time.perf_counter()
+        for (data,) in loader:
+            if len(data) < 2:
+                continue
+            opt_d.zero_grad()
+            fake = model.generate(model.prior(len(data))).detach()
+            real_logits, fake_logits = model.discriminate(data), model.discriminate(fake)
+            d_loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                      + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+            d_loss.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            out = model.discriminate(model.generate(model.prior(len(data))))
+            F.binary_cross_entropy_with_logits(out, torch.ones_like(out)).backward()
+            opt_g.step()
+        return time.perf_counter() - t0
+    return gan_epoch, len(x)
+
+
+def cifar_case(a, case: str) -> dict:
+    epoch, n = reference_cifar(a, case)
+    epoch()
+    vaelab_cifar_epoch(a, case)  # warm-up of both
+    ref, ours = [], []
+    for _ in range(a.repeats):
+        ref.append(epoch())
+        ours.append(vaelab_cifar_epoch(a, case))
+    r, o = statistics.median(ref), statistics.median(ours)
+    what = {"b": "b: conv vae 64-128-256-256, 32x32x3, batch 64", "c": "c: dcgan 32x32x3, k=1, batch 64"}[case]
+    return {"benchmark": "throughput", "case": what, "precision": "fp32", "threads": a.threads, "examples": n,
+            "repeats": a.repeats, "reference_s": round(r, 3), "vaelab_s": round(o, 3), "speedup": round(r / o, 3),
+            "reference_examples_per_s": round(n / r, 1), "vaelab_examples_per_s": round(n / o, 1),
+            "reference_all_s": [round(v, 3) for v in ref], "vaelab_all_s": [round(v, 3) for v in ours]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True)
@@ -139,7 +233,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default="runs/bench-throughput")
     ap.add_argument("--results", default="benchmarks/results/throughput.jsonl")
-    ap.add_argument("--cases", default="a,d")
+    ap.add_argument("--cases", default="a,b,c,d")
     ap.add_argument("--nll-k", type=int, default=1000)
     ap.add_argument("--nll-images", type=int, default=1000)
     a = ap.parse_args()
@@ -147,6 +241,9 @@ def main() -> None:
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     ds = load_dataset("fashion-mnist", a.data_dir, val_size=0)
     cases = a.cases.split(",")
+    for case in ("b", "c"):
+        if case in cases:
+            _emit(a, cifar_case(a, case))
     if "d" in cases:
         _emit(a, nll_case(a, peak, binarize_fixed(to_unit(ds.test.x, ds.spec.levels))))
     if "a" not in cases:
