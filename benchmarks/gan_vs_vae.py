@@ -19,6 +19,7 @@ import shutil
 import time
 
 import vaelab
+from _common import emit
 
 CASES = {
     "gan-k1-non-saturating": {"model": "gan", "k": 1, "g_loss": "non-saturating"},
@@ -70,11 +71,7 @@ def main() -> None:
     for name in a.cases.split(","):
         if name not in CASES:
             ap.error(f"--cases: unknown case {name!r}; expected some of {', '.join(CASES)}")
-        row = run_case(name, a)
-        line = json.dumps(row)
-        print(line, flush=True)
-        with open(a.results, "a") as f:
-            f.write(line + "\n")
+        emit(a.results, run_case(name, a))
 
 
 if __name__ == "__main__":

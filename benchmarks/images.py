@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import vaelab
+from _common import emit
 from vaelab.data.folder import read_image_folder
 from vaelab.data.lfw import read_lfw
 
@@ -96,20 +97,17 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     cases = a.cases.split(",")
 
-    def emit(rows: list[dict]) -> None:  # written as each case ends
-        with open(a.results, "a") as f:
-            for r in rows:
-                line = json.dumps({"benchmark": "images", "threads": a.threads, **r})
-                print(line, flush=True)
-                f.write(line + "\n")
+    def emit_all(rows: list[dict]) -> None:  # written as each case ends
+        for r in rows:
+            emit(a.results, {"benchmark": "images", "threads": a.threads, **r})
 
     if "load" in cases:
-        emit(load_cases(a))
+        emit_all(load_cases(a))
     if "train" in cases:
-        emit([train_case(a)])
+        emit_all([train_case(a)])
     if "bpd" in cases:
         for lik in ("logistic-mixture", "gaussian"):
-            emit([bpd_case(a, lik)])
+            emit_all([bpd_case(a, lik)])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import vaelab
+from _common import emit
 from vaelab.data import load_dataset
 from vaelab.data.transforms import binarize_fixed, to_unit
 
@@ -243,9 +244,9 @@ def main() -> None:
     cases = a.cases.split(",")
     for case in ("b", "c"):
         if case in cases:
-            _emit(a, cifar_case(a, case))
+            emit(a.results, cifar_case(a, case))
     if "d" in cases:
-        _emit(a, nll_case(a, peak, binarize_fixed(to_unit(ds.test.x, ds.spec.levels))))
+        emit(a.results, nll_case(a, peak, binarize_fixed(to_unit(ds.test.x, ds.spec.levels))))
     if "a" not in cases:
         return
     x = binarize_fixed(to_unit(ds.train.x, ds.spec.levels))
@@ -269,14 +270,7 @@ def main() -> None:
            "matmul_peak_gflops_fp32": round(peak["fp32"], 1), "matmul_peak_gflops_bf16": round(peak["bf16"], 1),
            "fraction_of_fp32_peak": round(n * FLOPS_PER_EXAMPLE / o / 1e9 / peak["fp32"], 3),
            "reference_all_s": [round(v, 3) for v in ref], "vaelab_all_s": [round(v, 3) for v in ours]}
-    _emit(a, row)
-
-
-def _emit(a, row: dict) -> None:
-    line = json.dumps(row)
-    print(line, flush=True)
-    with open(a.results, "a") as f:
-        f.write(line + "\n")
+    emit(a.results, row)
 
 
 if __name__ == "__main__":

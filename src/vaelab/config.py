@@ -26,6 +26,11 @@ def opt(default, help: str, choices=None, flag: bool = True):
     return field(metadata={"help": help, "choices": choices, "flag": flag}, **kw)
 
 
+# the DataConfig fields that only some readers take (each reader lists its own in data/sources.py)
+READER_OPTIONS = ("key", "label_key", "shape", "layout", "examples", "image_size", "crop", "min_faces_per_person",
+                  "workers")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     data: str = opt("digits", "dataset name (see `vaelab datasets`)")
@@ -52,9 +57,7 @@ class DataConfig:
 
     def reader_options(self) -> dict[str, Any]:
         """The settings :func:`vaelab.data.load_dataset` passes to a file-format reader."""
-        names = ("data_path", "test_size", "image_size", "crop", "min_faces_per_person", "workers", "key",
-                 "label_key", "shape", "layout", "examples")
-        return {n: getattr(self, n) for n in names}
+        return {n: getattr(self, n) for n in ("data_path", "test_size", *READER_OPTIONS)}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DataConfig, TrainConfig, build, coerce, flag_name, from_dict, read_config_file, to_dict
+from .config import (READER_OPTIONS, DataConfig, TrainConfig, build, coerce, flag_name, from_dict, read_config_file,
+                     to_dict)
 from .errors import VaelabError
 from .registry import MODELS, get_model
 
@@ -161,10 +162,10 @@ def check(cfg: RunConfig) -> None:
 
 def _check_data(d: DataConfig) -> None:
     """Reader options only where the reader takes them; sizes positive."""
-    from .data.sources import OPTIONS, SOURCES
+    from .data.sources import SOURCES
     takes = SOURCES[d.data].options if d.data in SOURCES else ()
     defaults = DataConfig()
-    for name in OPTIONS:
+    for name in READER_OPTIONS:
         if getattr(d, name) != getattr(defaults, name) and name not in takes:
             users = sorted(n for n, s in SOURCES.items() if name in s.options)
             raise VaelabError(f"{flag_name(name)} applies to --data {' or '.join(users)}, not to --data {d.data}.")

@@ -233,11 +233,7 @@ def split_indices(n: int, val_size: int | None, split_seed: int) -> tuple[np.nda
     """Sorted (train, validation) indices into ``n`` training images: validation is the first
     ``val_size`` of a permutation seeded by ``split_seed``, train is the rest."""
     val_size = _check_val_size(n, val_size)
-    split_seed = _check_split_seed(split_seed)
-    perm = np.random.default_rng(split_seed).permutation(n)
-    # Sorting makes train keep the original order, whatever the permutation: an epoch's
-    # order is then the trainer's business alone.
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+    return _sources.hold_out(n, val_size, _check_split_seed(split_seed))
 
 
 # --- locating -----------------------------------------------------------------------------

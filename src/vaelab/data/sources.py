@@ -121,8 +121,6 @@ SOURCES: dict[str, Source] = {
                               _in_folder(*(f"binarized_mnist_{s}.amat" for s in ("train", "valid", "test"))),
                               wants="binarized_mnist_train.amat, _valid.amat and _test.amat"),
 }
-OPTIONS = ("key", "label_key", "shape", "layout", "examples", "image_size", "crop", "min_faces_per_person",
-           "workers")
 
 
 def locate(name: str, roots: list[Path], data_path: str | None = None) -> Path | None:
@@ -168,5 +166,12 @@ def held_out_test(n: int, test_size: int | None) -> tuple[np.ndarray, np.ndarray
     size = round(n / 10) if test_size is None else test_size
     if not 0 < size < n:
         raise VaelabError(f"--test-size must be between 1 and {n - 1} (the data has {n} images), got {size}.")
-    perm = np.random.default_rng(TEST_SEED).permutation(n)
+    return hold_out(n, size, TEST_SEED)
+
+
+def hold_out(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (rest, held-out) indices into ``n`` images: the held-out are the first ``size`` of
+    a permutation seeded by ``seed``. Sorting keeps both in their original order, whatever the
+    permutation: an epoch's order is then the trainer's business alone."""
+    perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[size:]), np.sort(perm[:size])

@@ -134,14 +134,10 @@ class GAN(nn.Module):
         """n draws z ~ p(z) on the model's device: [n, latent_dim]. ``generator`` (on the CPU)
         draws a fixed batch without touching the global RNG."""
         p = next(self.parameters())
+        where = dict(device="cpu" if generator is not None else p.device, dtype=p.dtype, generator=generator)
         shape = (n, self.cfg.latent_dim)
-        if generator is not None:
-            z = torch.randn(shape, generator=generator) if self.cfg.prior == "normal" else \
-                torch.rand(shape, generator=generator) * 2 - 1
-            return z.to(p.device, p.dtype)
-        if self.cfg.prior == "normal":
-            return torch.randn(shape, device=p.device, dtype=p.dtype)
-        return torch.rand(shape, device=p.device, dtype=p.dtype) * 2 - 1
+        z = torch.randn(shape, **where) if self.cfg.prior == "normal" else torch.rand(shape, **where) * 2 - 1
+        return z.to(p.device)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """G(z) in [0, 1] for z [..., D], with gradients (the generator's step)."""

@@ -1,0 +1,12 @@
+"""What every benchmark script shares: one JSON line per case, printed and appended to the
+results file as soon as the case ends."""
+from __future__ import annotations
+
+import json
+
+
+def emit(path: str, row: dict) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    with open(path, "a") as f:
+        f.write(line + "\n")
