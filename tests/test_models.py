@@ -254,6 +254,12 @@ def test_determinism(case):
     assert not _same(w0a, _weights(_build(entry, cfg, seed=124)))
 
 
+def _took_no_step(opt) -> bool:
+    """No state yet, or (a fused optimizer told to skip by found_inf) a step count of 0 and
+    zero moments: the same as no step for the next one."""
+    return all(v.count_nonzero() == 0 for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
+
+
 def test_nan_batch_is_skipped(case):
     entry, cfg, shape = case
     model = _build(entry, cfg).train()
@@ -263,7 +269,7 @@ def test_nan_batch_is_skipped(case):
     m = entry.train_step(model, opts, x, StepContext())
     assert m["skipped"].item() == 1
     assert _same(before, _weights(model))
-    assert all(len(o.state) == 0 for o in opts.values())  # the optimizer took no step either
+    assert all(_took_no_step(o) for o in opts.values())  # the optimizer took no step either
     # a good batch afterwards is taken
     m = entry.train_step(model, opts, _batch(shape), StepContext())
     assert m["skipped"].item() == 0

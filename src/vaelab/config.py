@@ -81,6 +81,13 @@ class TrainConfig:
     out: str | None = opt(None, "run directory (default runs/<data>-<model>)")
     overwrite: bool = opt(False, "replace an existing run in --out")
     progress: bool = opt(True, "show a progress bar")
+    log_every: int = opt(20, "steps between progress-bar updates (each waits for the device; nothing else does)")
+    precision: str = opt("fp32", "training arithmetic: fp32, or autocast to bf16 (CPU or GPU) or fp16 (with loss "
+                                 "scaling); evaluation is always fp32", ("fp32", "bf16", "fp16"))
+    compile: bool = opt(False, "torch.compile the training objective (a one-off compile of tens of seconds; "
+                               "checkpoints are the same)")
+    channels_last: bool | None = opt(None, "true or false: conv nets in NHWC memory layout (unset: true on CUDA, "
+                                           "false on the CPU, where it measured slower)")
 
 
 def _unwrap_optional(tp):

@@ -36,6 +36,13 @@ ACTIVATIONS = {
 }
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """A network's output in float32 where autocast (--precision bf16/fp16) made it half
+    precision, so the distributions and every sum of log-probabilities are float32; float32
+    and float64 pass through untouched."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()

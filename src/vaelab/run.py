@@ -96,7 +96,7 @@ def make_config(config_file: str | None = None, **flags: Any) -> RunConfig:
 def check(cfg: RunConfig) -> None:
     """Cross-field checks, raised before any work starts."""
     t = cfg.train
-    positive = {"epochs": t.epochs, "batch_size": t.batch_size, "iw_samples": t.iw_samples,
+    positive = {"epochs": t.epochs, "batch_size": t.batch_size, "iw_samples": t.iw_samples, "log_every": t.log_every,
                 "latent_dim": getattr(cfg.model, "latent_dim", 1)}
     for name, v in positive.items():
         if v < 1:
@@ -112,6 +112,8 @@ def check(cfg: RunConfig) -> None:
         raise VaelabError(f"--threads must be at least 1, got {t.threads}.")
     if getattr(cfg.model, "arch", None) == "conv" and not getattr(cfg.model, "channels", (1,)):
         raise VaelabError("--channels must list at least one channel count for --arch conv, e.g. 32,32,64,64.")
+    if t.channels_last and getattr(cfg.model, "arch", None) != "conv":
+        raise VaelabError("--channels-last applies to conv nets (--arch conv) only.")
     if t.nll_samples < 0:
         raise VaelabError(f"--nll-samples must be 0 (skip) or more, got {t.nll_samples}.")
     if t.iw_samples > 1 and (t.beta != 1.0 or t.warmup_epochs > 0):

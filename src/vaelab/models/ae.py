@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import opt
-from ..nets import NetConfig, make_decoder, make_encoder
+from ..nets import NetConfig, full_precision, make_decoder, make_encoder
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,11 @@ class AE(nn.Module):
                                     cfg.shape, cfg.shape[0])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return full_precision(self.encoder(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The reconstruction in pixel space (probabilities for bce, values for l2)."""
-        out = self.decoder(z)
+        out = full_precision(self.decoder(z))
         return torch.sigmoid(out) if self.cfg.loss == "bce" else out
 
     @torch.no_grad()
@@ -72,7 +72,7 @@ class AE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> AEOutput:
         z = self.encode(x)
-        return AEOutput(z, self.decoder(z))
+        return AEOutput(z, full_precision(self.decoder(z)))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

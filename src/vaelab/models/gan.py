@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import opt
 from ..errors import VaelabError
+from ..nets import full_precision
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,12 @@ class GAN(nn.Module):
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """G(z) in [0, 1] for z [..., D], with gradients (the generator's step)."""
         lead = z.shape[:-1]
-        x = (torch.tanh(self.generator(z.reshape(-1, z.shape[-1]))) + 1) / 2
-        return x.view(*lead, *self.cfg.shape)
+        x = (torch.tanh(full_precision(self.generator(z.reshape(-1, z.shape[-1])))) + 1) / 2
+        return x.reshape(*lead, *self.cfg.shape)
 
     def discriminate(self, x: torch.Tensor) -> torch.Tensor:
         """The logit of D(x), [B]: D(x) = sigmoid of it."""
-        return self.discriminator(2 * x - 1)
+        return full_precision(self.discriminator(2 * x - 1))
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:

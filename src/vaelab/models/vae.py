@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import opt
 from ..distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, standard_normal_log_prob
-from ..nets import NetConfig, make_decoder, make_encoder
+from ..nets import NetConfig, full_precision, make_decoder, make_encoder
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,14 @@ class VAE(nn.Module):
     MIN_LOG_SCALE = math.log(1e-3)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)  # [B, D] each
+        # .float(): under autocast (--precision bf16/fp16) the layers compute in low precision, but
+        # the distributions and every sum of log-probabilities stay in float32
+        mu, logvar = full_precision(self.encoder(x)).chunk(2, dim=-1)  # [B, D] each
         return DiagonalGaussian(mu, logvar)
 
     def decode(self, z: torch.Tensor):
         """p(x|z) for z [..., D]; its parameters have shape [..., *image shape]."""
-        out = self.decoder(z)
+        out = full_precision(self.decoder(z))
         if self.cfg.likelihood == "bernoulli":
             return Bernoulli(out, self.event_ndim)
         if self.cfg.likelihood.startswith("logistic"):

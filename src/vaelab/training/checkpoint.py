@@ -141,10 +141,22 @@ def load_resume(path: Path, model: torch.nn.Module,
             for idx, plain in optim_meta[name]["plain_state"].items():
                 state.setdefault(int(idx), {}).update(plain)
             opt.load_state_dict({"state": state, "param_groups": optim_meta[name]["param_groups"]})
+            _layout_as_params(opt)
     except (KeyError, ValueError, IndexError) as e:
         raise VaelabError(f"cannot resume from {path}: its optimizer state does not fit this run ({e}).") from None
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return rng, loop
+
+
+def _layout_as_params(opt: torch.optim.Optimizer) -> None:
+    """Saved state is contiguous; a channels_last parameter's moments must be laid out as it is
+    (a fused kernel walks them side by side), as the optimizer's own zeros_like would have."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:

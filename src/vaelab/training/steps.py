@@ -2,63 +2,123 @@
 models; each step owns its optimizers, so a GAN step can take k discriminator steps."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from ..corruption import corrupt, parse_corruption
 from ..losses import (discriminator_loss, elbo, generator_loss, iwae_bound, kl_sparsity, l1_penalty,
                       reconstruction_error)
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class StepContext:
+    """What a step needs besides the model, its optimizers and the data: the objective's
+    weights and the fast paths (``--precision``, ``--compile``, ``--channels-last``)."""
     kl_weight: float = 1.0        # beta times the warm-up factor
     iw_samples: int = 1
     grad_clip: float | None = None
+    precision: str = "fp32"       # bf16 / fp16: the forward passes and losses under autocast
+    device_type: str = "cpu"
+    compile: bool = False         # the objectives through torch.compile (the module is untouched)
+    channels_last: bool = False   # image batches in NHWC, as the conv nets' weights
+    scalers: dict = field(default_factory=dict)  # fp16: a GradScaler per optimizer name
+    _compiled: dict = field(default_factory=dict, repr=False)
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=AMP_DTYPES[self.precision])
+
+    def objective(self, fn):
+        """``fn`` itself, or its ``torch.compile`` (made once per context)."""
+        if not self.compile:
+            return fn
+        if fn not in self._compiled:
+            self._compiled[fn] = torch.compile(fn)
+        return self._compiled[fn]
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def run(self, fn, *args):
+        """The objective ``fn(*args)`` under this context's precision and compilation."""
+        with self.autocast():
+            return self.objective(fn)(*args)
 
 
-def apply_update(loss: torch.Tensor, params, opt: torch.optim.Optimizer, grad_clip: float | None) -> bool:
-    """Backward and step, unless the loss or the gradient is NaN/Inf: then the update is
-    dropped so a bad batch never reaches the weights. Returns whether the step was taken."""
+def make_scalers(precision: str, device_type: str, names) -> dict:
+    """fp16 needs loss scaling (its exponent range underflows small gradients); bf16 does not."""
+    if precision != "fp16":
+        return {}
+    return {n: torch.amp.GradScaler(device_type) for n in names}
+
+
+def apply_update(loss: torch.Tensor, params, opt: torch.optim.Optimizer, grad_clip: float | None,
+                 scaler: torch.amp.GradScaler | None = None, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """Backward and step, unless the loss or the gradient is NaN/Inf (or ``skip`` is set):
+    then the update is dropped so a bad batch never reaches the weights. Returns a 0-dim
+    tensor on the loss's device, 1.0 where the update was dropped.
+
+    The decision stays on the device: a fused optimizer (vaelab's Adam and SGD) takes it as
+    ``found_inf``, the flag torch's GradScaler hands to it, and its kernel skips the update and
+    leaves the step count, so no step waits for the host. Another optimizer reads the flag."""
     opt.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        return False
     # gradients of these parameters only: a GAN player's step leaves the other player's
     # .grad untouched even though its loss flows through both nets
     params = [p for p in params if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = torch.autograd.grad(scaler.scale(loss) if scaler else loss, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = g
     params = [p for p in params if p.grad is not None]
-    norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        return False
-    opt.step()
-    return True
+    if scaler:
+        scaler.unscale_(opt)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    bad = ~(torch.isfinite(loss.detach().float()) & torch.isfinite(norm))
+    if skip is not None:
+        bad = bad | skip
+    if grad_clip:
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
+    if getattr(opt, "_step_supports_amp_scaling", False):
+        opt.grad_scale, opt.found_inf = None, bad.to(torch.float32)
+        opt.step()
+        opt.found_inf = None
+    elif not bad.item():
+        opt.step()
+    if scaler:
+        scaler.update()
+    return bad.to(torch.float32)
 
 
-def _update(model, opt, loss: torch.Tensor, metrics: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
+def _update(model, optimizers: dict, loss: torch.Tensor, metrics: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
     """Take the step and return the detached metrics, with ``skipped`` = 1 for a dropped update."""
-    ok = apply_update(loss, model.parameters(), opt, ctx.grad_clip)
-    out = {k: v.detach() for k, v in metrics.items()}
-    out["skipped"] = torch.tensor(0.0 if ok else 1.0)
+    out = {k: v.detach().float() for k, v in metrics.items()}
+    out["skipped"] = apply_update(loss, model.parameters(), optimizers["model"], ctx.grad_clip,
+                                  ctx.scalers.get("model"))
     return out
+
+
+def vae_objective(model, x: torch.Tensor, kl_weight, iw_samples: int):
+    """The loss to minimise and the metrics: the negative ELBO (k = 1) or IWAE bound (k > 1)."""
+    if iw_samples > 1:
+        bound = iwae_bound(model.log_weights(x, iw_samples))
+        loss = -bound.mean()
+        return loss, {"loss": loss, "bound": bound.mean()}
+    t = elbo(model(x), x, beta=kl_weight)
+    return t.loss, {"loss": t.loss, "elbo": t.elbo.mean(), "kl": t.kl.mean()}
 
 
 def vae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
     """ELBO (k = 1) or IWAE-bound (k > 1) step. Returns per-batch means (detached)."""
-    if ctx.iw_samples > 1:
-        bound = iwae_bound(model.log_weights(x, ctx.iw_samples))
-        loss = -bound.mean()
-        metrics = {"loss": loss, "bound": bound.mean()}
-    else:
-        t = elbo(model(x), x, beta=ctx.kl_weight)
-        loss = t.loss
-        metrics = {"loss": loss, "elbo": t.elbo.mean(), "kl": t.kl.mean()}
-    return _update(model, optimizers["model"], loss, metrics, ctx)
+    # compiled, the warm-up's changing weight is a tensor, so it does not recompile each step
+    kl_weight = torch.tensor(ctx.kl_weight) if ctx.compile else ctx.kl_weight
+    loss, metrics = ctx.run(vae_objective, model, ctx.inputs(x), kl_weight, ctx.iw_samples)
+    return _update(model, optimizers, loss, metrics, ctx)
 
 
 @torch.no_grad()
@@ -67,8 +127,8 @@ def vae_val(model, x: torch.Tensor) -> torch.Tensor:
     return elbo(model(x), x).elbo
 
 
-def ae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
-    """Plain, sparse or denoising autoencoder step, by the model's config:
+def ae_objective(model, x: torch.Tensor):
+    """Plain, sparse or denoising autoencoder loss, by the model's config:
     L(x, g(f(x~))) + lambda * sum|z| + beta * sum_j KL(rho || rho_hat_j)."""
     cfg = model.cfg
     corruption = getattr(cfg, "corruption", None)
@@ -84,7 +144,13 @@ def ae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict[
         metrics["kl_sparsity"] = kl_sparsity(out.z, cfg.sparsity_target)
         loss = loss + cfg.sparsity_weight * metrics["kl_sparsity"]
     metrics["loss"] = loss
-    return _update(model, optimizers["model"], loss, metrics, ctx)
+    return loss, metrics
+
+
+def ae_step(model, optimizers: dict, x: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+    """One step of :func:`ae_objective`."""
+    loss, metrics = ctx.run(ae_objective, model, ctx.inputs(x))
+    return _update(model, optimizers, loss, metrics, ctx)
 
 
 @torch.no_grad()
@@ -125,11 +191,29 @@ def gan_optimizers(model, tcfg) -> dict[str, torch.optim.Optimizer]:
 
     def make(params, lr):
         if cfg.optimizer == "sgd":
-            return _with_base_lr(torch.optim.SGD(list(params), lr=lr, momentum=cfg.momentum))
+            params = list(params)
+            try:  # fused: the NaN guard then needs no host synchronisation (apply_update)
+                return _with_base_lr(torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, fused=True))
+            except (RuntimeError, TypeError):
+                return _with_base_lr(torch.optim.SGD(params, lr=lr, momentum=cfg.momentum))
         return _adam(params, lr, (cfg.beta1, 0.999))
 
     return {"d": make(model.discriminator.parameters(), cfg.d_lr or tcfg.lr),
             "g": make(model.generator.parameters(), tcfg.lr)}
+
+
+def gan_d_objective(model, x: torch.Tensor):
+    """The discriminator's loss on real x and G(z) for fresh noise, G(z) held fixed; with the
+    logits of both (detached), for D(x) and D(G(z))."""
+    with torch.no_grad():
+        fake = model.generate(model.prior(len(x)))
+    real_logits, fake_logits = model.discriminate(x), model.discriminate(fake)
+    return discriminator_loss(real_logits, fake_logits), real_logits.detach(), fake_logits.detach()
+
+
+def gan_g_objective(model, n: int) -> torch.Tensor:
+    """The generator's loss on n fresh noise draws."""
+    return generator_loss(model.discriminate(model.generate(model.prior(n))), model.cfg.g_loss)
 
 
 def gan_step(model, optimizers: dict, xs: torch.Tensor | list[torch.Tensor],
@@ -140,33 +224,29 @@ def gan_step(model, optimizers: dict, xs: torch.Tensor | list[torch.Tensor],
     discriminator steps of its loss and of D(x), D(G(z)), and the generator's loss.
 
     A step whose loss or gradient is NaN/Inf is dropped and leaves no trace (its forward
-    passes' batch-norm statistics are restored too); the iteration ends there, reported as
-    ``skipped``, and the steps taken before it stand."""
+    passes' batch-norm statistics are restored too), and so is the rest of the iteration,
+    reported as ``skipped``; the steps taken before it stand. The later passes still run (the
+    decision stays on the device, so no step waits for the host), but change nothing."""
     if torch.is_tensor(xs):  # k = 1: the trainer hands over the one minibatch itself
         xs = [xs]
     d_params, g_params = list(model.discriminator.parameters()), list(model.generator.parameters())
     d_loss, d_real, d_fake = [], [], []
-    g_loss = torch.tensor(float("nan"))
-    ok = True
+    dead = None  # set from the first dropped step on
     for x in xs:
         saved = _buffers(model)
-        with torch.no_grad():
-            fake = model.generate(model.prior(len(x)))
-        real_logits, fake_logits = model.discriminate(x), model.discriminate(fake)
-        loss = discriminator_loss(real_logits, fake_logits)
-        ok = _step_or_restore(loss, d_params, optimizers["d"], ctx, saved)
-        d_loss.append(loss.detach())
-        d_real.append(torch.sigmoid(real_logits.detach()).mean())
-        d_fake.append(torch.sigmoid(fake_logits.detach()).mean())
-        if not ok:
-            break
-    if ok:
-        saved = _buffers(model)
-        g_loss = generator_loss(model.discriminate(model.generate(model.prior(len(xs[-1])))), model.cfg.g_loss)
-        ok = _step_or_restore(g_loss, g_params, optimizers["g"], ctx, saved)
+        loss, real_logits, fake_logits = ctx.run(gan_d_objective, model, ctx.inputs(x))
+        dead = apply_update(loss, d_params, optimizers["d"], ctx.grad_clip, ctx.scalers.get("d"), dead).bool()
+        _restore_if(dead, saved)
+        d_loss.append(loss.detach().float())
+        d_real.append(torch.sigmoid(real_logits).mean())
+        d_fake.append(torch.sigmoid(fake_logits).mean())
+    saved = _buffers(model)
+    g_loss = ctx.run(gan_g_objective, model, len(xs[-1]))
+    dead = apply_update(g_loss, g_params, optimizers["g"], ctx.grad_clip, ctx.scalers.get("g"), dead).bool()
+    _restore_if(dead, saved)
     mean = lambda v: torch.stack(v).mean()  # noqa: E731
-    return {"loss": mean(d_loss), "d_loss": mean(d_loss), "g_loss": g_loss.detach(), "d_real": mean(d_real),
-            "d_fake": mean(d_fake), "skipped": torch.tensor(0.0 if ok else 1.0)}
+    return {"loss": mean(d_loss), "d_loss": mean(d_loss), "g_loss": g_loss.detach().float(), "d_real": mean(d_real),
+            "d_fake": mean(d_fake), "skipped": dead.float()}
 
 
 def _buffers(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -174,13 +254,10 @@ def _buffers(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(b, b.clone()) for b in model.buffers()]
 
 
-def _step_or_restore(loss, params, opt, ctx: StepContext, saved) -> bool:
-    ok = apply_update(loss, params, opt, ctx.grad_clip)
-    if not ok:
-        with torch.no_grad():
-            for b, old in saved:
-                b.copy_(old)
-    return ok
+@torch.no_grad()
+def _restore_if(dead: torch.Tensor, saved) -> None:
+    for b, old in saved:
+        b.copy_(torch.where(dead, old, b))
 
 
 @torch.no_grad()

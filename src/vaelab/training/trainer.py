@@ -20,13 +20,14 @@ from ..errors import VaelabError
 from ..registry import get_model
 from ..run import RunConfig
 from . import checkpoint as ckpt
-from .steps import StepContext
+from .steps import StepContext, make_scalers
 
 RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl")
 RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png")  # results of the run, replaced with it
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
-RESUMABLE = {"train": ("epochs", "progress", "device", "threads"), "data": ("data_dir", "data_path", "workers")}
+RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last"),
+             "data": ("data_dir", "data_path", "workers")}
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -42,6 +43,14 @@ def resolve_device(name: str) -> torch.device:
         if (dev.index or 0) >= count:
             raise VaelabError(f"--device {name} was asked for, but torch sees {count} CUDA GPU(s) here.")
     return dev
+
+
+def uses_channels_last(t: TrainConfig, model: torch.nn.Module, device: torch.device) -> bool:
+    """--channels-last, by default on for conv nets on CUDA (where cuDNN's NHWC kernels are the
+    fast ones) and off on the CPU (measured slower there for vaelab's conv VAE)."""
+    has_conv = any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules())
+    wanted = t.channels_last if t.channels_last is not None else device.type == "cuda"
+    return bool(wanted and has_conv)
 
 
 def _steps(batches, per_step: int):
@@ -124,6 +133,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
+    if t.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise VaelabError(f"--precision bf16 needs a GPU with bfloat16 support; {device} has none: use fp16.")
     ds = load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download,
                       **d.reader_options())
     # what the model takes from the data: its image shape (and pixel levels, where it has them)
@@ -142,7 +153,11 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
 
     torch.manual_seed(t.seed)
     model = entry.model_cls(model_cfg).to(device)
+    channels_last = uses_channels_last(t, model, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizers = entry.make_optimizers(model, t)
+    scalers = make_scalers(t.precision, device.type, optimizers)
     gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
     deq = dequantizes(model_cfg, d.binarize)
     batches = Batches(ds.train.x, ds.spec.levels, d.binarize, t.batch_size, gen, device, dequantize=deq,
@@ -166,6 +181,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], device)
         start_epoch, step, history, best = loop["epoch"], loop["global_step"], loop["history"], loop["best"]
+        for name, state in loop.get("scalers", {}).items():
+            scalers[name].load_state_dict(state)
         if start_epoch >= t.epochs:
             raise VaelabError(f"--resume {out}: the run already finished {start_epoch} epochs; "
                               f"pass --epochs larger than {start_epoch} to continue it.")
@@ -176,7 +193,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
                   "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": ds.source}
     ckpt.write_json(out / "config.json", config_doc)
 
-    ctx = StepContext(iw_samples=t.iw_samples, grad_clip=t.grad_clip)
+    ctx = StepContext(iw_samples=t.iw_samples, grad_clip=t.grad_clip, precision=t.precision,
+                      device_type=device.type, compile=t.compile, channels_last=channels_last, scalers=scalers)
     n_params = sum(p.numel() for p in model.parameters())
     if start_epoch == 0:
         log(f"training {t.model} ({n_params:,} parameters) on {d.data} "
@@ -191,8 +209,9 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
             for g in opt.param_groups:
                 g["lr"] = g.get("base_lr", t.lr) * lr / t.lr
         model.train()
+        # the sums stay on the device: a step never waits for the host, except to update the bar
         sums: dict[str, torch.Tensor] = {}
-        taken = 0
+        skipped = torch.zeros((), device=device)
         t0 = time.perf_counter()
         bar = tqdm(_steps(batches, per_step), total=len(batches) // per_step, desc=f"epoch {epoch + 1}/{t.epochs}",
                    leave=False, disable=not t.progress or None, file=sys.stderr)
@@ -200,18 +219,19 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
             ctx.kl_weight = kl_weight(t, step, len(batches))
             m = entry.train_step(model, optimizers, xb, ctx)
             step += 1
-            if m["skipped"].item():
-                continue
-            taken += 1
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if i % 20 == 0:
+            dropped = m.pop("skipped").bool()
+            skipped += dropped
+            for k, v in m.items():  # a dropped step's metrics (NaN, maybe) are left out
+                sums[k] = sums.get(k, 0.0) + torch.where(dropped, 0.0, v)
+            if t.progress and i % t.log_every == 0:
                 bar.set_postfix(loss=f"{m['loss'].item():.2f}")
+        n_steps = len(batches) // per_step
+        taken = n_steps - int(skipped.item())
         seconds = time.perf_counter() - t0
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3),
-               "skipped_steps": len(batches) // per_step - taken,
+               "skipped_steps": n_steps - taken,
                "train_loss": (sums["loss"] / taken).item() if taken else float("nan")}
-        rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k not in ("loss", "skipped")})
+        rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k != "loss"})
         model.eval()
         if len(x_val):
             with torch.no_grad():
@@ -237,7 +257,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
         ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
-                         {"epoch": epoch + 1, "global_step": step, "history": history, "best": best})
+                         {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
+                          "scalers": {name: s.state_dict() for name, s in scalers.items()}})
         ckpt.atomic_write(out / "metrics.jsonl",
                           lambda p: Path(p).write_text("".join(json.dumps(h) + "\n" for h in history)))
         if entry.epoch_pictures:
