@@ -75,14 +75,14 @@ def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> t
 def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
              data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True,
              model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
-             sample_metrics: bool | None = None, samples: int = 10_000, log=None) -> dict:
+             sample_metrics: bool | None = None, samples: int = 10_000, log=None, compile: bool = False) -> dict:
     """Metrics of a run on a split, saved as ``eval-<split>.json`` (``eval-<split>-last.json``
     for the last checkpoint): the reconstruction error of every model (``mse``, per pixel), and
     for models with a likelihood the ELBO, importance-sampled NLL (``k`` samples) and bits/dim in
     nats per example. For a model that can sample (``sample_metrics``, default: whenever it can),
     the Parzen-window log-likelihood and the Fréchet distance of ``samples`` samples
     (:mod:`vaelab.sample_quality`). ``model`` and ``x`` may be passed when the caller has loaded
-    them already."""
+    them already. ``compile``: the importance-sampled NLL through ``torch.compile``."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
     if batch_size < 1:
@@ -107,7 +107,7 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         if dequantizes(run.model, run.data.binarize):  # a density on (k + u) / levels: see dequantizes
             x, offset = dequantize_fixed(x, levels), x[0].numel() * math.log(levels)
         discrete = lik.startswith("logistic") or offset > 0 or (run.data.binarize != "none" and lik == "bernoulli")
-        res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress, offset))
+        res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress, offset, compile))
     else:
         res["n"] = len(x)
     if entry.can_sample and sample_metrics is not False:
@@ -198,6 +198,6 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
     if run.train.nll_samples > 0 or not entry.has_likelihood:
         # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
         evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
-                 sample_metrics=not entry.has_likelihood, log=log)
+                 sample_metrics=not entry.has_likelihood, log=log, compile=run.train.compile)
     pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
     return run_dir
