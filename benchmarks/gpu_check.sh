@@ -3,7 +3,8 @@
 #   VAELAB_DATA=<folder with mnist/ and lfw3d_90.tgz> OUT=<results folder> bash benchmarks/gpu_check.sh [MINUTES]
 # 1. the whole test suite with --device auto resolving to the GPU;
 # 2. a VAE and a GAN on MNIST on the GPU, evaluated and resumed;
-# 3. a conv VAE and a DCGAN on LFW at 64x64 for MINUTES each (default 1.5): their samples come back.
+# 3. a conv VAE and a DCGAN on LFW at 64x64 for MINUTES each (default 1.5): their samples come back;
+# 4. the fast paths of issue 7 on the GPU: seconds per epoch of each variant (not yet run on one).
 set -uo pipefail
 M=${1:-1.5}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 VAELAB_CACHE=/tmp/vaelab-cache
@@ -23,3 +24,11 @@ v train --model gan $F --out $R/lfw-gan 2>&1 | grep -v '^ ' | tail -4
 for r in lfw-vae lfw-gan; do for p in samples reconstructions progress game; do
   [ -f $R/$r/$p.png ] && cp $R/$r/$p.png $OUT/$r-$p.png; done; done
 for r in vae gan lfw-vae lfw-gan; do echo "== $r"; cut -c1-220 $R/$r/metrics.jsonl | tail -3; cat $R/$r/eval-test.json; done > $OUT/runs.txt
+S='import json,sys; print([json.loads(l)["seconds"] for l in open(sys.argv[1])])'
+for V in "" "--precision bf16" "--precision fp16" "--compile" "--precision bf16 --compile" "--channels-last false"; do
+  for C in "--data mnist --preset pytorch-examples --batch-size 128" \
+           "--data lfw --image-size 32 --arch conv --channels 64,128,256,256 --latent-dim 64 --binarize none --batch-size 64"; do
+    v train --model vae $C --device cuda --no-progress --epochs 3 --nll-samples 0 --overwrite $V --out $R/fast \
+      > /dev/null 2>&1 && echo "$C $V: s/epoch $(python3 -c "$S" $R/fast/metrics.jsonl)"
+  done
+done 2>&1 | tee $OUT/fast_paths.txt

@@ -117,7 +117,8 @@ class _NoHostReads:
     ``float()``, ``.tolist()``): what would make a GPU step wait."""
 
     def __enter__(self):
-        self.saved = {n: getattr(torch.Tensor, n) for n in ("item", "__bool__", "__float__", "tolist")}
+        names = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist")
+        self.saved = {n: getattr(torch.Tensor, n) for n in names}
 
         def refuse(self_, *a, **kw):
             raise AssertionError("a training step read a tensor back to the host")
@@ -129,13 +130,15 @@ class _NoHostReads:
             setattr(torch.Tensor, n, f)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_steps_never_wait_for_the_host(precision):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_steps_never_wait_for_the_host(precision, optimizer):
     torch.manual_seed(0)
     vae = VAE(VAEConfig(shape=SHAPE, hidden=(64,), latent_dim=8))
-    gan = GAN(GANConfig(shape=SHAPE, arch="conv", width=8, latent_dim=8)).train()
+    gan = GAN(GANConfig(shape=SHAPE, arch="conv", width=8, latent_dim=8, optimizer=optimizer)).train()
     vae_opts, gan_opts = adam(vae, vaelab.config.TrainConfig()), gan_optimizers(gan, vaelab.config.TrainConfig())
-    ctx = StepContext(precision=precision, grad_clip=1.0)
+    scalers = {n: torch.amp.GradScaler("cpu") for n in ("model", "d", "g")} if precision == "fp16" else {}
+    ctx = StepContext(precision=precision, grad_clip=1.0, scalers=scalers)
     bad = torch.full((16, *SHAPE), float("nan"))
     with _NoHostReads():
         vae_step(vae, vae_opts, _batch(), ctx)
@@ -187,8 +190,11 @@ def test_a_checkpoint_trained_with_a_fast_path_loads_and_evaluates_without_it(fl
 def test_resume_is_exact_on_the_fast_paths(flags, tmp_path):
     """2 + 2 epochs == 4, bitwise: channels_last needs the optimizer's moments laid out as the
     weights after loading; fp16 needs the loss scale saved."""
+    from vaelab.training.checkpoint import read_metadata
     full = _train(tmp_path, "full", **{**flags, "epochs": 4})
     half = _train(tmp_path, "half", **flags)
+    if flags.get("precision") == "fp16":  # the scale moved from its start, so a fresh one would differ
+        assert read_metadata(half / "resume.safetensors")["loop"]["scalers"]["model"]["scale"] != 2.0 ** 16
     vaelab.train(vaelab.make_config(**{**flags, "epochs": 4}), resume=half, log=lambda m: None)
     wa, wb = _weights(full), _weights(half)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -202,3 +208,15 @@ def test_resume_is_exact_on_the_fast_paths(flags, tmp_path):
 def test_fast_path_bad_input(flags, needle):
     with pytest.raises(VaelabError, match=needle):
         vaelab.make_config(**{**TINY, **flags})
+
+
+def test_a_masked_step_leaves_the_loss_scale_as_it_was():
+    """A step masked by ``skip`` (a GAN step after a dropped one) does not move the loss scale,
+    even where its own gradients overflowed; an unmasked overflow backs it off."""
+    from vaelab.training.steps import apply_update
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], fused=True)
+    for skip, scale in ((torch.tensor(True), 2.0 ** 16), (None, 2.0 ** 15)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        bad = apply_update((p * float("inf")).sum(), [p], opt, None, scaler, skip)
+        assert bad.item() == 1 and scaler.get_scale() == scale and torch.equal(p.detach(), torch.ones(3))

@@ -327,3 +327,31 @@ def test_a_one_image_last_minibatch_is_dropped(tmp_path):
 def test_gan_options_that_nothing_would_read_are_errors(flags, needle):
     with pytest.raises(VaelabError, match=needle):
         vaelab.make_config(model="gan", **flags)
+
+
+def _state(model, opts):
+    out = {f"m.{k}": v.clone() for k, v in model.state_dict().items()}
+    for name, o in opts.items():
+        for i, st in enumerate(o.state.values()):
+            out.update({f"{name}.{i}.{k}": v.clone() for k, v in st.items() if torch.is_tensor(v)})
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_dropped_iteration_changes_nothing_the_next_one_sees(optimizer):
+    """A NaN minibatch, then a good one == the good one alone, bitwise: weights, batch-norm
+    statistics and optimizer state (fused SGD's momentum included, which a dropped first step
+    would otherwise leave as uninitialised memory)."""
+    good, bad = torch.rand(4, 1, 8, 8), torch.full((4, 1, 8, 8), float("nan"))
+    runs = []
+    for batches in ([bad, good], [good]):
+        model = _gan("conv", optimizer=optimizer, momentum=0.9)
+        opts = gan_optimizers(model, TrainConfig(lr=1e-2))
+        for x in batches:
+            torch.manual_seed(5)  # the same noise for the good iteration in both runs
+            m = gan_step(model, opts, x, StepContext())
+        assert m["skipped"].item() == 0
+        runs.append(_state(model, opts))
+    a, b = runs
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
+        [k for k in a if not torch.equal(a[k], b[k])]

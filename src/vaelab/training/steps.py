@@ -91,8 +91,21 @@ def apply_update(loss: torch.Tensor, params, opt: torch.optim.Optimizer, grad_cl
     elif not bad.item():
         opt.step()
     if scaler:
-        scaler.update()
+        _update_scale(scaler, skip)
     return bad.to(torch.float32)
+
+
+def _update_scale(scaler: torch.amp.GradScaler, skip: torch.Tensor | None) -> None:
+    """The loss scale's update after a step: backed off where this step's gradients overflowed,
+    grown after enough good ones; left as it was for a step that ``skip`` masked (a GAN step
+    after a dropped one), so a masked step leaves no trace in the scale either."""
+    if skip is None:
+        scaler.update()
+        return
+    old = scaler._scale.clone(), scaler._growth_tracker.clone()
+    scaler.update()
+    scaler._scale.copy_(torch.where(skip, old[0], scaler._scale))
+    scaler._growth_tracker.copy_(torch.where(skip, old[1], scaler._growth_tracker))
 
 
 def _update(model, optimizers: dict, loss: torch.Tensor, metrics: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -193,9 +206,16 @@ def gan_optimizers(model, tcfg) -> dict[str, torch.optim.Optimizer]:
         if cfg.optimizer == "sgd":
             params = list(params)
             try:  # fused: the NaN guard then needs no host synchronisation (apply_update)
-                return _with_base_lr(torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, fused=True))
+                opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, fused=True)
             except (RuntimeError, TypeError):
                 return _with_base_lr(torch.optim.SGD(params, lr=lr, momentum=cfg.momentum))
+            # Fused SGD makes its momentum buffers with empty_like on its first step, and a first
+            # step dropped by found_inf would keep that uninitialised memory: start them at zero
+            # (the first update is then 0.9 * 0 + g = g, as SGD's own first step).
+            if cfg.momentum:
+                for p in params:
+                    opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            return _with_base_lr(opt)
         return _adam(params, lr, (cfg.beta1, 0.999))
 
     return {"d": make(model.discriminator.parameters(), cfg.d_lr or tcfg.lr),

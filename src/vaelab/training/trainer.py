@@ -53,6 +53,11 @@ def uses_channels_last(t: TrainConfig, model: torch.nn.Module, device: torch.dev
     return bool(wanted and has_conv)
 
 
+def _has_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):  # native bf16 (compute capability 8+), not emulated
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def _steps(batches, per_step: int):
     """The epoch's minibatches, one per step, or in lists of ``per_step`` (a GAN's k
     discriminator minibatches); a last incomplete group is dropped."""
@@ -133,7 +138,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
-    if t.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if t.precision == "bf16" and device.type == "cuda" and not _has_bf16(device):
         raise VaelabError(f"--precision bf16 needs a GPU with bfloat16 support; {device} has none: use fp16.")
     ds = load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download,
                       **d.reader_options())
@@ -223,7 +228,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
             skipped += dropped
             for k, v in m.items():  # a dropped step's metrics (NaN, maybe) are left out
                 sums[k] = sums.get(k, 0.0) + torch.where(dropped, 0.0, v)
-            if t.progress and i % t.log_every == 0:
+            if not bar.disable and i % t.log_every == 0:  # a hidden bar reads nothing
                 bar.set_postfix(loss=f"{m['loss'].item():.2f}")
         n_steps = len(batches) // per_step
         taken = n_steps - int(skipped.item())
