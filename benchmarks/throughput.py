@@ -254,7 +254,7 @@ def cifar_case(a, case: str, variants: list[str]) -> list[dict]:
         for v in variants:
             t, c = timed_run(_cifar_run(a, case, v))
             times[v].append(t)
-            compile_s[v] = c
+            compile_s[v] = max(c, compile_s.get(v, 0.0))  # the first run of a variant compiles
     share = conv_fraction(epoch)
     r = statistics.median(times["reference"])
     what = {"b": "b: conv vae 64-128-256-256, 32x32x3, batch 64", "c": "c: dcgan 32x32x3, k=1, batch 64"}[case]
@@ -327,7 +327,7 @@ def main() -> None:
         for v in variants:
             t, c = timed_run(mlp_config(a, v))
             times[v].append(t)
-            compile_s[v] = c
+            compile_s[v] = max(c, compile_s.get(v, 0.0))  # the first run of a variant compiles
     r = statistics.median(times["reference"])
     for v in variants:
         o = statistics.median(times[v])
