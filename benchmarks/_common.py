@@ -3,6 +3,10 @@ results file as soon as the case ends."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+# where results and pictures go by default: beside this file, from whatever folder a script runs
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def emit(path: str, row: dict) -> None:

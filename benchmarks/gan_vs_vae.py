@@ -19,7 +19,7 @@ import shutil
 import time
 
 import vaelab
-from _common import emit
+from _common import RESULTS, emit
 
 CASES = {
     "gan-k1-non-saturating": {"model": "gan", "k": 1, "g_loss": "non-saturating"},
@@ -65,8 +65,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench-gan-vs-vae")
-    ap.add_argument("--pictures", default="benchmarks/results/gan_vs_vae")
-    ap.add_argument("--results", default="benchmarks/results/gan_vs_vae.jsonl")
+    ap.add_argument("--pictures", default=str(RESULTS / "gan_vs_vae"))
+    ap.add_argument("--results", default=str(RESULTS / "gan_vs_vae.jsonl"))
     a = ap.parse_args()
     for name in a.cases.split(","):
         if name not in CASES:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import vaelab
-from _common import emit
+from _common import RESULTS, emit
 from vaelab.data.folder import read_image_folder
 from vaelab.data.lfw import read_lfw
 
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cases", default="load,train,bpd")
     ap.add_argument("--out", default="runs/bench-images")
-    ap.add_argument("--results", default="benchmarks/results/images.jsonl")
+    ap.add_argument("--results", default=str(RESULTS / "images.jsonl"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cases = a.cases.split(",")

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS
 
 
 def _rows(name: str) -> list[dict]:

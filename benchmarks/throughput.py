@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import vaelab
-from _common import emit
+from _common import RESULTS, emit
 from vaelab.data import load_dataset
 from vaelab.data.transforms import binarize_fixed, to_unit
 
@@ -289,7 +289,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default="runs/bench-throughput")
-    ap.add_argument("--results", default="benchmarks/results/throughput.jsonl")
+    ap.add_argument("--results", default=str(RESULTS / "throughput.jsonl"))
     ap.add_argument("--cases", default="a,b,c,d")
     ap.add_argument("--nll-k", type=int, default=1000)
     ap.add_argument("--nll-images", type=int, default=1000)

@@ -57,8 +57,6 @@ class VAE(nn.Module):
     MIN_LOG_SCALE = math.log(1e-3)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        # .float(): under autocast (--precision bf16/fp16) the layers compute in low precision, but
-        # the distributions and every sum of log-probabilities stay in float32
         mu, logvar = full_precision(self.encoder(x)).chunk(2, dim=-1)  # [B, D] each
         return DiagonalGaussian(mu, logvar)
 

@@ -230,11 +230,10 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
                 sums[k] = sums.get(k, 0.0) + torch.where(dropped, 0.0, v)
             if not bar.disable and i % t.log_every == 0:  # a hidden bar reads nothing
                 bar.set_postfix(loss=f"{m['loss'].item():.2f}")
-        n_steps = len(batches) // per_step
-        taken = n_steps - int(skipped.item())
+        n_skipped = int(skipped.item())
+        taken = len(batches) // per_step - n_skipped
         seconds = time.perf_counter() - t0
-        rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3),
-               "skipped_steps": n_steps - taken,
+        rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3), "skipped_steps": n_skipped,
                "train_loss": (sums["loss"] / taken).item() if taken else float("nan")}
         rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k != "loss"})
         model.eval()
