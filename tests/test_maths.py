@@ -348,6 +348,34 @@ def test_is_chunking_is_exact(monkeypatch, chunk_elements, sizes):
     _close(el.double(), allw.mean(0), atol=1e-4, rtol=1e-6)
 
 
+class _OutputCounter(_Recorder):
+    """A recorder that also counts what the decoder emits in each chunk, and shows the model's
+    config (its decoder_params) as the model does."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.cfg, self.outputs = model.cfg, []
+        model.decoder.register_forward_hook(lambda m, i, out: self.outputs.append(out.numel()))
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 3 * 2 * 48 * 15 + 7, 1 << 23])
+def test_is_chunks_count_a_logistic_mixtures_decoder_outputs(monkeypatch, chunk_elements):
+    """The budget is in decoder outputs: a mixture of 5 logistics emits 15 numbers per sub-pixel,
+    so a chunk holds 15 times fewer samples than the data's size alone would allow."""
+    monkeypatch.setattr(ev, "CHUNK_ELEMENTS", chunk_elements)
+    model = _tiny_vae("logistic-mixture", shape=(3, 4, 4), mixtures=5, levels=256).double()
+    x = torch.randint(0, 256, (2, 3, 4, 4), generator=torch.Generator().manual_seed(0)).double() / 255
+    rec = _OutputCounter(model)
+    log_px, _ = ev.log_likelihood_is(rec, x, 10)
+    per_draw = 2 * 48 * 15  # a batch of 2 images of 48 sub-pixels, 15 numbers each
+    chunk = max(1, min(10, chunk_elements // per_draw))  # 1, 3, 10
+    assert [c.shape[0] for c in rec.chunks] == [chunk] * (10 // chunk) + [10 % chunk] * (10 % chunk > 0)
+    assert rec.outputs[0] == chunk * per_draw and (chunk == 1 or rec.outputs[0] <= chunk_elements)
+    # whatever the chunks, the estimate is logsumexp over all K log-weights minus log K
+    ref = torch.from_numpy(scipy_logsumexp(torch.cat(rec.chunks).numpy(), axis=0) - math.log(10))
+    _close(log_px, ref, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("chunk_elements", [1, 7, 1 << 23])
 def test_is_chunking_exact_on_true_posterior(monkeypatch, chunk_elements):
     # with the exact posterior every weight equals p(x): any chunking must return log p(x)

@@ -44,6 +44,15 @@ def _compiled_chunk():
     return torch.compile(_chunk, dynamic=True)
 
 
+def chunk_size(model, x: torch.Tensor, k: int) -> int:
+    """Importance samples per chunk: as many as keep the decoder's output for the batch ``x``
+    within :data:`CHUNK_ELEMENTS` (at least 1, at most ``k``). The decoder emits
+    ``decoder_params`` numbers per sub-pixel (15 for a mixture of 5 logistics: weight, location
+    and scale of each), not one."""
+    per_draw = x.numel() * getattr(getattr(model, "cfg", None), "decoder_params", 1)  # one z for the batch
+    return max(1, min(k, CHUNK_ELEMENTS // max(1, per_draw)))
+
+
 @torch.no_grad()
 def log_likelihood_is(model, x: torch.Tensor, k: int, q=None, compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance-sampled log p(x) and the K-sample mean of log w (an ELBO estimate).
@@ -58,7 +67,7 @@ def log_likelihood_is(model, x: torch.Tensor, k: int, q=None, compile: bool = Fa
         (log_px [B], elbo [B]).
     """
     q = model.encode(x) if q is None else q
-    chunk = max(1, min(k, CHUNK_ELEMENTS // max(1, x[0].numel() * x.shape[0])))
+    chunk = chunk_size(model, x, k)
     lse, total = [], 0.0
     fn = _compiled_chunk() if compile else _chunk
     for start in range(0, k, chunk):
