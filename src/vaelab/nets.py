@@ -1,7 +1,9 @@
 """Encoders and decoders derived from the data's shape: never hard-coded to 28x28.
 
 ``linear``: one affine map each way, no non-linearity (the linear autoencoder, whose optimum
-under an L2 loss spans the PCA subspace; as a Gaussian VAE it is probabilistic PCA).
+under an L2 loss spans the PCA subspace). As a Gaussian VAE, x = W z + b + e, it is factor
+analysis: e ~ N(0, diag(psi)) with the learned per-pixel std; only with one std shared by every
+pixel, as ``--gaussian-std`` fixes it, is it probabilistic PCA.
 
 ``mlp``: flatten -> hidden layers -> linear head. ``conv``: four stride-2 3x3 convolutions
 (each halves H and W, rounding up, so any size >= 1 works) and the mirror image of four
