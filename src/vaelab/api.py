@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .data import DataSpec, run_dataset
-from .data.transforms import dequantize_fixed, dequantizes, eval_inputs
+from .data.transforms import dequantize_fixed, dequantizes, eval_inputs, from_dequantized_scale, to_dequantized_scale
 from .errors import VaelabError
 from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
 from .likelihood import evaluate_likelihood
@@ -91,9 +91,11 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     run = model.run_config
     x = (split_inputs(run_dir, split, data_dir)[0] if x is None else x).to(_device(model))
     entry = get_model(run.train.model)
+    levels = model.data_spec.levels
+    deq = dequantizes(run.model, run.data.binarize)  # a density on (k + u) / levels: see dequantizes
     res = {"split": split, "checkpoint": checkpoint}
     if entry.can_reconstruct:
-        res["mse"] = reconstruction_mse(model, x, batch_size)
+        res["mse"] = reconstruction_mse(model, x, batch_size, levels if deq else None)
     if entry.extra_metrics:
         res.update(entry.extra_metrics(model, x))
     if getattr(run.model, "arch", None) == "linear" and not entry.has_likelihood:
@@ -102,11 +104,13 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         x_train = split_inputs(run_dir, "train", data_dir)[0]
         res["pca"] = pca_report(model, x_train, x.cpu())
     if entry.has_likelihood:
-        lik, levels = getattr(run.model, "likelihood", ""), model.data_spec.levels
+        lik = getattr(run.model, "likelihood", "")
         offset = 0.0
-        if dequantizes(run.model, run.data.binarize):  # a density on (k + u) / levels: see dequantizes
+        if deq:
             x, offset = dequantize_fixed(x, levels), x[0].numel() * math.log(levels)
-        discrete = lik.startswith("logistic") or offset > 0 or (run.data.binarize != "none" and lik == "bernoulli")
+        # a Bernoulli is a probability mass of binary data: binarized, or binary already (levels 2)
+        binary = run.data.binarize != "none" or levels == 2
+        discrete = lik.startswith("logistic") or offset > 0 or (binary and lik == "bernoulli")
         res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress, offset, compile))
     else:
         res["n"] = len(x)
@@ -120,11 +124,21 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
 
 
 @torch.no_grad()
-def reconstruction_mse(model, x: torch.Tensor, batch_size: int = 500) -> float:
-    """Mean squared error per pixel between x and its reconstruction (at the code / posterior mean)."""
+def reconstruction_mse(model, x: torch.Tensor, batch_size: int = 500, dequantized_levels: int | None = None) -> float:
+    """Mean squared error per pixel between x and its reconstruction (at the code / posterior mean).
+    ``dequantized_levels``: the model is a density on dequantized pixels (k + u) / levels (see
+    :func:`~vaelab.data.transforms.dequantizes`); it then reconstructs x on its own scale and the
+    reconstruction is mapped back to x's scale k / (levels - 1) before the comparison."""
     model.eval()
-    total = sum(((model.reconstruct(x[i:i + batch_size]) - x[i:i + batch_size]) ** 2).sum().item()
-                for i in range(0, len(x), batch_size))
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        if dequantized_levels is None:
+            r = model.reconstruct(xb)
+        else:
+            r = from_dequantized_scale(model.reconstruct(to_dequantized_scale(xb, dequantized_levels)),
+                                       dequantized_levels)
+        total += ((r - xb) ** 2).sum().item()
     return total / x.numel()
 
 

@@ -8,7 +8,8 @@
 
 Both compare samples with the data's grey levels in [0, 1], whatever binarization the model was
 trained with: a VAE trained on binarized pixels contributes the means of p(x|z), the images
-its decoder stands for, as its samples.
+its decoder stands for, as its samples; a Gaussian VAE on dequantized pixels (k + u) / L
+contributes its means mapped back to the data's scale k / (L - 1).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 import torch
 
 from .data import run_dataset
-from .data.transforms import to_unit
+from .data.transforms import dequantizes, from_dequantized_scale, to_unit
 from .errors import VaelabError
 from .frechet import feature_classifier, frechet_from_images
 from .parzen import parzen_evaluate
@@ -26,8 +27,10 @@ PARZEN_VAL = 1000  # validation images that choose sigma (Goodfellow et al.'s pa
 
 
 @torch.no_grad()
-def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000) -> tuple[torch.Tensor, float]:
-    """n samples on the CPU, clamped to [0, 1], and the samples/s of drawing them."""
+def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000,
+                 dequantized_levels: int | None = None) -> tuple[torch.Tensor, float]:
+    """n samples on the CPU, clamped to [0, 1], and the samples/s of drawing them. A model on
+    dequantized pixels (``dequantized_levels``) has its samples mapped to the data's scale first."""
     dev = next(model.parameters()).device
     model.eval()
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -37,7 +40,10 @@ def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000) -> tuple[
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - t0
-    return torch.cat(out).float().clamp(0, 1).cpu(), n / max(seconds, 1e-9)
+    x = torch.cat(out).float()
+    if dequantized_levels is not None:
+        x = from_dequantized_scale(x, dequantized_levels)
+    return x.clamp(0, 1).cpu(), n / max(seconds, 1e-9)
 
 
 def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, seed: int = 0,
@@ -50,7 +56,8 @@ def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, 
     d = run.data
     ds = run_dataset(d, data_dir)
     unit = {s: to_unit(getattr(ds, s).x, ds.spec.levels) for s in ("train", "val", "test")}
-    samples, per_s = draw_samples(model, n_samples, seed)
+    samples, per_s = draw_samples(model, n_samples, seed,
+                                  dequantized_levels=spec.levels if dequantizes(run.model, d.binarize) else None)
     x_val = unit["val"][:PARZEN_VAL] if len(unit["val"]) else unit["train"][:PARZEN_VAL]
     res = {"samples_per_s": per_s, **parzen_evaluate(samples, x_val, unit["test"])}
     if spec.num_classes >= 2:

@@ -203,11 +203,19 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
 def run_dataset(d, data_dir: str | os.PathLike | None = None) -> Dataset:
     """The dataset of a run's data config ``d`` (a :class:`vaelab.config.DataConfig`), found in
     ``data_dir`` if given, else where the run found it. For a run that read a file
-    (``--data-path``), ``data_dir`` names that file or folder in its new place."""
+    (``--data-path``), ``data_dir`` names that file or folder in its new place; the run's own
+    ``--data-dir`` is no new place (it named no file), so passing it back, as the end of
+    training does, still reads the run's ``--data-path``."""
     options = d.reader_options()
     if data_dir is not None and d.data_path is not None:
-        options["data_path"], data_dir = str(data_dir), None
+        if not _same_path(data_dir, d.data_dir):
+            options["data_path"] = str(data_dir)
+        data_dir = None
     return load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed, **options)
+
+
+def _same_path(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:
+    return b is not None and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _load_source(name: str, data_dir, val_size, split_seed, test_size, options: dict) -> Dataset:

@@ -45,6 +45,24 @@ def dequantize_fixed(x_unit: torch.Tensor, levels: int, seed: int = BINARIZE_SEE
     return ((x_unit * (levels - 1)).round() + u) / levels
 
 
+# A dequantized model lives on another scale than the data: it sees x = (k + u) / L, u ~ U(0, 1),
+# where the data and every image metric use k / (L - 1). Since u is independent of k with mean
+# 1/2, E[x | z] = (E[k | z] + 1/2) / L: the model's mean m stands for the grey level L m - 1/2,
+# which is (L m - 1/2) / (L - 1) on the data's scale. The two maps below are that affine map and
+# its inverse, which takes k / (L - 1) to (k + 1/2) / L, the centre of k's dequantization bin
+# (the noise-free input that stands for k). Not clamped: a model's mean may leave [0, 1] on
+# either scale, and an error metric should see by how much.
+
+def to_dequantized_scale(x_unit: torch.Tensor, levels: int) -> torch.Tensor:
+    """Data k / (levels - 1) -> the centre of its dequantization bin, (k + 1/2) / levels."""
+    return (x_unit * (levels - 1) + 0.5) / levels
+
+
+def from_dequantized_scale(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """A dequantized model's image on the (k + u) / levels scale -> the data's k / (levels - 1)."""
+    return (x * levels - 0.5) / (levels - 1)
+
+
 def eval_inputs(x: torch.Tensor, levels: int, binarize: str) -> torch.Tensor:
     """The fixed float inputs for an evaluation split."""
     u = to_unit(x, levels)
