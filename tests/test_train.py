@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 import vaelab
 from vaelab.errors import VaelabError
+from vaelab.training.checkpoint import LOCK
 
 TINY = dict(data="digits", hidden=(32,), latent_dim=2, batch_size=64, epochs=4, nll_samples=20,
             progress=False, lr=3e-3)
@@ -52,7 +53,7 @@ def test_run_directory_and_api(tmp_path):
                  "eval-test.json", "samples.png", "reconstructions.png", "interpolation.png", "manifold.png",
                  "curves.png"):
         assert (run / name).is_file(), name
-    assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))
+    assert not list(run.glob("*.tmp")) and [p.name for p in run.glob(".*")] == [LOCK]  # no temporaries
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["format_version"] == 1 and cfg["run"]["model"]["shape"] == [1, 8, 8]
     model = vaelab.load(run, device="cpu")

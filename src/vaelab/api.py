@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -22,7 +23,7 @@ from .likelihood import evaluate_likelihood
 from .registry import get_model
 from .run import RunConfig
 from .training import checkpoint as ckpt
-from .training.trainer import resolve_device
+from .training.trainer import FINISHED, resolve_device
 from .training.trainer import train as _train_loop
 
 CHECKPOINTS = {"best": "best.safetensors", "last": "model.safetensors"}
@@ -202,16 +203,21 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
 
 def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path:
     """Train, then evaluate the best checkpoint on the test set (``nll_samples`` importance
-    samples for a likelihood; 0 skips it) and draw the pictures. Returns the run directory."""
+    samples for a likelihood; 0 skips it) and draw the pictures. Returns the run directory.
+    Resuming a run stopped after its last epoch but before these final stages finishes them."""
     kw = {"log": log} if log else {}
-    run_dir = _train_loop(config, resume=resume, **kw)
-    model = load(run_dir, "best", config.train.device)
-    run = model.run_config
-    x = split_inputs(run_dir, "test", run.data.data_dir)[0]
-    entry = get_model(run.train.model)
-    if run.train.nll_samples > 0 or not entry.has_likelihood:
-        # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
-        evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
-                 sample_metrics=not entry.has_likelihood, log=log, compile=run.train.compile)
-    pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
+    with contextlib.ExitStack() as hold:  # the run directory stays locked until its last file
+        run_dir = _train_loop(config, resume=resume, hold=hold, **kw)
+        model = load(run_dir, "best", config.train.device)
+        run = model.run_config
+        x = split_inputs(run_dir, "test", run.data.data_dir)[0]
+        entry = get_model(run.train.model)
+        if run.train.nll_samples > 0 or not entry.has_likelihood:
+            # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
+            evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
+                     sample_metrics=not entry.has_likelihood, log=log, compile=run.train.compile)
+        pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
+        # what lets --resume tell a finished run from one killed in the stages above
+        epochs = ckpt.read_metadata(run_dir / "model.safetensors")["epoch"]
+        ckpt.write_json(run_dir / FINISHED, {"epochs": epochs})
     return run_dir

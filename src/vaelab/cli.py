@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from .config import DataConfig, TrainConfig, flag_name
 from .errors import VaelabError
 from .registry import MODELS
 from .run import PRESETS
+from .training import checkpoint as ckpt
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +90,13 @@ def cmd_eval(a) -> int:
     res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
                        progress=True, sample_metrics=a.sample_metrics, samples=a.samples, log=_say,
                        compile=a.compile)
-    print(json.dumps(res))
+    print(ckpt.dumps(res))
+    bad = ckpt.not_finite(res)
+    if bad:  # null in the JSON; the exit status stays 0, as the evaluation itself did run
+        names = ", ".join(bad[:-1]) + " and " + bad[-1] if len(bad) > 1 else bad[0]
+        _say(f"warning: {names} of {a.run_dir} (checkpoint {a.checkpoint}) {'are' if len(bad) > 1 else 'is'} "
+             "not finite, written as null: its weights give NaN or infinite values (a diverged run? "
+             "retrain it with a lower --lr).")
     return 0
 
 
@@ -203,14 +209,14 @@ def _labels(value: str) -> int | None:
 def cmd_probe(a) -> int:
     from .probe import linear_probe
     _need_encoder(a.run_dir, "probe")
-    print(json.dumps(linear_probe(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.device)))
+    print(ckpt.dumps(linear_probe(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.device)))
     return 0
 
 
 def cmd_finetune(a) -> int:
     from .probe import finetune
     _need_encoder(a.run_dir, "finetune")
-    print(json.dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
+    print(ckpt.dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
                               a.device)))
     return 0
 

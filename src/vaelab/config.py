@@ -81,7 +81,11 @@ class TrainConfig:
     out: str | None = opt(None, "run directory (default runs/<data>-<model>)")
     overwrite: bool = opt(False, "replace an existing run in --out")
     progress: bool = opt(True, "show a progress bar")
-    log_every: int = opt(20, "steps between progress-bar updates (each waits for the device; nothing else does)")
+    log_every: int = opt(20, "steps between progress-bar updates and --max-bad-steps checks (each waits for the "
+                             "device; nothing else does)")
+    max_bad_steps: int = opt(100, "stop training, keeping the last good epoch's checkpoints, once this many steps in "
+                                  "a row were skipped for a non-finite loss or gradient (checked every --log-every "
+                                  "steps and at each epoch's end)")
     precision: str = opt("fp32", "training arithmetic: fp32, or autocast to bf16 (CPU or GPU) or fp16 (with loss "
                                  "scaling); evaluation is always fp32", ("fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the training objective (a one-off compile of tens of seconds; "

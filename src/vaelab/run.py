@@ -97,7 +97,7 @@ def check(cfg: RunConfig) -> None:
     """Cross-field checks, raised before any work starts."""
     t = cfg.train
     positive = {"epochs": t.epochs, "batch_size": t.batch_size, "iw_samples": t.iw_samples, "log_every": t.log_every,
-                "latent_dim": getattr(cfg.model, "latent_dim", 1)}
+                "max_bad_steps": t.max_bad_steps, "latent_dim": getattr(cfg.model, "latent_dim", 1)}
     for name, v in positive.items():
         if v < 1:
             raise VaelabError(f"{flag_name(name)} must be at least 1, got {v}.")

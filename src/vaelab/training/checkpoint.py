@@ -10,11 +10,14 @@ A run directory holds:
   never mixes the weights of one epoch with the optimizer state of another.
 
 Every file is written to a temporary name in the same folder and renamed, so a crash never
-leaves a half-written checkpoint.
+leaves a half-written checkpoint (and a run removes the temporaries a crash leaves, see
+:func:`remove_temporaries`). JSON is always valid: a NaN or infinity is written as null.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,11 +32,18 @@ from ..errors import VaelabError
 FORMAT_VERSION = 1
 
 
+LOCK = ".vaelab.lock"
+
+
+def _temp_name(name: str, random: str) -> str:
+    return f".{name}.{random}.tmp"
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_name(path.name, ""), suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise VaelabError(f"cannot write {path}: {e.strerror or e}.") from None
     os.close(fd)
@@ -49,8 +59,83 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def remove_temporaries(folder: Path, names) -> list[Path]:
+    """Delete the temporaries :func:`atomic_write` leaves when its process is killed between
+    making one and renaming it: ``.<name>.<8 random characters>.tmp`` (mkstemp's names) for each
+    of ``names`` (glob patterns, which may name a sub-folder). Only the run's own files, and only
+    under the run's lock, so no live writer's temporary goes."""
+    gone = []
+    for pattern in names:
+        sub, _, name = pattern.rpartition("/")
+        for p in (Path(folder) / sub).glob(_temp_name(name, "?" * 8)):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path, flag: str = "--out"):
+    """Hold the run directory for this process until the block ends: an exclusive lock on its
+    lock file, with this process's id written inside, so a second run on the same folder stops
+    at once and names the holder. The kernel drops the lock when the process ends, however it
+    ends. The file stays: removing it could let two processes each lock a file of that name."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): runs are not locked there
+        yield
+        return
+    try:
+        f = open(Path(run_dir) / LOCK, "a+")
+    except OSError as e:
+        raise VaelabError(f"cannot lock {flag} {run_dir}: {e.strerror or e}.") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            who = f"process {pid}" if pid.isdigit() else "another process"
+            raise VaelabError(f"{flag} {run_dir} is in use by {who}: wait for it to end, "
+                              "or give another directory.") from None
+        except OSError as e:
+            raise VaelabError(f"cannot lock {flag} {run_dir}: {e.strerror or e}.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity (in dicts and lists, too) replaced by None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def not_finite(obj: dict, prefix: str = "") -> list[str]:
+    """The names of the NaN and infinite numbers in ``obj`` (nested names dotted)."""
+    names = []
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            names += not_finite(v, f"{prefix}{k}.")
+        elif isinstance(v, float) and not math.isfinite(v):
+            names.append(f"{prefix}{k}")
+    return names
+
+
+def dumps(obj: Any, **kw) -> str:
+    """JSON text of ``obj`` with non-finite numbers as null: json.dumps would write a bare
+    NaN or Infinity, which is not JSON, and strict readers refuse the whole file."""
+    return json.dumps(finite_or_null(obj), allow_nan=False, **kw)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
+    atomic_write(path, lambda p: Path(p).write_text(dumps(obj, indent=2) + "\n"))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -120,7 +205,7 @@ def save_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.
                 else:
                     plain.setdefault(str(idx), {})[key] = val
         optim_meta[name] = {"param_groups": sd["param_groups"], "plain_state": plain}
-    md = {"loop": json.dumps(meta), "optim": json.dumps(optim_meta)}
+    md = {"loop": dumps(meta), "optim": json.dumps(optim_meta)}
     atomic_write(path, lambda p: save_file(tensors, p, metadata=md))
 
 

@@ -2,6 +2,7 @@
 models: everything model-specific comes from the registry entry."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,11 +23,13 @@ from ..run import RunConfig
 from . import checkpoint as ckpt
 from .steps import StepContext, make_scalers
 
-RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl")
+FINISHED = "finished.json"  # written by vaelab.api.train once the final evaluation and pictures are done
+RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl", FINISHED)
 RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png")  # results of the run, replaced with it
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
-RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last"),
+RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last",
+                       "max_bad_steps"),
              "data": ("data_dir", "data_path", "workers")}
 
 def resolve_device(name: str) -> torch.device:
@@ -98,35 +101,95 @@ def default_out(run: RunConfig) -> Path:
     return Path("runs") / f"{run.data.data}-{run.train.model}"
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def run_dir(run: RunConfig, resume: str | Path | None = None) -> Path:
+    """Where :func:`train` writes: the run resumed, else --out, else runs/<data>-<model>."""
+    return Path(resume) if resume is not None else Path(run.train.out) if run.train.out else default_out(run)
+
+
+def _prepare_out(out: Path, overwrite: bool, hold: contextlib.ExitStack) -> None:
     if out.exists() and not out.is_dir():
         raise VaelabError(f"--out {out} is a file, not a directory.")
-    if out.is_dir() and (out / "config.json").exists():
-        if not overwrite:
-            raise VaelabError(f"--out {out} already holds a run: pass --resume {out} to continue it, "
-                              "--overwrite to replace it, or another --out.")
+    replace = out.is_dir() and (out / "config.json").exists()
+    if replace and not overwrite:
+        raise VaelabError(f"--out {out} already holds a run: pass --resume {out} to continue it, "
+                          "--overwrite to replace it, or another --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VaelabError(f"cannot create the run directory --out {out}: {e.strerror or e}.") from None
+    hold.enter_context(ckpt.lock_run(out))  # before anything is deleted: the run may be another's
+    _remove_temporaries(out)
+    if replace:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for pattern in RUN_PATTERNS:
             for p in out.glob(pattern):
                 p.unlink()
+
+
+def _remove_temporaries(out: Path) -> None:
+    ckpt.remove_temporaries(out, RUN_FILES + RUN_PATTERNS)
+
+
+def finished_epochs(out: Path) -> int | None:
+    """The epochs a run had when its final evaluation and pictures were done (None: never)."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VaelabError(f"cannot create the run directory --out {out}: {e.strerror or e}.") from None
+        return int(json.loads((out / FINISHED).read_text())["epochs"])
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _diverged(out: Path, what: str, lr: float, kept: int) -> VaelabError:
+    keep = (f"{out} keeps the checkpoints of epoch {kept}, the last good one" if kept else
+            f"no epoch ended with finite values, so {out} holds no checkpoint")
+    return VaelabError(f"training diverged: {what}; {keep}; try a lower --lr (the rate was {lr:g}).")
+
+
+class _BadSteps:
+    """The steps dropped for a non-finite loss or gradient: each step leaves its flag on the
+    device (``flags[i]``), and the host reads them only at the checks, so no step waits."""
+
+    def __init__(self, limit: int):
+        self.limit, self.run = limit, 0  # the dropped steps in a row so far, across epochs
+
+    def new_epoch(self, n_steps: int, device: torch.device, first_step: int) -> None:
+        self.flags = torch.zeros(n_steps, dtype=torch.bool, device=device)
+        self.read = self.skipped = 0
+        self.first_step = first_step  # the run's step count before the epoch
+
+    def check(self, upto: int) -> int | None:
+        """Read the flags of the epoch's steps up to ``upto``: the run's step (1-based) that
+        made ``limit`` dropped steps in a row, if one did."""
+        for i, dropped in enumerate(self.flags[self.read:upto].tolist(), self.read):
+            self.run = self.run + 1 if dropped else 0
+            self.skipped += dropped
+            if self.run >= self.limit:
+                return self.first_step + i + 1
+        self.read = upto
+        return None
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
+def train(run: RunConfig, resume: str | Path | None = None, log=_log,
+          hold: contextlib.ExitStack | None = None) -> Path:
     """Train ``run`` (or continue the run in ``resume``) and return its run directory.
 
     The run directory receives config.json, the checkpoints and metrics.jsonl (evaluation and
     pictures are :func:`vaelab.api.train`'s). On resume, the run's own settings are used except
-    the fields in :data:`RESUMABLE`, which are taken from ``run``.
+    the fields in :data:`RESUMABLE`, which are taken from ``run``. The run directory is locked
+    (:func:`checkpoint.lock_run`) until ``hold`` closes (without one, until this returns).
+
+    Training stops with a VaelabError when ``--max-bad-steps`` steps in a row were dropped
+    for a non-finite loss or gradient (checked every ``--log-every`` steps and at the end of
+    each epoch, so the host never waits for a step in between), or when an epoch ends with a
+    non-finite score; that epoch is not saved, so the checkpoints are the last good epoch's.
     """
+    if hold is None:
+        with contextlib.ExitStack() as hold:
+            return train(run, resume, log, hold)
     if resume is not None:
         saved = ckpt.read_run_config(Path(resume))
         old = RunConfig.from_dict(saved["run"], f"{resume}/config.json")
@@ -175,9 +238,12 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         raise VaelabError(f"--k {per_step} needs {per_step} minibatches per step, but the training set makes "
                           f"{len(batches)} of --batch-size {t.batch_size}.")
 
-    out = Path(resume) if resume is not None else Path(t.out) if t.out else default_out(run)
+    out = run_dir(run, resume)
     start_epoch, step, history, best = 0, 0, [], -math.inf
+    bad = _BadSteps(t.max_bad_steps)
     if resume is not None:
+        hold.enter_context(ckpt.lock_run(out, "--resume"))
+        _remove_temporaries(out)
         if not (out / "resume.safetensors").exists():
             raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
         rng, loop = ckpt.load_resume(out / "resume.safetensors", model, optimizers)
@@ -186,14 +252,18 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], device)
         start_epoch, step, history, best = loop["epoch"], loop["global_step"], loop["history"], loop["best"]
+        bad.run = loop.get("bad_run", 0)
         for name, state in loop.get("scalers", {}).items():
             scalers[name].load_state_dict(state)
-        if start_epoch >= t.epochs:
-            raise VaelabError(f"--resume {out}: the run already finished {start_epoch} epochs; "
-                              f"pass --epochs larger than {start_epoch} to continue it.")
+        if start_epoch >= t.epochs and finished_epochs(out) == start_epoch:
+            raise VaelabError(f"--resume {out}: the run already finished {start_epoch} epochs and its final "
+                              f"evaluation; pass --epochs larger than {start_epoch} to continue it.")
+        if start_epoch >= t.epochs:  # killed after its last epoch: vaelab.api.train finishes it
+            log(f"resuming {out}: its {start_epoch} epochs are trained; finishing its evaluation and pictures")
+            return out
         log(f"resuming {out} at epoch {start_epoch + 1}/{t.epochs}")
     else:
-        _prepare_out(out, t.overwrite)
+        _prepare_out(out, t.overwrite, hold)
     config_doc = {"format_version": ckpt.FORMAT_VERSION, "vaelab_version": __version__,
                   "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": ds.source}
     ckpt.write_json(out / "config.json", config_doc)
@@ -201,6 +271,13 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
     ctx = StepContext(iw_samples=t.iw_samples, grad_clip=t.grad_clip, precision=t.precision,
                       device_type=device.type, compile=t.compile, channels_last=channels_last, scalers=scalers)
     n_params = sum(p.numel() for p in model.parameters())
+
+    def check_bad_steps(upto: int):
+        last = bad.check(upto)
+        if last is not None:
+            raise _diverged(out, f"steps {last - t.max_bad_steps + 1} to {last} ({t.max_bad_steps} in a row, "
+                                 "--max-bad-steps) had a non-finite loss or gradient", lr, len(history))
+
     if start_epoch == 0:
         log(f"training {t.model} ({n_params:,} parameters) on {d.data} "
             f"({len(ds.train)} train / {len(ds.val)} val) on {device} -> {out}")
@@ -214,24 +291,29 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
             for g in opt.param_groups:
                 g["lr"] = g.get("base_lr", t.lr) * lr / t.lr
         model.train()
-        # the sums stay on the device: a step never waits for the host, except to update the bar
+        # the sums stay on the device: a step never waits for the host, except at the checks
+        # every --log-every steps (the bar's loss, the dropped steps)
         sums: dict[str, torch.Tensor] = {}
-        skipped = torch.zeros((), device=device)
+        n_steps = len(batches) // per_step
+        bad.new_epoch(n_steps, device, step)
         t0 = time.perf_counter()
-        bar = tqdm(_steps(batches, per_step), total=len(batches) // per_step, desc=f"epoch {epoch + 1}/{t.epochs}",
+        bar = tqdm(_steps(batches, per_step), total=n_steps, desc=f"epoch {epoch + 1}/{t.epochs}",
                    leave=False, disable=not t.progress or None, file=sys.stderr)
         for i, xb in enumerate(bar):
             ctx.kl_weight = kl_weight(t, step, len(batches))
             m = entry.train_step(model, optimizers, xb, ctx)
             step += 1
             dropped = m.pop("skipped").bool()
-            skipped += dropped
+            bad.flags[i] = dropped
             for k, v in m.items():  # a dropped step's metrics (NaN, maybe) are left out
                 sums[k] = sums.get(k, 0.0) + torch.where(dropped, 0.0, v)
-            if not bar.disable and i % t.log_every == 0:  # a hidden bar reads nothing
-                bar.set_postfix(loss=f"{m['loss'].item():.2f}")
-        n_skipped = int(skipped.item())
-        taken = len(batches) // per_step - n_skipped
+            if i % t.log_every == 0:
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{m['loss'].item():.2f}")
+                check_bad_steps(i + 1)
+        check_bad_steps(n_steps)
+        n_skipped = bad.skipped
+        taken = n_steps - n_skipped
         seconds = time.perf_counter() - t0
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3), "skipped_steps": n_skipped,
                "train_loss": (sums["loss"] / taken).item() if taken else float("nan")}
@@ -242,7 +324,6 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
                 scores = torch.cat([entry.val_metric(model, x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
             rec["val"] = scores.mean().item()
             rec["val_name"] = entry.val_name
-        history.append(rec)
         # without a validation set, the training score of the same quantity (not the loss,
         # which carries beta and the warm-up weight)
         metric = rec.get("val", rec.get(f"train_{entry.val_name}"))
@@ -252,6 +333,16 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
             score = -rec["train_loss"]
         else:
             score = metric if entry.higher_is_better else -metric
+        val_txt = f", val {entry.val_name} {rec['val']:.3f}" if "val" in rec else ""
+        skip_txt = f", {n_skipped} of {n_steps} steps skipped (non-finite loss or gradient)" if n_skipped else ""
+        log(f"epoch {epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.3f}{val_txt}{skip_txt} ({seconds:.1f}s)")
+        if not all(math.isfinite(v) for v in (score, rec["train_loss"], metric or 0.0)):
+            # not saved: the checkpoints stay the last good epoch's
+            what = (f"every step of epoch {epoch + 1} had a non-finite loss or gradient" if not taken else
+                    f"epoch {epoch + 1} ended at step {step} with a non-finite "
+                    f"{'validation ' + entry.val_name if 'val' in rec else 'training loss'}")
+            raise _diverged(out, what, lr, len(history))
+        history.append(rec)
         improved = score > best
         best = max(best, score)
         ckpt.save_weights(model, out / "model.safetensors", {"epoch": epoch + 1})
@@ -262,11 +353,10 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log) -> Path:
             rng["cuda"] = torch.cuda.get_rng_state(device)
         ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
                          {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
+                          "bad_run": bad.run,
                           "scalers": {name: s.state_dict() for name, s in scalers.items()}})
         ckpt.atomic_write(out / "metrics.jsonl",
-                          lambda p: Path(p).write_text("".join(json.dumps(h) + "\n" for h in history)))
+                          lambda p: Path(p).write_text("".join(ckpt.dumps(h) + "\n" for h in history)))
         if entry.epoch_pictures:
             entry.epoch_pictures(model, out, epoch + 1)
-        val_txt = f", val {entry.val_name} {rec['val']:.3f}" if "val" in rec else ""
-        log(f"epoch {epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.3f}{val_txt} ({seconds:.1f}s)")
     return out
