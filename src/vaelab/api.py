@@ -33,7 +33,7 @@ def _read(run_dir) -> tuple[RunConfig, DataSpec]:
     doc = ckpt.read_run_config(Path(run_dir))
     where = f"{Path(run_dir) / 'config.json'}"
     try:
-        spec = DataSpec.from_dict(doc["data_spec"])
+        spec = DataSpec.from_dict(doc["data_spec"], f"{where}: ")
     except (KeyError, TypeError, ValueError):
         raise VaelabError(f"{where} has no valid data_spec.") from None
     return RunConfig.from_dict(doc.get("run", {}), where), spec

@@ -87,6 +87,11 @@ def _report(run_dir: Path) -> None:
 
 def cmd_eval(a) -> int:
     from . import api
+    from .registry import get_model
+    run, spec = api._read(a.run_dir)
+    if a.sample_metrics and get_model(run.train.model).can_sample:  # before the NLL's minutes, not after
+        from .sample_quality import check_samples
+        check_samples(a.samples, spec.shape)
     res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
                        progress=True, sample_metrics=a.sample_metrics, samples=a.samples, log=_say,
                        compile=a.compile)
@@ -109,6 +114,8 @@ def _out_path(run_dir: str, given: str | None, default: str) -> Path:
     p = Path(given) if given else Path(run_dir) / default
     if p.suffix.lower() != ".png":
         raise VaelabError(f"-o {p} must be a .png file.")
+    if p.is_dir():
+        raise VaelabError(f"{'-o ' if given else ''}{p} is a folder: expected a .png file to write.")
     if not p.parent.is_dir():
         raise VaelabError(f"-o {p}: folder {p.parent} does not exist.")
     return p
@@ -132,7 +139,7 @@ def _model_and_split(a):
 def cmd_sample(a) -> int:
     import torch
     from . import api
-    from .images import save_grid
+    from .images import check_grid, save_grid
     from .registry import get_model
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 0)
@@ -142,6 +149,8 @@ def cmd_sample(a) -> int:
     if not get_model(name).can_sample:
         raise VaelabError(f"{a.run_dir} holds a {name}, which has no prior to sample from; "
                           "try vaelab reconstruct or interpolate.")
+    check_grid(f"-n {a.n}" + (f" with --nrow {a.nrow}" if a.nrow else ""), a.n, model.data_spec.shape[1:],
+               a.nrow or None)
     torch.manual_seed(a.seed)
     print(save_grid(model.sample(a.n).cpu(), out, nrow=a.nrow or None))
     return 0
@@ -149,37 +158,40 @@ def cmd_sample(a) -> int:
 
 def cmd_reconstruct(a) -> int:
     from . import api
-    from .images import save_grid
+    from .images import check_grid, save_grid
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 1)
     out = _out_path(a.run_dir, a.o, "reconstructions.png")
     _need_encoder(a.run_dir, "reconstruct")
     model, x = _model_and_split(a)
+    check_grid(f"-n {a.n} with --nrow {a.nrow}", 2 * len(x[: a.n]), model.data_spec.shape[1:], a.nrow)
     print(save_grid(api.reconstruction_rows(model, x[: a.n], a.nrow), out, nrow=a.nrow))
     return 0
 
 
 def cmd_interpolate(a) -> int:
     from . import api
-    from .images import save_grid
+    from .images import check_grid, save_grid
     _at_least("--steps", a.steps, 2)
     _at_least("--pairs", a.pairs, 1)
     out = _out_path(a.run_dir, a.o, "interpolation.png")
     from .registry import get_model
     model = api.load(a.run_dir, a.checkpoint)
-    if not get_model(model.run_config.train.model).can_reconstruct:  # no encoder: lines between prior draws
-        print(save_grid(api.interpolate_prior(model, a.pairs, a.steps, a.seed), out, nrow=a.steps))
-        return 0
-    x = api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
-    if 2 * a.pairs > len(x):
-        raise VaelabError(f"--pairs {a.pairs} needs {2 * a.pairs} images; the split has {len(x)}.")
-    print(save_grid(api.interpolate(model, x[: a.pairs], x[a.pairs: 2 * a.pairs], a.steps), out, nrow=a.steps))
+    encoder = get_model(model.run_config.train.model).can_reconstruct  # without one: lines between prior draws
+    if encoder:
+        x = api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
+        if 2 * a.pairs > len(x):
+            raise VaelabError(f"--pairs {a.pairs} needs {2 * a.pairs} images; the split has {len(x)}.")
+    check_grid(f"--pairs {a.pairs} with --steps {a.steps}", a.pairs * a.steps, model.data_spec.shape[1:], a.steps)
+    lines = (api.interpolate(model, x[: a.pairs], x[a.pairs: 2 * a.pairs], a.steps) if encoder
+             else api.interpolate_prior(model, a.pairs, a.steps, a.seed))
+    print(save_grid(lines, out, nrow=a.steps))
     return 0
 
 
 def cmd_manifold(a) -> int:
     from . import api
-    from .images import save_grid
+    from .images import check_grid, save_grid
     from .registry import get_model
     _at_least("-n", a.n, 1)
     model = api.load(a.run_dir, a.checkpoint)
@@ -193,6 +205,7 @@ def cmd_manifold(a) -> int:
         raise VaelabError(f"{a.run_dir} has a {model.run_config.model.latent_dim}-D latent; "
                           "the manifold grid needs --latent-dim 2.")
     out = _out_path(a.run_dir, a.o, "manifold.png")
+    check_grid(f"-n {a.n}", a.n * a.n, model.data_spec.shape[1:], a.n)
     print(save_grid(api.manifold(model, a.n), out, nrow=a.n))
     return 0
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import VaelabError
 from .training.checkpoint import atomic_write
 
 
@@ -24,6 +25,25 @@ def grid_cell(hw: tuple[int, int]) -> int:
     return hw[0] * grid_scale(hw)
 
 
+def grid_size(n: int, hw: tuple[int, int], nrow: int | None = None, padding: int = GRID_PADDING,
+              scale: int | None = None) -> tuple[int, int]:
+    """(height, width) in pixels of the :func:`grid` of ``n`` images of ``hw`` pixels."""
+    nrow = nrow or math.ceil(math.sqrt(n))
+    scale = grid_scale(hw) if scale is None else scale
+    return (math.ceil(n / nrow) * (hw[0] * scale + padding) + padding,
+            nrow * (hw[1] * scale + padding) + padding)
+
+
+def check_grid(what: str, n: int, hw: tuple[int, int], nrow: int | None = None) -> None:
+    """Refuse, before anything is drawn, a grid picture larger than Pillow reads without its
+    decompression-bomb warning (``Image.MAX_IMAGE_PIXELS``, 89,478,485 pixels)."""
+    h, w = grid_size(n, hw, nrow)
+    limit = Image.MAX_IMAGE_PIXELS or 89_478_485
+    if h * w > limit:
+        raise VaelabError(f"{what} makes a picture of {w:,}x{h:,} pixels, more than the {limit:,} that "
+                          f"Pillow reads without a decompression-bomb warning.")
+
+
 def grid(images: torch.Tensor, nrow: int | None = None, padding: int = GRID_PADDING,
          scale: int | None = None) -> np.ndarray:
     """[N, C, H, W] in [0, 1] -> uint8 array [rows*(H+p)+p, nrow*(W+p)+p, C] on a grey
@@ -31,11 +51,10 @@ def grid(images: torch.Tensor, nrow: int | None = None, padding: int = GRID_PADD
     x = images.detach().float().clamp(0, 1).cpu()
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
     if scale is None:
         scale = grid_scale((h, w))
     h2, w2 = h * scale, w * scale
-    out = np.full((rows * (h2 + padding) + padding, nrow * (w2 + padding) + padding, c), 128, np.uint8)
+    out = np.full((*grid_size(n, (h, w), nrow, padding, scale), c), 128, np.uint8)
     arr = (x.numpy() * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)  # [N, H, W, C]
     arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
     for i in range(n):

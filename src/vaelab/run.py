@@ -11,7 +11,9 @@ from typing import Any
 
 from .config import (READER_OPTIONS, DataConfig, TrainConfig, build, coerce, flag_name, from_dict, read_config_file,
                      to_dict)
+from .data.datasets import check_levels, known_spec
 from .errors import VaelabError
+from .limits import check_bytes
 from .registry import MODELS, get_model
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -39,10 +41,14 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any], where: str) -> "RunConfig":
         try:
             entry = get_model(d["train"]["model"])
-            return cls(from_dict(DataConfig, d["data"], where), from_dict(TrainConfig, d["train"], where),
-                       from_dict(entry.config_cls, d["model"], where))
+            run = cls(from_dict(DataConfig, d["data"], where), from_dict(TrainConfig, d["train"], where),
+                      from_dict(entry.config_cls, d["model"], where))
         except (KeyError, TypeError, AttributeError):
             raise VaelabError(f"{where} does not describe a vaelab run (missing data/train/model sections).") from None
+        if hasattr(run.model, "levels"):
+            check_levels(run.model.levels, f"{where}: the model's levels")
+        check_model_size(run.train.model, run.model, f"{where}: ")
+        return run
 
 
 def _owner(name: str, model_cls) -> type | None:
@@ -93,6 +99,31 @@ def make_config(config_file: str | None = None, **flags: Any) -> RunConfig:
     return cfg
 
 
+# Training holds each parameter four times over: the weights, their gradients, Adam's two moments.
+TRAIN_BYTES_PER_PARAMETER = 16
+
+
+def check_model_size(model: str, cfg, where: str = "") -> None:
+    """Refuse a net whose training would not fit in memory (:func:`vaelab.limits.check_bytes`),
+    counting its parameters on the meta device, where tensors have shapes and no memory."""
+    import torch
+    # the sizes the message names: as keys in a file (where), else as flags
+    widths = {"mlp": ["hidden"], "conv": ["channels" if hasattr(cfg, "channels") else "width"]}
+    names = ["latent_dim", *widths.get(getattr(cfg, "arch", "mlp"), [])]
+    show = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+    named = ", ".join(f"{n if where else flag_name(n)} {show(getattr(cfg, n))}" for n in names)
+    images = "x".join(map(str, cfg.shape))
+    try:
+        with torch.device("meta"):
+            net = get_model(model).model_cls(cfg)
+    except (RuntimeError, TypeError) as e:  # a size no tensor can have: past int64, or negative
+        why = "a size past what a tensor can hold" if "verflow" in str(e) else str(e).splitlines()[0]
+        raise VaelabError(f"{where}{named} on {images} images make no {model}: {why}.") from None
+    n = sum(t.numel() for t in (*net.parameters(), *net.buffers()))
+    check_bytes(f"{where}{named} on {images} images make a {model} of {n:,} parameters, which at "
+                f"{TRAIN_BYTES_PER_PARAMETER} bytes each to train", n * TRAIN_BYTES_PER_PARAMETER)
+
+
 def check(cfg: RunConfig) -> None:
     """Cross-field checks, raised before any work starts."""
     t = cfg.train
@@ -110,6 +141,10 @@ def check(cfg: RunConfig) -> None:
             raise VaelabError(f"{flag_name(name)} must be 0 or more, got {getattr(t, name)}.")
     if t.threads is not None and t.threads < 1:
         raise VaelabError(f"--threads must be at least 1, got {t.threads}.")
+    if getattr(cfg.model, "arch", None) == "mlp" and not cfg.model.hidden:
+        alt = "" if t.model == "gan" else "; for none, use --arch linear"
+        raise VaelabError(f"--hidden must list at least one layer size, such as "
+                          f"{','.join(map(str, type(cfg.model)().hidden))}{alt}.")
     if getattr(cfg.model, "arch", None) == "conv" and not getattr(cfg.model, "channels", (1,)):
         raise VaelabError("--channels must list at least one channel count for --arch conv, e.g. 32,32,64,64.")
     if t.channels_last and getattr(cfg.model, "arch", None) != "conv":
@@ -120,6 +155,9 @@ def check(cfg: RunConfig) -> None:
         raise VaelabError("--beta and --warmup-epochs apply to the ELBO, not to the IWAE bound of --iw-samples > 1.")
     _check_data(cfg.data)
     m = cfg.model
+    spec = known_spec(cfg.data.data)
+    if spec is not None:  # the image shape is known before the data are read: refuse a net too big now
+        check_model_size(t.model, dataclasses.replace(m, shape=spec.shape))
     if not get_model(t.model).has_likelihood:
         for name, default in (("beta", 1.0), ("warmup_epochs", 0.0), ("iw_samples", 1)):
             if getattr(t, name) != default:

@@ -13,6 +13,7 @@ contributes its means mapped back to the data's scale k / (L - 1).
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -20,10 +21,22 @@ import torch
 from .data import run_dataset
 from .data.transforms import dequantizes, from_dequantized_scale, to_unit
 from .errors import VaelabError
-from .frechet import feature_classifier, frechet_from_images
+from .frechet import FEATURES, feature_classifier, frechet_from_images
+from .limits import check_bytes
 from .parzen import parzen_evaluate
 
 PARZEN_VAL = 1000  # validation images that choose sigma (Goodfellow et al.'s parzen_ll.py)
+# Memory per sample: 16 bytes a pixel (float32 batches, their concatenation, Parzen's float64 copy)
+# and 20 bytes a feature (float32 features, the float64 copy and its centred copy in feature_stats).
+BYTES_PER_PIXEL, BYTES_PER_FEATURE = 16, 20
+
+
+def check_samples(n_samples: int, shape) -> None:
+    """Refuse a number of samples below 2, or one whose scoring would not fit in memory."""
+    if n_samples < 2:
+        raise VaelabError(f"--samples must be at least 2, got {n_samples}.")
+    per_sample = BYTES_PER_PIXEL * math.prod(shape) + BYTES_PER_FEATURE * FEATURES
+    check_bytes(f"--samples {n_samples} of {'x'.join(map(str, shape))} images", n_samples * per_sample)
 
 
 @torch.no_grad()
@@ -50,9 +63,8 @@ def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, 
                    log=None) -> dict:
     """Parzen log-likelihood and Fréchet distance of ``n_samples`` samples of a loaded run's
     model (:func:`vaelab.load`), against its dataset's test split."""
-    if n_samples < 2:
-        raise VaelabError(f"--samples must be at least 2, got {n_samples}.")
     run, spec = model.run_config, model.data_spec
+    check_samples(n_samples, spec.shape)
     d = run.data
     ds = run_dataset(d, data_dir)
     unit = {s: to_unit(getattr(ds, s).x, ds.spec.levels) for s in ("train", "val", "test")}

@@ -23,9 +23,10 @@ not all whole become ``round(x * 255)``; anything else (negative, above 255, NaN
 ``levels`` is 2 when the stored values are all 0 or 1 (binary data, like binarized MNIST) and 256
 otherwise (always 256 for rescaled [0, 1] floats).
 
-Labels come from ``label_key`` (an integer array of the same N in the same file), used as they
-are; without it every label is 0 and ``classes`` is ``[]``. With labels and no ``classes``, the
-class names are ``"0"`` .. ``str(max label)``.
+Labels come from ``label_key`` (an integer array of the same N in the same file, each below
+:data:`vaelab.limits.MAX_CLASSES`), used as they are; without it every label is 0 and
+``classes`` is ``[]``. With labels and no ``classes``, the class names are ``"0"`` ..
+``str(max label)``.
 
 Every problem raises :class:`VaelabError` in one sentence naming the file or flag.
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.errors import VaelabError
+from vaelab.limits import MAX_CLASSES, check_bytes
 
 from .raw import RawData
 
@@ -140,9 +142,7 @@ def _load(path: Path, key: str | None, label_key: str | None):
             raise VaelabError(f"{path} is a .npy file, which holds one unnamed array: --key and "
                               f"--label-key apply only to .npz and .mat files.")
         with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":
-                raise VaelabError(f"{path} is not a .npy file: it does not start with the NumPy "
-                                  f"magic bytes.")
+            _check_npy_header(path, f, os.fstat(f.fileno()).st_size)
         return _np_load(path, lambda: np.load(path, allow_pickle=False)), None
     if suffix == ".npz":
         try:
@@ -151,10 +151,8 @@ def _load(path: Path, key: str | None, label_key: str | None):
             raise VaelabError(f"{path} is not a readable .npz file ({e}).") from None
         with archive:
             key = _pick(path, list(archive.files), key, label_key)
-            images = _np_load(path, lambda: archive[key], key)
-            if label_key is None:
-                return images, None
-            return images, _np_load(path, lambda: archive[label_key], label_key)
+            images = _npz_array(path, archive, key)
+            return images, None if label_key is None else _npz_array(path, archive, label_key)
     variables = _loadmat(path)
     key = _pick(path, list(variables), key, label_key)
     return variables[key], None if label_key is None else variables[label_key]
@@ -174,6 +172,40 @@ def _pick(path: Path, found: list[str], key: str | None, label_key: str | None) 
                               f"the images with --key.")
         key = others[0]
     return key
+
+
+def _npz_array(path: Path, archive, name: str) -> np.ndarray:
+    """One array of an .npz archive, its header checked before numpy allocates it."""
+    member = name if name in archive.zip.namelist() else name + ".npy"  # as NpzFile names them
+
+    def check_header() -> None:
+        with archive.zip.open(member) as f:
+            _check_npy_header(path, f, archive.zip.getinfo(member).file_size, name)
+    _np_load(path, check_header, name)  # the same errors as the load
+    return _np_load(path, lambda: archive[name], name)
+
+
+def _check_npy_header(path: Path, f, size: int, name: str = "") -> None:
+    """Read the .npy header at the start of ``f`` (``size`` bytes long) and refuse an array larger
+    than the memory limit or than the bytes that follow it, before numpy allocates it."""
+    what = f" array {name!r}" if name else ""
+    if f.read(6) != b"\x93NUMPY":
+        raise VaelabError(f"{path}{what} is not a .npy {'array' if name else 'file'}: it does not start "
+                          f"with the NumPy magic bytes.")
+    try:
+        major = f.read(2)[:1]
+        # versions 2 and 3 differ only in the header's text encoding, ASCII for numeric arrays
+        read = np.lib.format.read_array_header_1_0 if major == b"\x01" else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except ValueError as e:
+        raise VaelabError(f"{path}{what} cannot be read as a NumPy array ({e}).") from None
+    if dtype.hasobject:
+        return  # the load refuses Python objects
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    check_bytes(f"{path}{what}: the shape {shape} its .npy header declares", nbytes)
+    if nbytes > size - f.tell():
+        raise VaelabError(f"{path}{what} is truncated: its header declares shape {shape}, which is "
+                          f"{nbytes} bytes of data, but {size - f.tell()} bytes follow the header.")
 
 
 def _np_load(path: Path, load, name: str = "") -> np.ndarray:
@@ -248,6 +280,9 @@ def _to_images(path: Path, a: np.ndarray, shape, layout: str, examples: str) -> 
         hint = " (channel-first? give --layout chw)" if chw else ""
         raise VaelabError(f"{path} holds images of shape {a.shape} with {images.shape[1]} "
                           f"channels: expected 1 or 3{hint}.")
+    if 0 in images.shape[2:]:
+        raise VaelabError(f"{path} holds images of {images.shape[2]}x{images.shape[3]} pixels (array "
+                          f"shape {a.shape}): expected images at least 1 pixel high and wide.")
     if shape is not None and images.shape[1:] != (shape[2], shape[0], shape[1]):
         raise VaelabError(f"--shape {_fmt(shape)} does not match {path}, whose images are "
                           f"{images.shape[2]}x{images.shape[3]} with {images.shape[1]} channels.")
@@ -287,10 +322,16 @@ def _labels(path: Path, name: str, y: np.ndarray, n: int) -> np.ndarray:
     if y.ndim != 1 or len(y) != n:
         raise VaelabError(f"{path}: the labels {name!r} have shape {y.shape}: expected one "
                           f"label for each of the {n} images.")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise VaelabError(f"{path}: the labels {name!r} include NaN or infinite values: expected "
+                          f"whole numbers.")
     if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.all(y == np.floor(y))):
         raise VaelabError(f"{path}: the labels {name!r} are {y.dtype} values: expected whole "
                           f"numbers.")
     if n and y.min() < 0:
         raise VaelabError(f"{path}: the labels {name!r} include {y.min():g}: expected labels "
                           f"0 or more.")
+    if n and y.max() >= MAX_CLASSES:  # each label up to the largest names a class
+        raise VaelabError(f"{path}: the labels {name!r} include {y.max():g}: expected labels "
+                          f"below {MAX_CLASSES:,}.")
     return y.astype(np.int64)

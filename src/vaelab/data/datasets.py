@@ -11,12 +11,13 @@ import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from vaelab.errors import VaelabError
+from vaelab.limits import MAX_CLASSES
 
 from . import download as _download
 from . import sources as _sources
@@ -60,13 +61,28 @@ class DataSpec:
                 "num_classes": self.num_classes}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
-        """Rebuild a spec from :meth:`to_dict`'s output (e.g. read back from a checkpoint)."""
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> "DataSpec":
+        """Rebuild a spec from :meth:`to_dict`'s output (e.g. read back from a checkpoint);
+        ``where`` (such as ``"run/config.json: "``) starts the message of a value out of bounds."""
         missing = [k for k in ("name", "shape", "levels", "num_classes") if k not in d]
         if missing:
             raise VaelabError(f"the data spec {d!r} lacks the key(s) {', '.join(missing)}.")
-        return cls(name=str(d["name"]), shape=tuple(int(s) for s in d["shape"]),
+        spec = cls(name=str(d["name"]), shape=tuple(int(s) for s in d["shape"]),
                    levels=int(d["levels"]), num_classes=int(d["num_classes"]))
+        if len(spec.shape) != 3 or min(spec.shape) < 1:
+            raise VaelabError(f"{where}the data spec's shape {list(spec.shape)} is not an image shape: expected "
+                              f"C, H, W, each at least 1.")
+        check_levels(spec.levels, f"{where}the data spec's levels")
+        if not 0 <= spec.num_classes <= MAX_CLASSES:
+            raise VaelabError(f"{where}the data spec's num_classes is {spec.num_classes}: expected 0 to "
+                              f"{MAX_CLASSES:,}.")
+        return spec
+
+
+def check_levels(levels: int, what: str) -> None:
+    """Pixels are uint8 values 0..levels-1: at least 2 of them (1 would scale them by 1/0), at most 256."""
+    if not 2 <= levels <= 256:
+        raise VaelabError(f"{what} is {levels}: expected 2 to 256 pixel levels.")
 
 
 @dataclass
@@ -89,6 +105,15 @@ class Dataset:
     val: Split  # 0 rows when val_size=0
     test: Split
     source: str  # the folder the files were read from, or "scikit-learn (bundled)"
+    pending_cache: Callable[[], None] | None = None  # see keep_cache
+
+    def keep_cache(self) -> None:
+        """Write the decoded-image cache that ``load_dataset(defer_cache=True)`` left unwritten: the
+        trainer calls it once the run's arguments have passed their checks, so that a run refused
+        after the images were decoded leaves no cache behind."""
+        if self.pending_cache is not None:
+            self.pending_cache()
+            self.pending_cache = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,11 @@ _DATASETS: dict[str, _Info] = {
                    "MNIST handwritten digits, 60,000 train + 10,000 test, 28x28, "
                    "256 grey levels"),
 }
+
+
+def known_spec(name: str) -> DataSpec | None:
+    """The spec of a dataset whose images are known before it is read (mnist, ...), else None."""
+    return _DATASETS[name].spec if name in _DATASETS else None
 
 
 def dataset_names() -> list[str]:
@@ -170,7 +200,8 @@ def list_datasets(data_dir: str | os.PathLike | None = None) -> list[dict[str, A
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                  val_size: int | None = None, split_seed: int = 0,
-                 download: bool = False, test_size: int | None = None, **options: Any) -> Dataset:
+                 download: bool = False, test_size: int | None = None, defer_cache: bool = False,
+                 **options: Any) -> Dataset:
     """Load ``name`` with its train/validation/test splits.
 
     The validation split is ``val_size`` images held out from the official train set by a
@@ -179,11 +210,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     (binarized MNIST) keeps it. A format without a test split gets ``test_size`` images (default
     a tenth) held out by a fixed permutation. ``download=True`` fetches a missing MNIST or
     Fashion-MNIST into the first data root. ``options`` are the readers' (``data_path``, ``key``,
-    ``shape``, ``image_size``, ...: see :mod:`vaelab.data.sources`). Bad input raises
-    :class:`VaelabError`.
+    ``shape``, ``image_size``, ...: see :mod:`vaelab.data.sources`). The decoded-image cache of
+    image files is written once the splits are made, or with ``defer_cache`` by
+    :meth:`Dataset.keep_cache`. Bad input raises :class:`VaelabError`.
     """
     if name in _sources.SOURCES:
-        return _load_source(name, data_dir, val_size, split_seed, test_size, options)
+        ds = _load_source(name, data_dir, val_size, split_seed, test_size, options)
+        if not defer_cache:
+            ds.keep_cache()
+        return ds
     spec = _info(name).spec
     if name == "digits":
         (x_train, y_train), (x_test, y_test) = _digits_arrays()
@@ -234,7 +269,7 @@ def _load_source(name: str, data_dir, val_size, split_seed, test_size, options: 
     spec = DataSpec(name, tuple(int(v) for v in x.shape[1:]), raw.levels, len(raw.classes))
     every = lambda a, b: _make_split(a, b, np.arange(len(b)))  # noqa: E731
     return Dataset(spec=spec, train=every(x, y), val=every(x_val, y_val), test=every(x_test, y_test),
-                   source=raw.source)
+                   source=raw.source, pending_cache=raw.write_cache)
 
 
 def split_indices(n: int, val_size: int | None, split_seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ does not read back is ignored and rewritten.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -40,7 +41,8 @@ Select = Callable[[list[str], bool], tuple[list[int], np.ndarray, list[str]]]
 
 def read_image_folder(path: str | os.PathLike, image_size: int | None = None, crop: int | None = None,
                       channels: int | None = None, workers: int | None = None, progress: bool = True,
-                      cache: bool = True, log: Callable[[str], None] | None = None) -> RawData:
+                      cache: bool = True, log: Callable[[str], None] | None = None,
+                      defer_cache: bool = False) -> RawData:
     """Read every ``.png``/``.jpg``/``.jpeg`` of a folder or tarball into :class:`RawData`.
 
     Args:
@@ -53,6 +55,8 @@ def read_image_folder(path: str | os.PathLike, image_size: int | None = None, cr
         progress: show a progress bar on stderr while decoding.
         cache: read and write the decoded array in ``$VAELAB_CACHE/images``.
         log: called with one line saying whether the cache was used.
+        defer_cache: leave writing the cache to the caller, through the result's ``write_cache``
+            (a run that then fails on its arguments leaves no cache behind).
     Returns:
         Only ``x_train``/``y_train`` (the caller splits); ``classes`` are the subfolder names,
         or [] with zero labels. The result's ``from_cache`` attribute says whether the cache
@@ -75,13 +79,14 @@ def read_image_folder(path: str | os.PathLike, image_size: int | None = None, cr
         return list(range(len(names))), np.array([index[f] for f in folders], np.int64), classes
 
     return load_images(path, "image-folder", is_image_name, select, {}, image_size=image_size, crop=crop,
-                       channels=channels, workers=workers, progress=progress, cache=cache, log=log)
+                       channels=channels, workers=workers, progress=progress, cache=cache, log=log,
+                       defer_cache=defer_cache)
 
 
 def load_images(path: str | os.PathLike, kind: str, accept: Callable[[str], bool], select: Select,
                 options: dict, *, image_size: int | None, crop: int | None, channels: int | None,
                 workers: int | None, progress: bool, cache: bool,
-                log: Callable[[str], None] | None) -> RawData:
+                log: Callable[[str], None] | None, defer_cache: bool = False) -> RawData:
     """The pipeline of every image-file reader: read the files, label them, decode, cache.
 
     ``accept(name)`` picks the files, ``select(names, tarball)`` labels them (and may drop some);
@@ -121,7 +126,11 @@ def load_images(path: str | os.PathLike, kind: str, accept: Callable[[str], bool
     raw = RawData(x_train=x, y_train=y, classes=classes, source=str(path)).check()
     say(f"{kind}: decoded {len(x)} images of {path} in {time.perf_counter() - start:.1f} s.")
     if cache:
-        _save_cache(cache_path, raw, meta, say)
+        write = functools.partial(_save_cache, cache_path, raw, meta, say)
+        if defer_cache:
+            raw.write_cache = write
+        else:
+            write()
     raw.from_cache = False
     return raw
 

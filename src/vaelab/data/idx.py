@@ -11,10 +11,12 @@ import math
 import os
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from vaelab.errors import VaelabError
+from vaelab.limits import check_bytes
 
 # Type byte -> big-endian numpy dtype, as the IDX spec lists them.
 IDX_TYPES: dict[int, np.dtype] = {
@@ -43,43 +45,64 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     ``expected_magic`` (e.g. ``0x00000803`` for uint8 images with 3 dimensions) makes a file
     of another type or rank an error, so a caller never has to guess what it got.
     Every problem with the file raises :class:`VaelabError` naming it.
+
+    A gzip stream is decompressed as it is read, and no further than the header says: the data
+    the header declares are checked against :func:`vaelab.limits.check_bytes` first, then at
+    most one byte more is read, so a gzip bomb costs neither memory nor the time to expand it.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise VaelabError(f"{path} is not an IDX file: it is only {len(data)} bytes long, "
-                          f"shorter than the 4-byte magic number.")
-    magic = int.from_bytes(data[:4], "big")
-    _check_magic(path, magic, expected_magic)
+    with _open(path) as f:
+        head = _read(path, f, 4)
+        if len(head) < 4:
+            raise VaelabError(f"{path} is not an IDX file: it is only {len(head)} bytes long, "
+                              f"shorter than the 4-byte magic number.")
+        magic = int.from_bytes(head, "big")
+        _check_magic(path, magic, expected_magic)
+        dtype = IDX_TYPES[head[2]]
+        shape = _read_shape(path, _read(path, f, 4 * head[3]), head[3])
+        count = math.prod(shape)  # Python ints: a corrupt header cannot overflow this
+        expected = count * dtype.itemsize
+        check_bytes(f"{path}: the shape {shape} its IDX header declares", expected)
+        data = _read(path, f, expected + 1)
+    if len(data) != expected:
+        problem, found = ("is truncated", f"{len(data)} bytes") if len(data) < expected else \
+            ("has trailing bytes", "more")
+        raise VaelabError(f"{path} {problem}: its header declares shape {shape}, which is "
+                          f"{expected} bytes of data, but {found} follow the header.")
+    flat = np.frombuffer(data, dtype=dtype, count=count)
+    # Copy into native byte order: the result is writable and does not keep the whole
+    # decompressed file alive through a view.
+    return flat.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
-    dtype = IDX_TYPES[data[2]]
-    ndim = data[3]
-    shape = _read_shape(path, data, ndim)
-    return _read_payload(path, data, dtype, shape, offset=4 + 4 * ndim)
 
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, decompressed when they are gzip."""
+def _open(path: Path) -> BinaryIO:
+    """The file, opened to read, through a decompressor when it is gzip."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            gz = f.read(2) == _GZIP_MAGIC
+        # Decide by content, not by name: browsers often save these files already decompressed
+        # but keep the .gz name, and such a file is perfectly usable.
+        return gzip.open(path, "rb") if gz else open(path, "rb")
     except FileNotFoundError:
         raise VaelabError(f"{path} does not exist.") from None
     except IsADirectoryError:
         raise VaelabError(f"{path} is a folder, not an IDX file.") from None
     except OSError as e:
         raise VaelabError(f"{path} cannot be read: {e.strerror or e}.") from None
-    # Decide by content, not by name: browsers often save these files already decompressed
-    # but keep the .gz name, and such a file is perfectly usable.
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
+
+
+def _read(path: Path, f: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes of ``f`` (fewer at its end)."""
     try:
-        return gzip.decompress(raw)
+        return f.read(n)
     except EOFError:
         raise VaelabError(f"{path} is a truncated gzip file: the compressed stream ends early "
                           f"(an interrupted download?); delete it and fetch it again.") from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as e:
+    except (gzip.BadGzipFile, zlib.error) as e:
         raise VaelabError(f"{path} is a corrupt gzip file ({e}); delete it and fetch it "
                           f"again.") from None
+    except OSError as e:
+        raise VaelabError(f"{path} cannot be read: {e.strerror or e}.") from None
 
 
 def _check_magic(path: Path, magic: int, expected: int | None) -> None:
@@ -92,26 +115,10 @@ def _check_magic(path: Path, magic: int, expected: int | None) -> None:
                           f"a type byte ({types}) and a dimension count, found 0x{magic:08x}.")
 
 
-def _read_shape(path: Path, data: bytes, ndim: int) -> tuple[int, ...]:
-    end = 4 + 4 * ndim
-    if len(data) < end:
+def _read_shape(path: Path, sizes: bytes, ndim: int) -> tuple[int, ...]:
+    if len(sizes) < 4 * ndim:
         raise VaelabError(f"{path} is truncated: its header declares {ndim} dimensions, "
-                          f"but the file ends after {len(data)} bytes, inside the list of sizes.")
+                          f"but the file ends after {4 + len(sizes)} bytes, inside the list of sizes.")
     # Sizes are big-endian *signed* int32 in the spec; read them unsigned so a corrupt header
     # shows up as an absurd size in the message below rather than as a negative one.
-    return tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-
-
-def _read_payload(path: Path, data: bytes, dtype: np.dtype, shape: tuple[int, ...],
-                  offset: int) -> np.ndarray:
-    count = math.prod(shape)  # Python ints: a corrupt header cannot overflow this
-    expected = count * dtype.itemsize
-    found = len(data) - offset
-    if found != expected:
-        problem = "is truncated" if found < expected else "has trailing bytes"
-        raise VaelabError(f"{path} {problem}: its header declares shape {shape}, which is "
-                          f"{expected} bytes of data, but {found} bytes follow the header.")
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    # Copy into native byte order: the result is writable and does not keep the whole
-    # decompressed file alive through a view.
-    return flat.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    return tuple(int(s) for s in np.frombuffer(sizes, dtype=">u4", count=ndim))

@@ -31,14 +31,14 @@ def is_lfw_name(name: str) -> bool:
 
 def read_lfw(path: str | os.PathLike, min_faces_per_person: int = 0, image_size: int | None = None,
              crop: int | None = None, workers: int | None = None, progress: bool = True,
-             cache: bool = True, log: Callable[[str], None] | None = None) -> RawData:
+             cache: bool = True, log: Callable[[str], None] | None = None, defer_cache: bool = False) -> RawData:
     """Read LFW (or any data in its layout) from a tarball or a folder into :class:`RawData`.
 
     Args:
         path: ``lfw.tgz``, ``lfw-funneled.tgz``, ``lfw-deepfunneled.tgz``, ``lfw3d_90.tgz``, ...,
             or the folder one of them extracts to.
         min_faces_per_person: drop the people with fewer images than this.
-        image_size, crop, workers, progress, cache, log: as for
+        image_size, crop, workers, progress, cache, log, defer_cache: as for
             :func:`vaelab.data.folder.read_image_folder` (LFW's JPEGs are RGB: 3 channels).
     Returns:
         Only ``x_train``/``y_train`` (the caller splits); ``classes`` are the people's names;
@@ -70,4 +70,4 @@ def read_lfw(path: str | os.PathLike, min_faces_per_person: int = 0, image_size:
 
     return load_images(path, "lfw", is_lfw_name, select, {"min_faces_per_person": min_faces_per_person},
                        image_size=image_size, crop=crop, channels=3, workers=workers, progress=progress,
-                       cache=cache, log=log)
+                       cache=cache, log=log, defer_cache=defer_cache)

@@ -7,6 +7,7 @@ train / validation / test splits every dataset has.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +23,7 @@ class RawData:
     classes: list[str] = field(default_factory=list)  # class names by label; [] = unlabelled
     levels: int = 256              # distinct pixel values (2 for binarized data)
     source: str = ""               # the file or folder that was read
+    write_cache: Callable[[], None] | None = None  # writes the decoded-image cache a reader left unwritten
 
     def check(self) -> "RawData":
         """Assert the invariants above (a reader's bug, not a user's mistake, if they fail)."""

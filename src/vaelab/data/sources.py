@@ -69,13 +69,13 @@ def _progress() -> bool:
 def _read_lfw(path: Path, o: dict) -> RawData:
     from .lfw import read_lfw
     return read_lfw(path, min_faces_per_person=o.get("min_faces_per_person") or 0, image_size=o.get("image_size"),
-                    crop=o.get("crop"), workers=o.get("workers"), progress=_progress())
+                    crop=o.get("crop"), workers=o.get("workers"), progress=_progress(), defer_cache=True)
 
 
 def _read_folder(path: Path, o: dict) -> RawData:
     from .folder import read_image_folder
     return read_image_folder(path, image_size=o.get("image_size"), crop=o.get("crop"), workers=o.get("workers"),
-                             progress=_progress())
+                             progress=_progress(), defer_cache=True)  # written by load_dataset
 
 
 def _read_array(path: Path, o: dict) -> RawData:

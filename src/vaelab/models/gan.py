@@ -127,7 +127,8 @@ class GAN(nn.Module):
         self.cfg = cfg
         if cfg.arch == "conv":
             self.generator, self.discriminator = ConvGenerator(cfg), ConvDiscriminator(cfg)
-            self.apply(_dcgan_init)
+            if not self.generator.fc.weight.is_meta:  # a size check's shapes only: normal_ there costs seconds
+                self.apply(_dcgan_init)
         else:
             self.generator, self.discriminator = _mlp_generator(cfg), _mlp_discriminator(cfg)
 

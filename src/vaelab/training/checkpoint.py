@@ -233,6 +233,26 @@ def load_resume(path: Path, model: torch.nn.Module,
     return rng, loop
 
 
+def check_loop(path: Path, loop: Any) -> None:
+    """Refuse the trainer's loop metadata of a resume file unless it holds whole counts, a numeric
+    best score and a history of epochs that each say how long they took (a time budget sums them)."""
+    def bad(what: str) -> VaelabError:
+        return VaelabError(f"cannot resume from {path}: its {what}.")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not isinstance(loop, dict):
+        raise bad("loop metadata is not a table")
+    for key in ("epoch", "global_step"):
+        if not number(loop.get(key)) or not isinstance(loop[key], int) or loop[key] < 0:
+            raise bad(f"'{key}' is {loop.get(key)!r}, expected a whole number of at least 0")
+    if not number(loop.get("best")):
+        raise bad(f"'best' is {loop.get('best')!r}, expected a number")
+    history = loop.get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) and number(h.get("seconds")) for h in history):
+        raise bad("'history' is not a list of epochs, each with its seconds")
+
+
 def _layout_as_params(opt: torch.optim.Optimizer) -> None:
     """Saved state is contiguous; a channels_last parameter's moments must be laid out as it is
     (a fused kernel walks them side by side), as the optimizer's own zeros_like would have."""

@@ -19,7 +19,7 @@ from ..data import load_dataset
 from ..data.transforms import Batches, dequantize_fixed, dequantizes, eval_inputs
 from ..errors import VaelabError
 from ..registry import get_model
-from ..run import RunConfig
+from ..run import RunConfig, check_model_size
 from . import checkpoint as ckpt
 from .steps import StepContext, make_scalers
 
@@ -204,7 +204,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     if t.precision == "bf16" and device.type == "cuda" and not _has_bf16(device):
         raise VaelabError(f"--precision bf16 needs a GPU with bfloat16 support; {device} has none: use fp16.")
     ds = load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download,
-                      **d.reader_options())
+                      defer_cache=True, **d.reader_options())
     # what the model takes from the data: its image shape (and pixel levels, where it has them)
     from_data = {"shape": tuple(ds.spec.shape), "levels": ds.spec.levels}
     model_cfg = dataclasses.replace(run.model, **{k: v for k, v in from_data.items()
@@ -219,6 +219,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     if t.batch_size > len(ds.train):
         raise VaelabError(f"--batch-size {t.batch_size} is larger than the training set ({len(ds.train)} images).")
 
+    check_model_size(t.model, model_cfg)
     torch.manual_seed(t.seed)
     model = entry.model_cls(model_cfg).to(device)
     channels_last = uses_channels_last(t, model, device)
@@ -247,6 +248,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         if not (out / "resume.safetensors").exists():
             raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
         rng, loop = ckpt.load_resume(out / "resume.safetensors", model, optimizers)
+        ckpt.check_loop(out / "resume.safetensors", loop)
         torch.set_rng_state(rng["torch"])
         gen.set_state(rng["data"])
         if device.type == "cuda" and "cuda" in rng:
@@ -264,6 +266,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         log(f"resuming {out} at epoch {start_epoch + 1}/{t.epochs}")
     else:
         _prepare_out(out, t.overwrite, hold)
+    ds.keep_cache()  # the arguments passed: a later run may skip the decoding
     config_doc = {"format_version": ckpt.FORMAT_VERSION, "vaelab_version": __version__,
                   "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": ds.source}
     ckpt.write_json(out / "config.json", config_doc)

@@ -1,0 +1,56 @@
+"""The bound every size a user or a file names is checked against before memory is allocated.
+
+A count of samples or images, a network's widths, the shape an IDX or ``.npy`` header declares:
+each is turned into the bytes it would take and compared with :func:`memory_limit`, half the
+memory this machine (or its container) has, leaving the other half to everything else a run
+holds. A refused size ends in one sentence that names it, the bytes and the limit, before the
+allocation that would have met the out-of-memory killer.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import VaelabError
+
+FALLBACK_MEMORY = 16 << 30  # where the machine's memory cannot be read
+# Labels index classes, and every class costs a name and a row of each classifier head; the
+# largest labelled image sets have tens of thousands (ImageNet-21k: 21,841).
+MAX_CLASSES = 100_000
+
+
+def _cgroup_memory() -> int | None:
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            return int(Path(f).read_text())
+        except (OSError, ValueError):  # absent, or "max"
+            continue
+    return None
+
+
+def memory_limit() -> int:
+    """Half of the physical memory, or of a smaller container limit, in bytes."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on a POSIX system
+        total = FALLBACK_MEMORY
+    cgroup = _cgroup_memory()
+    return min(total, cgroup or total) // 2
+
+
+def fmt_bytes(n: int) -> str:
+    """1234567 -> '1.2 MB' (decimal units)."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover - the loop returns at PB
+
+
+def check_bytes(what: str, nbytes: int) -> None:
+    """Refuse ``what`` (a phrase naming the flag or file and its value) when it needs more than
+    :func:`memory_limit` bytes."""
+    limit = memory_limit()
+    if nbytes > limit:
+        raise VaelabError(f"{what} would take {fmt_bytes(nbytes)} of memory, more than the limit of "
+                          f"{fmt_bytes(limit)} (half of this machine's).")
