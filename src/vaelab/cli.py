@@ -211,7 +211,7 @@ def cmd_finetune(a) -> int:
     from .probe import finetune
     _need_encoder(a.run_dir, "finetune")
     print(json.dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
-                              a.device)))
+                              a.device, weight_decay=a.weight_decay, patience=a.patience)))
     return 0
 
 
@@ -295,9 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default="auto")
         if name == "finetune":
-            s.add_argument("--epochs", type=int, default=50)
-            s.add_argument("--lr", type=float, default=1e-3)
+            s.add_argument("--epochs", type=int, default=50, help="most epochs of a fine-tuning run")
+            s.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head")
             s.add_argument("--batch-size", type=int, default=64)
+            s.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+            s.add_argument("--patience", type=int, default=10,
+                           help="epochs without a better validation accuracy before a run stops")
         s.set_defaults(func=func)
     d = sub.add_parser("datasets", help="list the datasets and where each was found", allow_abbrev=False)
     d.add_argument("--data-dir", default=None)
