@@ -266,10 +266,25 @@ def test_finetune_keeps_what_the_probe_had_on_mnist(tmp_path, mnist_dir):
     """Issue 12: fine-tuning at 100 labels fell 8 points below the linear probe on the codes it
     started from (Adam from a random head for 200 steps). Starting at the probe and stopping on
     validation, it is at least the probe, and well above the same net from scratch."""
-    cfg = vaelab.make_config(model="ae", data="mnist", data_dir=str(mnist_dir), val_size=50_000, hidden=(128,),
-                             latent_dim=10, binarize="none", epochs=2, batch_size=100, nll_samples=0,
-                             progress=False, out=str(tmp_path / "ae"))  # 10,000 training images
+    # one epoch of the README's AE (784-400-10): the old protocol measured 0.678 here against the
+    # probe's 0.753 and scratch's 0.712
+    cfg = vaelab.make_config(model="ae", data="mnist", data_dir=str(mnist_dir), hidden=(400,), latent_dim=10,
+                             binarize="none", epochs=1, batch_size=100, nll_samples=0, progress=False,
+                             out=str(tmp_path / "ae"))
     run = vaelab.train(cfg, log=lambda s: None)
+    probe_100 = linear_probe(run, 100, str(mnist_dir))["accuracy"]
     res = finetune(run, 100, str(mnist_dir))
-    assert res["accuracy"] >= linear_probe(run, 100, str(mnist_dir))["accuracy"] == res["probe_accuracy"]
+    assert res["accuracy"] >= probe_100
     assert res["accuracy"] >= res["baseline_accuracy"] + 0.05
+
+
+def test_finetune_flags(runs, capsys):
+    from vaelab.cli import main
+    assert main(["finetune", str(runs["ae"]), "--labels", "50", "--epochs", "1", "--patience", "2",
+                 "--weight-decay", "0"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["labels"] == 50 and res["n_val"] == 10 and {"probe_accuracy", "epochs", "encoder_lr"} <= res.keys()
+    for flag, value in (("--patience", "0"), ("--weight-decay", "-1")):
+        assert main(["finetune", str(runs["ae"]), "--labels", "50", flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert flag in err and len(err.splitlines()) == 1 and "Traceback" not in err

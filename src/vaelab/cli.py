@@ -286,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
             **{"-n": dict(type=int, default=20), "-o": dict(default=None)})
     for name, help_, func in (("probe", "linear probe (logistic regression) on the frozen codes", cmd_probe),
-                              ("finetune", "encoder + classifier head trained on the labels, vs the same "
-                                           "classifier from random initialisation", cmd_finetune)):
+                              ("finetune", "linear probe, then encoder + head fine-tuned on the labels with early "
+                                           "stopping, vs the same from random initialisation", cmd_finetune)):
         s = sub.add_parser(name, help=help_, allow_abbrev=False)
         s.add_argument("run_dir", metavar="RUN_DIR")
         s.add_argument("--labels", default="all", help="labelled training images, balanced per class (or all)")

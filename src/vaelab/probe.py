@@ -2,9 +2,10 @@
 
 * :func:`linear_probe`: a logistic regression on the frozen codes (the posterior mean mu for a
   VAE, the code z for an autoencoder) of N labelled training images, scored on the test set.
-* :func:`finetune`: the run's encoder with a linear classifier head, trained end to end on the
-  same N labels, next to the same classifier trained from a random initialisation (the
-  baseline that tells what the pretraining was worth).
+* :func:`finetune`: the run's encoder with a linear classifier head that starts as that probe,
+  fine-tuned on the same N labels with early stopping on a held-out part of them (linear probe,
+  then fine-tune: Kumar et al. 2022), next to the same classifier from a random initialisation
+  put through the same steps (the baseline that tells what the pretraining was worth).
 
 The N labelled images are a class-balanced subset of the run's training split
 (:func:`balanced_subset`); the inputs are binarized exactly as the run evaluates them
@@ -168,9 +169,10 @@ def finetune(run_dir: str | Path, labels: int | None, data_dir: str | None = Non
     probe) are chosen on a class-balanced :data:`VAL_FRACTION` of the labelled images held out
     (:func:`validation_split`): a run per scale trains on the rest, at most ``epochs`` epochs
     (and enough for :data:`MIN_STEPS` steps), stopping ``patience`` epochs after the best
-    validation accuracy (ties: the lower validation loss, then the earlier). The chosen recipe
-    then trains again, head first, on all the labelled images. Both classifiers go through
-    the same steps with the same batches; they differ only in where the encoder starts.
+    validation accuracy (ties: the lower validation loss, then the earlier). Then the classifier
+    starts again from the probe, now fitted on all the labelled images, and trains on all of
+    them for the chosen epochs at the chosen scale. Both classifiers go through the same steps
+    with the same batches; they differ only in where the encoder starts.
 
     Args:
         run_dir: a trained run.
@@ -202,7 +204,7 @@ def finetune(run_dir: str | Path, labels: int | None, data_dir: str | None = Non
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's RNG untouched
         torch.manual_seed(seed)
         fresh = get_model(run.train.model).model_cls(run.model)
-    _check_features(_Classifier(copy.deepcopy(model.encoder), latent_dim).to(dev), model, x[:8], run.train.model)
+    _check_features(_Classifier(copy.deepcopy(model.encoder), latent_dim), model, x[:8], run.train.model)
     recipe = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, patience=patience,
                   seed=seed)
     out = {"task": "finetune"}
@@ -269,8 +271,9 @@ class _Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, latent_dim: int):
         super().__init__()
         self.encoder, self.latent_dim = encoder, latent_dim
-        self.register_buffer("mean", torch.zeros(latent_dim))
-        self.register_buffer("scale", torch.ones(latent_dim))
+        dev = next(encoder.parameters()).device
+        self.register_buffer("mean", torch.zeros(latent_dim, device=dev))
+        self.register_buffer("scale", torch.ones(latent_dim, device=dev))
         self.head: nn.Linear | None = None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
