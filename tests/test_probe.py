@@ -190,23 +190,28 @@ def test_finetune_needs_two_labels_of_each_class(runs):
         finetune(runs["ae"], 15)
 
 
-@pytest.mark.parametrize("name", ["vae", "ae"])
-def test_the_classifier_starts_at_the_probe(runs, name):
+@pytest.mark.parametrize("name, classes", [("vae", 10), ("ae", 10), ("ae", 2)])
+def test_the_classifier_starts_at_the_probe(runs, name, classes):
     """Before fine-tuning, the classifier's logits are the probe's (an independent scikit-learn
-    fit on the same codes) and so are its predictions, image for image."""
+    fit on the same codes) and so are its predictions, image for image; with two classes
+    (scikit-learn's one logit) too."""
     run = runs[name]
     model = vaelab.load(run, device="cpu")
     x_tr, y_tr = split_inputs(run, "train")
-    x_te, _ = split_inputs(run, "test")
+    x_te, y_te = split_inputs(run, "test")
     idx = balanced_subset(y_tr, 100, 10, seed=2)
+    idx = idx[y_tr[idx] < classes]  # the first classes only (digits 0 and 1)
+    x_te = x_te[y_te < classes]
     clf = probe._Classifier(model.encoder, 8)
-    clf.start_at_probe(x_tr[idx], y_tr[idx], 10)
+    clf.start_at_probe(x_tr[idx], y_tr[idx], classes)
     with torch.no_grad():
         f_tr, f_te = model.codes(x_tr[idx]).numpy(), model.codes(x_te).numpy()
-        logits = clf(x_te).numpy()
+        logits = clf(x_te).numpy()  # [N, classes]
     scaler = StandardScaler().fit(f_tr)
     ref = LogisticRegression(max_iter=1000).fit(scaler.transform(f_tr), y_tr[idx].numpy())
-    assert np.allclose(logits, ref.decision_function(scaler.transform(f_te)), atol=1e-4)
+    expected = ref.predict_proba(scaler.transform(f_te))
+    assert logits.shape == (len(x_te), classes)
+    assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), expected, atol=1e-5)
     assert np.array_equal(logits.argmax(1), ref.predict(scaler.transform(f_te)))
     # the scaler stays fixed (buffers): only the encoder and the head train
     assert set(dict(clf.named_buffers())) == {"mean", "scale"}
