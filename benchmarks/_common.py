@@ -14,3 +14,23 @@ def emit(path: str, row: dict) -> None:
     print(line, flush=True)
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+def machine(threads: int) -> dict:
+    """What a result was measured on: the CPU model, its vector-instruction flags, torch's
+    version and the threads used."""
+    import platform
+
+    import torch
+    model, flags = platform.processor(), []
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = [f for f in value.split() if f.startswith(("avx", "amx", "fma", "sse4"))]
+                break
+    except OSError:  # not Linux
+        pass
+    return {"cpu": model, "cpu_flags": flags, "torch": torch.__version__, "threads": threads}

@@ -3,6 +3,7 @@ each case wins), so a table is never typed by hand.
 
     python benchmarks/tables.py gan_vs_vae
     python benchmarks/tables.py images
+    python benchmarks/tables.py representations
 """
 from __future__ import annotations
 
@@ -44,5 +45,39 @@ def images() -> str:
     return "\n".join(out)
 
 
+NAMES = {"pca": "PCA", "ae": "AE", "sparse-ae": "sparse AE (`--l1 1e-3`)", "dae": "DAE (`mask:0.25`)", "vae": "VAE"}
+# the anchor: Kingma et al. 2014, Table 1, M1 + TSVM (a VAE's 50-D codes, a transductive SVM), from its test errors
+M1 = {100: 100 - 11.82, 1000: 100 - 4.24}
+
+
+def representations() -> str:
+    """One table per (dataset, code size): a row per model, means over the label seeds; where
+    several lines give the same (case, labels), their fields merge and the last one wins."""
+    cells: dict = {}
+    for r in _rows("representations"):
+        key = (r["data"], r["latent_dim"], r["model"], r.get("labels"))
+        cells.setdefault(key, {}).update(r)
+    pct = lambda r, k: f"{100 * r[k]:.1f}%" if k in r else ""  # noqa: E731
+    out = []
+    for data, d in dict.fromkeys((k[0], k[1]) for k in cells):
+        title = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(data, data)
+        out += [f"| {title}, d = {d} | test MSE/pixel | probe 100 | probe 1,000 | probe all | fine-tune / scratch 100 "
+                f"| fine-tune / scratch 1,000 | fine-tune / scratch all | PSNR gain |", "|---|" + "---:|" * 8]
+        for model in NAMES:
+            if (data, d, model, None) not in cells:
+                continue
+            m, at = cells[(data, d, model, None)], {n: cells.get((data, d, model, n), {}) for n in (100, 1000, "all")}
+            tuned = [f"{pct(at[n], 'finetune')} / {pct(at[n], 'scratch')}" if "finetune" in at[n] else ""
+                     for n in at]
+            gain = (f"+{m['psnr_gain']:.2f} dB ({m['psnr_corrupted']:.2f} → {m['psnr_denoised']:.2f})"
+                    if "psnr_gain" in m else "")
+            out.append(f"| {NAMES[model]} | {m['mse']:.4f} | " + " | ".join(pct(at[n], "probe") for n in at) +
+                       " | " + " | ".join(tuned) + f" | {gain} |")
+        if (data, d) == ("mnist", 10):
+            out.append(f"| M1 + TSVM (Kingma et al. 2014, d = 50) |  | {M1[100]:.1f}% | {M1[1000]:.1f}% |  |  |  |  |  |")
+        out.append("")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print({"gan_vs_vae": gan_vs_vae, "images": images}[sys.argv[1]]())
+    print({"gan_vs_vae": gan_vs_vae, "images": images, "representations": representations}[sys.argv[1]]())

@@ -230,7 +230,7 @@ def cmd_finetune(a) -> int:
     from .probe import finetune
     _need_encoder(a.run_dir, "finetune")
     print(ckpt.dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
-                              a.device)))
+                              a.device, weight_decay=a.weight_decay, patience=a.patience)))
     return 0
 
 
@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
             **{"-n": dict(type=int, default=20), "-o": dict(default=None)})
     for name, help_, func in (("probe", "linear probe (logistic regression) on the frozen codes", cmd_probe),
-                              ("finetune", "encoder + classifier head trained on the labels, vs the same "
-                                           "classifier from random initialisation", cmd_finetune)):
+                              ("finetune", "linear probe, then encoder + head fine-tuned on the labels with early "
+                                           "stopping, vs the same from random initialisation", cmd_finetune)):
         s = sub.add_parser(name, help=help_, allow_abbrev=False)
         s.add_argument("run_dir", metavar="RUN_DIR")
         s.add_argument("--labels", default="all", help="labelled training images, balanced per class (or all)")
@@ -314,9 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default="auto")
         if name == "finetune":
-            s.add_argument("--epochs", type=int, default=50)
-            s.add_argument("--lr", type=float, default=1e-3)
+            s.add_argument("--epochs", type=int, default=50, help="most epochs of a fine-tuning run")
+            s.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head")
             s.add_argument("--batch-size", type=int, default=64)
+            s.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+            s.add_argument("--patience", type=int, default=10,
+                           help="epochs without a better validation accuracy before a run stops")
         s.set_defaults(func=func)
     d = sub.add_parser("datasets", help="list the datasets and where each was found", allow_abbrev=False)
     d.add_argument("--data-dir", default=None)
