@@ -3,7 +3,7 @@
 For each dataset and code size: reconstruction MSE per pixel on the test set and the DAE's PSNR
 gain; at each label count and each label seed, the linear probe on the frozen codes, and for
 the --finetune-models the fine-tuned encoder against the same classifier from scratch
-(:func:`vaelab.probe.finetune`: linear probe, then fine-tune, stopping on a held-out fifth of
+(:func:`vaelab.evaluation.probe.finetune`: linear probe, then fine-tune, stopping on a held-out fifth of
 the labels). Every model uses the same MLP (one hidden layer of 400 ReLU units), the same
 epochs and Adam settings, on [0, 1] intensities (no binarization, so every model reconstructs
 the same targets); one training run (seed 0) per model. One JSON line per (dataset, code size,
@@ -28,7 +28,7 @@ import vaelab
 from _common import RESULTS, emit, machine
 from vaelab.data import load_dataset
 from vaelab.data.transforms import eval_inputs
-from vaelab.probe import balanced_subset, finetune, linear_probe, probe_accuracy
+from vaelab.evaluation.probe import balanced_subset, finetune, linear_probe, probe_accuracy
 
 MODELS = {
     "ae": {},

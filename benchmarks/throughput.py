@@ -131,9 +131,9 @@ def nll_case(a, peak: dict, x_test: torch.Tensor) -> dict:
     """Case (b) the conv VAE and (c) the DCGAN (k = 1) on the 4,000 CIFAR-10 images at 32x32x3, batch 64,
 against vaelab's own modules trained in a plain loop (the same network and initial weights; the
 GAN's loop is Algorithm 1 with fresh noise for each player, as vaelab's). (d): the importance-sampled NLL, K = 1000, 1000 test images, the MLP VAE."""
-    from vaelab.likelihood import evaluate_likelihood
+    from vaelab.evaluation.likelihood import evaluate_likelihood
     from vaelab.models.vae import VAE, VAEConfig
-    from vaelab.run import PRESETS
+    PRESETS = VAE.presets  # the VAE family's published nets
     torch.manual_seed(0)
     model = VAE(VAEConfig(shape=(1, 28, 28), **{k: v for k, v in PRESETS["pytorch-examples"].items()})).eval()
     x = x_test[:a.nll_images]
@@ -185,13 +185,13 @@ def _cifar_run(a, case: str, variant: str = "fp32"):
 def reference_cifar(a, case: str):
     """(epoch function, number of images): vaelab's module for the case, trained plainly."""
     import dataclasses
-    from vaelab.registry import MODELS
+    from vaelab.models import MODELS
     cfg = _cifar_run(a, case)
     ds = vaelab.data.run_dataset(cfg.data)
     x = to_unit(ds.train.x, ds.spec.levels)
     model_cfg = dataclasses.replace(cfg.model, shape=tuple(ds.spec.shape))
     torch.manual_seed(0)
-    model = MODELS[cfg.train.model].model_cls(model_cfg).train()
+    model = MODELS[cfg.train.model](model_cfg).train()
     loader = DataLoader(TensorDataset(x), batch_size=64, shuffle=True)
     if case == "b":
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)

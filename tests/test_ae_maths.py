@@ -1,6 +1,7 @@
 """The autoencoder formulas against closed forms and independent references: the L1 and KL
-sparsity penalties, the reconstruction errors, the corruptions' statistics and what ae_step
-reports. Every random quantity has a fixed seed; every statistical tolerance is explained."""
+sparsity penalties, the reconstruction errors, the corruptions' statistics and what an
+autoencoder's step reports through the one update path. Every random quantity has a fixed seed;
+every statistical tolerance is explained."""
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,10 @@ from torch import distributions as td
 from vaelab.corruption import Corruption, corrupt, parse_corruption
 from vaelab.errors import VaelabError
 from vaelab.losses import kl_sparsity, l1_penalty, reconstruction_error
-from vaelab.models.ae import AE, DAEConfig, SparseAEConfig
-from vaelab.training.steps import StepContext, ae_step
+from vaelab.models.base import StepInfo
+from vaelab.models.dae import DAE, DAEConfig
+from vaelab.models.sparse_ae import SparseAE, SparseAEConfig
+from vaelab.training.update import FastPaths, take_step
 
 N_PIX = 200_000  # pixels for the corruption statistics: binomial std of a fraction <= 0.0011
 
@@ -171,7 +174,7 @@ def test_parse_corruption_rejects_infinite_sigma():
 
 
 # --------------------------------------------------------------------------------------------
-# ae_step: what it reports is the loss of the weights before the update
+# an autoencoder's step: what it reports is the loss of the weights before the update
 # --------------------------------------------------------------------------------------------
 
 def _adam(model):
@@ -183,13 +186,14 @@ def _batch(seed=6):
     return torch.rand(16, 1, 4, 4)
 
 
-def _step_with_copy(cfg, x, seed=7):
-    """Build a model, keep a copy of its pre-step weights, take one ae_step with the RNG at `seed`."""
+def _step_with_copy(model_cls, cfg, x, seed=7):
+    """Build a model, keep a copy of its pre-step weights, take one training step (the model's
+    step protocol through the trainer's update path) with the RNG at `seed`."""
     torch.manual_seed(0)
-    model = AE(cfg)
+    model = model_cls(cfg)
     before = copy.deepcopy(model)
     torch.manual_seed(seed)
-    metrics = ae_step(model, _adam(model), x, StepContext())
+    metrics = take_step(model, _adam(model), x, StepInfo(0, 0, 1, len(x)), FastPaths())
     assert metrics["skipped"].item() == 0
     changed = any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
     assert changed                                                 # so the copy is what the loss was of
@@ -200,7 +204,7 @@ def _step_with_copy(cfg, x, seed=7):
 def test_ae_step_l1_loss_is_recon_plus_lambda_mean_abs_code(lam):
     x = _batch()
     cfg = SparseAEConfig(shape=(1, 4, 4), arch="mlp", hidden=(8,), latent_dim=5, l1=lam)
-    model, before, m = _step_with_copy(cfg, x)
+    model, before, m = _step_with_copy(SparseAE, cfg, x)
     with torch.no_grad():
         out = before(x)
         recon = F.binary_cross_entropy_with_logits(out.recon, x, reduction="none").sum((1, 2, 3)).mean()
@@ -225,7 +229,7 @@ def test_ae_step_kl_sparsity_loss_matches_the_closed_form():
     rho, beta, lam = 0.05, 0.5, 0.01
     cfg = SparseAEConfig(shape=(1, 4, 4), arch="mlp", hidden=(8,), latent_dim=5, code_activation="sigmoid",
                          l1=lam, sparsity_target=rho, sparsity_weight=beta)
-    _, before, m = _step_with_copy(cfg, x)
+    _, before, m = _step_with_copy(SparseAE, cfg, x)
     with torch.no_grad():
         out = before(x)
     z = out.z.double().numpy()                                     # [16, 5] in (0, 1)
@@ -241,7 +245,7 @@ def test_ae_step_kl_sparsity_loss_matches_the_closed_form():
 def test_dae_step_corrupts_the_input_but_reconstructs_the_clean_target():
     x = _batch()
     cfg = DAEConfig(shape=(1, 4, 4), arch="mlp", hidden=(8,), latent_dim=5, corruption="mask:1.0")
-    _, before, m = _step_with_copy(cfg, x)
+    _, before, m = _step_with_copy(DAE, cfg, x)
     zeros = torch.zeros_like(x)                                    # mask:1 blanks every pixel
     with torch.no_grad():
         out0 = before(zeros)                                       # the same output for every example
@@ -259,7 +263,7 @@ def test_dae_step_corrupts_the_input_but_reconstructs_the_clean_target():
 def test_dae_step_gaussian_uses_one_fresh_draw_from_the_global_rng():
     x = _batch()
     cfg = DAEConfig(shape=(1, 4, 4), arch="mlp", hidden=(8,), latent_dim=5, corruption="gaussian:0.3")
-    _, before, m = _step_with_copy(cfg, x, seed=8)
+    _, before, m = _step_with_copy(DAE, cfg, x, seed=8)
     torch.manual_seed(8)                                           # replay the step's draw
     x_in = corrupt(x, parse_corruption("gaussian:0.3"))
     with torch.no_grad():

@@ -1,11 +1,12 @@
-"""Denoising PSNR and code-sparsity diagnostics against closed forms."""
+"""Denoising PSNR and code-sparsity diagnostics (the denoising and sparse autoencoders' own
+metrics) against closed forms."""
 import math
 
 import pytest
 import torch
 
-from vaelab.diagnostics import denoising_metrics, psnr, sparsity_metrics
-from vaelab.models.ae import AE, DAEConfig, SparseAEConfig
+from vaelab.models.dae import DAE, DAEConfig, psnr
+from vaelab.models.sparse_ae import SparseAE, SparseAEConfig
 
 
 def test_psnr_closed_form():
@@ -18,13 +19,14 @@ def test_psnr_closed_form():
 
 def test_denoising_metrics_are_seeded_and_consistent():
     torch.manual_seed(0)
-    model = AE(DAEConfig(shape=(1, 6, 6), hidden=(8,), latent_dim=3, corruption="mask:0.5")).eval()
+    model = DAE(DAEConfig(shape=(1, 6, 6), hidden=(8,), latent_dim=3, corruption="mask:0.5")).eval()
     x = torch.rand(50, 1, 6, 6).round()
     torch.manual_seed(1)
-    a = denoising_metrics(model, x)
+    a = model.metrics(x)
     torch.manual_seed(2)
-    b = denoising_metrics(model, x)
+    b = model.metrics(x)
     assert a == b  # the evaluation corruption is fixed, whatever the global RNG says
+    assert a["corruption"] == "mask:0.5"
     assert a["psnr_gain"] == pytest.approx(a["psnr_denoised"] - a["psnr_corrupted"])
     # masking half the pixels of a binary image: MSE = half the fraction of ones
     ones = x.flatten(1).mean(1)
@@ -33,11 +35,11 @@ def test_denoising_metrics_are_seeded_and_consistent():
 
 
 def test_sparsity_metrics_count_inactive_units():
-    model = AE(SparseAEConfig(shape=(1, 2, 2), arch="linear", latent_dim=4))
+    model = SparseAE(SparseAEConfig(shape=(1, 2, 2), arch="linear", latent_dim=4))
     with torch.no_grad():
         lin = model.encoder[0].net[0]
         lin.weight.zero_()
         lin.bias.copy_(torch.tensor([0.0, 0.005, -0.5, 2.0]))  # two of four units are near zero
-    m = sparsity_metrics(model, torch.rand(10, 1, 2, 2))
+    m = model.metrics(torch.rand(10, 1, 2, 2))
     assert m["near_zero_fraction"] == pytest.approx(0.5)
     assert m["mean_abs_code"] == pytest.approx((0.005 + 0.5 + 2.0) / 4)

@@ -9,7 +9,6 @@ from scipy.special import expit, logsumexp
 
 import vaelab
 from vaelab.distributions import DiscretizedLogistic
-from vaelab.likelihood import bits_per_dim
 from vaelab.models.vae import VAE, VAEConfig
 
 L = 256
@@ -104,22 +103,67 @@ def test_vae_with_a_discretized_likelihood(likelihood, arch):
     assert lw.shape == (6, 5) and torch.isfinite(lw).all()
     s = model.sample(4)
     assert s.shape == (4, 3, 8, 8) and (s >= 0).all() and (s <= 1).all()
-    # the decoder's distribution normalises over the bins of every sub-pixel
+    # the decoder's distribution normalises over the bins of every sub-pixel, a mixture too: the
+    # same parameters with event_ndim 0 (a mixture's component dim then goes last) score each
+    # sub-pixel alone, and summed over the image they give the model's own log-probability
     z = torch.randn(1, 4)
     p = model.decode(z)
+    assert (p.logit_weights is None) == (likelihood == "logistic")
+    params = [p.loc, p.log_scale] + ([] if p.logit_weights is None else [p.logit_weights])
+    if p.logit_weights is not None:
+        params = [t.movedim(-1 - p.event_ndim, -1) for t in params]  # [1, M, 3, 8, 8] -> [1, 3, 8, 8, M]
+    per_pixel = DiscretizedLogistic(params[0], params[1], 0, L, *params[2:])
+    x1 = x[:1]
+    torch.testing.assert_close(per_pixel.log_prob(x1).sum((-3, -2, -1)), p.log_prob(x1))
     grid = BINS.view(L, 1, 1, 1, 1).expand(L, 1, 3, 8, 8)
-    per_pixel = type(p)(p.loc, p.log_scale, 0, L, p.logit_weights) if likelihood == "logistic" else None
-    if per_pixel is not None:
-        total = torch.logsumexp(per_pixel.log_prob(grid), 0).exp()
-        torch.testing.assert_close(total, torch.ones_like(total), atol=1e-4, rtol=0)
+    total = torch.logsumexp(per_pixel.log_prob(grid), 0).exp()  # [1, 3, 8, 8]
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-4, rtol=0)
+
+
+def _log_mass(p: DiscretizedLogistic, x: torch.Tensor) -> torch.Tensor:
+    """log P(x) summed over the image, in float64 from CDF differences (as :func:`_masses`, the
+    survival side above loc), independently of the library's log-space form: [...]."""
+    levels, d = p.levels, -1 - p.event_ndim
+    c = x.double().unsqueeze(d).numpy() if p.logit_weights is not None else x.double().numpy()
+    loc, s = p.loc.double().numpy(), np.exp(np.maximum(p.log_scale.double().numpy(), p.MIN_LOG_SCALE))
+    h = 0.5 / (levels - 1)
+    upper = np.where(c > 1 - h, np.inf, (c + h - loc) / s)
+    lower = np.where(c < h, -np.inf, (c - h - loc) / s)
+    mass = np.where(c > loc, expit(-lower) - expit(-upper), expit(upper) - expit(lower))
+    if p.logit_weights is not None:  # the mixture of the components' masses
+        w = torch.softmax(p.logit_weights.double(), d).numpy()
+        mass = (w * mass).sum(d)
+    return torch.from_numpy(np.log(mass)).sum((-3, -2, -1))
 
 
 def test_discretized_run_reports_bits_per_dim(tmp_path):
     run = vaelab.train(vaelab.make_config(data="digits", likelihood="logistic-mixture", mixtures=2, binarize="none",
                                           hidden=(32,), latent_dim=2, epochs=2, batch_size=64, nll_samples=5,
                                           progress=False, out=str(tmp_path / "r")), log=lambda m: None)
-    res = vaelab.evaluate(run, k=5, sample_metrics=False)
-    assert res["bpd"] == pytest.approx(bits_per_dim(res["nll"], 64)) and res["nll"] > 0
+    torch.manual_seed(0)
+    res = vaelab.evaluate(run, k=5, sample_metrics=False, device="cpu")
+    # the same estimate recomputed here from the same draws (building the model and each batch's
+    # z ~ q(z|x) draw from the RNG, as in evaluate): log-weights in float64 from torch's normals
+    # and the bins' masses, logsumexp minus log K, and bits/dim from its definition
+    torch.manual_seed(0)
+    model = vaelab.load(run, device="cpu")
+    x = vaelab.api.split_inputs(run)[0]
+    levels = model.data_spec.levels
+    assert levels == 17 and ((x * (levels - 1)).round() == x * (levels - 1)).all()  # on the data's bins
+    log_px = []
+    with torch.no_grad():
+        for xb in x.split(100):
+            q = model.encode(xb)
+            z = q.mu + q.std * torch.randn(5, *q.mu.shape)  # [K, B, 2]
+            p = model.decode(z)
+            assert p.levels == levels
+            normal = lambda m, sd: torch.distributions.Normal(m.double(), sd.double())  # noqa: E731
+            lw = (_log_mass(p, xb) + normal(torch.zeros(()), torch.ones(())).log_prob(z.double()).sum(-1)
+                  - normal(q.mu, q.std).log_prob(z.double()).sum(-1))  # [K, B]
+            log_px.append(torch.logsumexp(lw, 0) - math.log(5))
+    nll = -torch.cat(log_px).mean().item()
+    assert res["nll"] == pytest.approx(nll, rel=1e-5) and res["nll"] > 0  # float32 log-weights in vaelab
+    assert res["bpd"] == pytest.approx(nll / (64 * math.log(2)), rel=1e-5)
     # a discrete likelihood on 17 levels: the code length is a positive number of bits/dim
     assert 0 < res["bpd"] < 20
     with pytest.raises(vaelab.VaelabError, match="--binarize none"):

@@ -14,10 +14,11 @@ from vaelab.cli import main
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.losses import discriminator_loss, generator_loss
+from vaelab.models import MODELS
+from vaelab.models.base import SAMPLE, StepInfo
 from vaelab.models.gan import GAN, GANConfig, conv_plan
-from vaelab.registry import MODELS
-from vaelab.training.steps import StepContext, gan_optimizers, gan_step
 from vaelab.training.trainer import _steps
+from vaelab.training.update import FastPaths, take_step
 
 TINY = dict(data="digits", model="gan", hidden=(32,), latent_dim=4, batch_size=64, epochs=4, progress=False)
 
@@ -25,6 +26,11 @@ TINY = dict(data="digits", model="gan", hidden=(32,), latent_dim=4, batch_size=6
 def _gan(arch="mlp", shape=(1, 8, 8), **kw):
     torch.manual_seed(0)
     return GAN(GANConfig(shape=shape, arch=arch, hidden=(16,), width=4, latent_dim=3, **kw)).train()
+
+
+def gan_step(model, opts, xs):
+    """One training step (Algorithm 1's iteration) through the trainer's update path."""
+    return take_step(model, opts, xs, StepInfo(epoch=0, step=0, steps_per_epoch=10, dataset_size=640), FastPaths())
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,7 +101,7 @@ def _equal(a, b):
 @pytest.mark.parametrize("k", [1, 3])
 def test_algorithm_1_k_discriminator_steps_then_one_generator_step(arch, k):
     model = _gan(arch)
-    opts = gan_optimizers(model, TrainConfig(lr=1e-2))
+    opts = model.optimizers(TrainConfig(lr=1e-2))
     log = []
     for name, opt in opts.items():
         _Spy(opt, name, log, model)
@@ -104,7 +110,7 @@ def test_algorithm_1_k_discriminator_steps_then_one_generator_step(arch, k):
     seen = []
     real_discriminate = model.discriminate
     model.discriminate = lambda x: (seen.append(x), real_discriminate(x))[1]
-    m = gan_step(model, opts, xs, StepContext())
+    m = gan_step(model, opts, xs)
     assert m["skipped"].item() == 0
     assert [e[0] for e in log[::2]] == ["d"] * k + ["g"]  # k D updates, then one G update
     # each D step saw its own data minibatch (and a fresh sample batch); the G step a fresh one
@@ -129,13 +135,13 @@ def test_generator_step_descends_the_chosen_loss():
     # one SGD step on G with a tiny learning rate lowers the loss it reports, for both losses
     for kind in ("minimax", "non-saturating"):
         model = _gan(g_loss=kind, optimizer="sgd", momentum=0.0)
-        opts = gan_optimizers(model, TrainConfig(lr=1e-3))
+        opts = model.optimizers(TrainConfig(lr=1e-3))
         z = model.prior(64, torch.Generator().manual_seed(0))
         before = generator_loss(model.discriminate(model.generate(z)), kind).item()
         for g in opts["d"].param_groups:
             g["lr"] = 0.0  # freeze D to isolate G's descent
         for _ in range(20):
-            gan_step(model, opts, torch.rand(64, 1, 8, 8), StepContext())
+            gan_step(model, opts, torch.rand(64, 1, 8, 8))
         after = generator_loss(model.discriminate(model.generate(z)), kind).item()
         assert after < before, kind
 
@@ -193,14 +199,14 @@ def test_dcgan_nets_are_derived_from_the_shape(shape, plan):
 
 def test_learning_rates_of_the_two_players():
     m = _gan(d_lr=1e-3)
-    opts = gan_optimizers(m, TrainConfig(lr=2e-4))
+    opts = m.optimizers(TrainConfig(lr=2e-4))
     assert opts["d"].param_groups[0]["lr"] == 1e-3 and opts["g"].param_groups[0]["lr"] == 2e-4
     assert opts["g"].param_groups[0]["betas"] == (0.5, 0.999)
     m = _gan(optimizer="sgd", momentum=0.7)
-    opts = gan_optimizers(m, TrainConfig(lr=0.1))
+    opts = m.optimizers(TrainConfig(lr=0.1))
     assert isinstance(opts["d"], torch.optim.SGD) and opts["g"].param_groups[0]["momentum"] == 0.7
     cfg = vaelab.make_config(model="gan")  # the model's own defaults: DCGAN's rate, grey levels
-    assert cfg.train.lr == 2e-4 and cfg.data.binarize == "none"
+    assert cfg.train.lr == 2e-4 and cfg.model.binarize == "none"
     assert vaelab.make_config(model="gan", lr=1e-3).train.lr == 1e-3
 
 
@@ -247,8 +253,7 @@ def test_gan_run_records_the_game_and_draws_its_progress(tmp_path):
     assert not (run / "reconstructions.png").exists()
     # the fixed noise batch gives the same grid when drawn again from the final weights
     model = vaelab.load(run, "last")
-    from vaelab.diagnostics import gan_epoch_pictures
-    again = gan_epoch_pictures(model, tmp_path, 99)
+    again = model.epoch_pictures(tmp_path, 99)
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(grids[-1])))
 
 
@@ -260,7 +265,7 @@ def test_gan_bad_input(tmp_path, capsys):
 
     common = ["train", "--model", "gan", "--data", "digits", "--no-progress"]
     fails([*common, "--k", "0"], "--k")
-    fails([*common, "--k", "50", "--out", str(tmp_path / "k")], "--k 50", "minibatches")
+    fails([*common, "--k", "50", "--out", str(tmp_path / "k")], "--model gan takes 50 minibatches")
     assert not (tmp_path / "k").exists()  # nothing written
     fails([*common, "--beta", "0.5"], "--beta", "gan")
     fails([*common, "--iw-samples", "5"], "--iw-samples")
@@ -276,14 +281,15 @@ def test_gan_bad_input(tmp_path, capsys):
 
 
 def test_gan_is_registered_with_what_it_can_do():
-    e = MODELS["gan"]
-    assert e.can_sample and not e.can_reconstruct and not e.has_likelihood and e.higher_is_better is None
-    assert e.data_per_step(GANConfig(k=5)) == 5
+    cls = MODELS["gan"]
+    assert cls is GAN and cls.config_cls is GANConfig
+    assert cls.capabilities == {SAMPLE} and cls.higher_is_better is None  # no encoder, no likelihood
+    assert GAN(GANConfig(k=5, hidden=(8,), latent_dim=2)).batches_per_step == 5
 
 
 def test_a_dropped_step_leaves_no_trace_and_the_steps_before_it_stand():
     model = _gan("conv")  # batch norm in both nets
-    opts = gan_optimizers(model, TrainConfig(lr=1e-2))
+    opts = model.optimizers(TrainConfig(lr=1e-2))
     d0 = [p.detach().clone() for p in model.discriminator.parameters()]
     g0 = [p.detach().clone() for p in model.generator.parameters()]
     good, bad = torch.rand(4, 1, 8, 8), torch.full((4, 1, 8, 8), float("nan"))
@@ -297,7 +303,7 @@ def test_a_dropped_step_leaves_no_trace_and_the_steps_before_it_stand():
             return out
         return step
     opts["d"].step = spy(opts["d"].step)
-    m = gan_step(model, opts, [good, bad], StepContext())
+    m = gan_step(model, opts, [good, bad])
     assert m["skipped"].item() == 1
     assert not _equal([p.detach() for p in model.discriminator.parameters()], d0)  # the first D step stands
     assert all(s["step"].item() == 1 for s in opts["d"].state.values())             # one D step, no second
@@ -346,10 +352,10 @@ def test_a_dropped_iteration_changes_nothing_the_next_one_sees(optimizer):
     runs = []
     for batches in ([bad, good], [good]):
         model = _gan("conv", optimizer=optimizer, momentum=0.9)
-        opts = gan_optimizers(model, TrainConfig(lr=1e-2))
+        opts = model.optimizers(TrainConfig(lr=1e-2))
         for x in batches:
             torch.manual_seed(5)  # the same noise for the good iteration in both runs
-            m = gan_step(model, opts, x, StepContext())
+            m = gan_step(model, opts, x)
         assert m["skipped"].item() == 0
         runs.append(_state(model, opts))
     a, b = runs

@@ -18,8 +18,8 @@ from vaelab.api import evaluate, load, split_inputs
 from vaelab.cli import main
 from vaelab.data import run_dataset
 from vaelab.data.transforms import from_dequantized_scale, to_dequantized_scale, to_unit
-from vaelab.parzen import parzen_evaluate
-from vaelab.sample_quality import sample_metrics
+from vaelab.evaluation.parzen import parzen_evaluate
+from vaelab.evaluation.samples import sample_metrics
 
 TINY = ["--epochs", "1", "--no-progress", "--nll-samples", "2", "--batch-size", "8"]
 

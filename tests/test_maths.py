@@ -15,11 +15,12 @@ import vaelab
 from vaelab.config import TrainConfig
 from vaelab.distributions import Bernoulli, DiagonalGaussian, Gaussian, standard_normal_log_prob
 from vaelab.losses import elbo, iwae_bound, log_mean_exp
+from vaelab.models.base import StepInfo
 from vaelab.models.vae import VAE, VAEConfig
-from vaelab.training.trainer import kl_weight, learning_rate
+from vaelab.training.trainer import learning_rate
 
 # The package re-exports the api function ``evaluate`` under the submodule's name, so
-ev = importlib.import_module("vaelab.likelihood")
+ev = importlib.import_module("vaelab.evaluation.likelihood")
 
 
 def _close(a, b, atol=1e-5, rtol=1e-5):
@@ -316,10 +317,12 @@ def test_is_jensen_and_monotone_in_k():
 
 
 class _Recorder:
-    """Passes encode/log_weights through to a model and keeps every chunk of log-weights."""
+    """Passes encode/log_weights (and decoder_params, what a chunk's size counts) through to a
+    model and keeps every chunk of log-weights."""
 
     def __init__(self, model):
         self.model, self.chunks = model, []
+        self.decoder_params = model.decoder_params
 
     def encode(self, x):
         return self.model.encode(x)
@@ -349,12 +352,11 @@ def test_is_chunking_is_exact(monkeypatch, chunk_elements, sizes):
 
 
 class _OutputCounter(_Recorder):
-    """A recorder that also counts what the decoder emits in each chunk, and shows the model's
-    config (its decoder_params) as the model does."""
+    """A recorder that also counts what the decoder emits in each chunk."""
 
     def __init__(self, model):
         super().__init__(model)
-        self.cfg, self.outputs = model.cfg, []
+        self.outputs = []
         model.decoder.register_forward_hook(lambda m, i, out: self.outputs.append(out.numel()))
 
 
@@ -388,7 +390,7 @@ def test_is_chunking_exact_on_true_posterior(monkeypatch, chunk_elements):
 def test_estimator_module_is_not_shadowed_by_the_api_function():
     # The estimators' module must stay reachable by its dotted name (monkeypatching
     # CHUNK_ELEMENTS relies on it) while vaelab.evaluate is the API function.
-    import vaelab.likelihood as mod
+    import vaelab.evaluation.likelihood as mod
     assert mod is ev and hasattr(mod, "CHUNK_ELEMENTS") and callable(vaelab.evaluate)
 
 
@@ -454,16 +456,73 @@ def test_learning_rate_single_epoch_is_lr():
         assert learning_rate(TrainConfig(lr=2e-3, lr_schedule=sched, epochs=1), 0) == pytest.approx(2e-3)
 
 
+def _kl_weight(beta: float, warmup_epochs: float):
+    """The VAE's KL weight as a function of (step, steps per epoch): it reads it from the StepInfo."""
+    model = _tiny_vae(beta=beta, warmup_epochs=warmup_epochs)
+    return lambda step, spe: model.kl_weight(StepInfo(epoch=step // spe, step=step, steps_per_epoch=spe,
+                                                      dataset_size=100 * spe))
+
+
 def test_kl_weight_warmup():
-    t = TrainConfig(beta=2.0, warmup_epochs=2.0)
+    kl_weight = _kl_weight(beta=2.0, warmup_epochs=2.0)
     spe = 10
-    assert kl_weight(t, 0, spe) == 0.0
-    assert kl_weight(t, 5, spe) == pytest.approx(0.5)
-    assert kl_weight(t, 10, spe) == pytest.approx(1.0)
-    assert kl_weight(t, 20, spe) == pytest.approx(2.0)
-    assert kl_weight(t, 1000, spe) == pytest.approx(2.0)
-    ws = [kl_weight(t, s, spe) for s in range(25)]
+    assert kl_weight(0, spe) == 0.0
+    assert kl_weight(5, spe) == pytest.approx(0.5)
+    assert kl_weight(10, spe) == pytest.approx(1.0)
+    assert kl_weight(20, spe) == pytest.approx(2.0)
+    assert kl_weight(1000, spe) == pytest.approx(2.0)
+    ws = [kl_weight(s, spe) for s in range(25)]
     assert all(a <= b for a, b in zip(ws, ws[1:]))
     # fractional warm-up and no warm-up
-    assert kl_weight(TrainConfig(beta=1.0, warmup_epochs=0.5), 5, 10) == pytest.approx(1.0)
-    assert kl_weight(TrainConfig(beta=0.7, warmup_epochs=0.0), 0, 10) == 0.7
+    assert _kl_weight(beta=1.0, warmup_epochs=0.5)(5, 10) == pytest.approx(1.0)
+    assert _kl_weight(beta=0.7, warmup_epochs=0.0)(0, 10) == 0.7
+
+
+def test_the_kl_warmup_weight_reaches_the_loss():
+    """Mid-warm-up, the loss the VAE's step yields is mean(w KL - log p(x|z)) for the same draw of
+    z, with w = beta * step / (warmup_epochs * steps_per_epoch) computed here from the StepInfo,
+    not the loss of w = beta; past the warm-up it is the w = beta loss. References from
+    torch.distributions, independent of vaelab.losses."""
+    beta, warmup, spe = 2.0, 2.0, 10
+    model = _tiny_vae(shape=(1, 3, 3), beta=beta, warmup_epochs=warmup).train()
+    with torch.no_grad():  # move q away from the prior so that the KL term matters
+        model.encoder.net[-1].bias[:2] += 1.0
+    x = torch.bernoulli(torch.full((5, 1, 3, 3), 0.5), generator=torch.Generator().manual_seed(1))
+
+    def step_loss(step):
+        torch.manual_seed(3)  # the same z for every step below and for the reference
+        (update,) = model.step(x, StepInfo(epoch=step // spe, step=step, steps_per_epoch=spe, dataset_size=50))
+        assert update.optimizer == "model"
+        return update.loss.item()
+
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = model(x)
+    log_px = td.Bernoulli(logits=out.likelihood.logits).log_prob(x).sum((1, 2, 3))
+    q = out.posterior
+    kl = td.kl_divergence(_ref_diag(q.mu, q.logvar),
+                          td.Independent(td.Normal(torch.zeros_like(q.mu), torch.ones_like(q.mu)), 1))
+    ref = lambda w: (w * kl - log_px).mean().item()  # noqa: E731
+    assert kl.mean().item() > 0.5  # so the weight moves the loss by much more than the tolerance
+    for step in (0, 7, 13):
+        w = beta * step / (warmup * spe)  # 0, 0.7, 1.3
+        assert step_loss(step) == pytest.approx(ref(w), rel=1e-5), step
+        assert abs(step_loss(step) - ref(beta)) > 0.1
+    for step in (warmup * spe, 1000):  # the warm-up is over: w = beta
+        assert step_loss(int(step)) == pytest.approx(ref(beta), rel=1e-5)
+
+
+def test_the_trainer_hands_the_vae_each_steps_place_in_the_run(tmp_path, monkeypatch):
+    """Through the training loop: the KL weights of a 2-epoch run with --warmup-epochs 1.5 are
+    beta * min(1, i / (1.5 * steps per epoch)) for steps i = 0, 1, ... counted over the run."""
+    from vaelab.training.trainer import train as train_loop
+    seen = []
+    original = VAE.kl_weight
+    monkeypatch.setattr(VAE, "kl_weight", lambda self, info: seen.append((info, original(self, info))) or seen[-1][1])
+    train_loop(vaelab.make_config(data="digits", hidden=(8,), latent_dim=2, batch_size=256, epochs=2, beta=0.5,
+                                  warmup_epochs=1.5, progress=False, out=str(tmp_path / "r")), log=lambda m: None)
+    n_train = 1317  # digits: 1437 training images less 120 (1/12) held out for validation
+    spe = 6  # 5 minibatches of 256 and a last, smaller one
+    assert [(i.epoch, i.step, i.steps_per_epoch, i.dataset_size) for i, _ in seen] == \
+        [(s // spe, s, spe, n_train) for s in range(2 * spe)]
+    assert [w for _, w in seen] == pytest.approx([0.5 * min(1.0, s / (1.5 * spe)) for s in range(2 * spe)])

@@ -11,10 +11,12 @@ import torch
 
 from vaelab.config import TrainConfig, coerce
 from vaelab.errors import VaelabError
-from vaelab.registry import MODELS
+from vaelab.io import load_weights, read_metadata, save_weights
+from vaelab.models import MODELS
+from vaelab.models.base import ENCODE, LIKELIHOOD, SAMPLE, StepInfo
 from vaelab.run import make_config
 from vaelab.training import checkpoint as ckpt
-from vaelab.training.steps import StepContext
+from vaelab.training.update import FastPaths, take_step
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 28, 20)]
 ARCHS = ["mlp", "conv", "linear"]
@@ -29,7 +31,7 @@ def _archs(entry) -> list[str]:
 
 
 def _config(entry, arch, shape, **extra):
-    """The entry's default config with the shape, arch and small sizes set (only the fields
+    """The model's default config with the shape, arch and small sizes set (only the fields
     that this model's config has, so a future model is covered without edits)."""
     names = {f.name for f in dataclasses.fields(entry.config_cls)}
     want = {"shape": shape, "arch": arch, **SMALL, **extra}
@@ -38,7 +40,11 @@ def _config(entry, arch, shape, **extra):
 
 def _build(entry, cfg, seed=0):
     torch.manual_seed(seed)
-    return entry.model_cls(cfg)
+    return entry(cfg)
+
+
+def _can(entry, capability) -> bool:
+    return capability in entry.capabilities
 
 
 def _batch(shape, seed=1):
@@ -55,7 +61,7 @@ def _same(a, b):
 
 
 CASES = [pytest.param((name, arch, shape), id=f"{name}-{arch}-{'x'.join(map(str, shape))}")
-         for name in MODELS for arch in _archs(MODELS[name]) for shape in SHAPES]
+         for name in sorted(MODELS) for arch in _archs(MODELS[name]) for shape in SHAPES]
 
 
 def _case(param):
@@ -69,8 +75,8 @@ def case(request):
     return _case(request.param)
 
 
-# the checks of a model with an encoder distribution and a likelihood (the VAE today)
-LIKELIHOOD_CASES = [p for p in CASES if MODELS[p.values[0][0]].has_likelihood]
+# the checks of a model with an encoder distribution and a likelihood (the VAE and the IWAE today)
+LIKELIHOOD_CASES = [p for p in CASES if _can(MODELS[p.values[0][0]], LIKELIHOOD)]
 
 
 @pytest.fixture(params=LIKELIHOOD_CASES)
@@ -86,17 +92,17 @@ def test_forward_shapes(case):
     entry, cfg, shape = case
     model = _build(entry, cfg).eval()
     x = _batch(shape)
-    if entry.can_reconstruct:  # it reconstructs and gives codes (the features of a linear probe)
+    if _can(entry, ENCODE):  # it reconstructs and gives codes (the features of a linear probe)
         assert model.reconstruct(x).shape == (B, *shape)
         assert model.codes(x).shape == (B, cfg.latent_dim)
     else:
         assert not hasattr(model, "reconstruct") and not hasattr(model, "codes")
-    if not entry.can_sample:
+    if not _can(entry, SAMPLE):
         assert not hasattr(model, "sample")
         return
     s = model.sample(5)
     assert s.shape == (5, *shape) and torch.isfinite(s).all()
-    if not entry.has_likelihood:
+    if not _can(entry, LIKELIHOOD):
         return
     d = cfg.latent_dim
     q = model.encode(x)
@@ -112,8 +118,7 @@ def test_forward_shapes(case):
     assert r.shape == (B, *shape)
     if cfg.likelihood == "bernoulli":
         assert ((s >= 0) & (s <= 1)).all() and ((r >= 0) & (r <= 1)).all()
-    out = model(x)
-    assert out.z.shape == (B, d)
+    assert q.rsample().shape == (B, d)
 
 
 def test_forward_samples_z_from_the_posterior():
@@ -155,9 +160,19 @@ def test_decoder_outputs_are_unconstrained(likelihood_case):
 # training step
 # --------------------------------------------------------------------------------------------
 
-def _step(entry, model, x, ctx=None, tcfg=None):
-    opts = entry.make_optimizers(model, tcfg or TrainConfig(lr=1e-2))
-    return opts, entry.train_step(model, opts, x, ctx or StepContext())
+INFO = StepInfo(epoch=0, step=0, steps_per_epoch=10, dataset_size=30)
+
+
+def _train_step(model, opts, x, fast=None):
+    """One training step through the trainer's update path (a model that takes k minibatches
+    a step gets k copies of x)."""
+    k = model.batches_per_step
+    return take_step(model, opts, x if k == 1 else [x] * k, INFO, fast or FastPaths())
+
+
+def _step(entry, model, x, fast=None, tcfg=None):
+    opts = model.optimizers(tcfg or TrainConfig(lr=1e-2))
+    return opts, _train_step(model, opts, x, fast)
 
 
 def test_train_step_changes_weights(case):
@@ -177,49 +192,46 @@ def test_train_step_changes_weights(case):
             assert name in changed, name
 
 
-@pytest.mark.parametrize("iw, beta", [(1, 1.0), (1, 0.3), (4, 1.0)])
-def test_vae_step_reports_the_objective_it_optimises(iw, beta):
-    # recompute the loss from the same random draws (same seed, same weights) with
-    # torch.distributions and scipy, independently of vaelab.losses
-    from scipy.special import logsumexp
+def _reference_terms(model, x):
+    """log p(x|z) and KL(q || p) per example for one draw of z, from torch.distributions."""
     from torch import distributions as td
+    q = model.encode(x)
+    z = q.rsample()
+    rec = td.Bernoulli(logits=model.decode(z).logits).log_prob(x).sum((1, 2, 3))
+    kl = td.kl_divergence(td.Normal(q.mu, q.std), td.Normal(0.0, 1.0)).sum(-1)
+    return rec, kl
 
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+def test_vae_step_reports_the_objective_it_optimises(beta):
+    # recompute the loss from the same random draws (same seed, same weights) with
+    # torch.distributions, independently of vaelab.losses
     entry = MODELS["vae"]
-    cfg = _config(entry, "mlp", (1, 4, 4))
-    model = _build(entry, cfg).train()
+    model = _build(entry, _config(entry, "mlp", (1, 4, 4), beta=beta)).train()
     x = _batch((1, 4, 4))
     torch.manual_seed(3)
     with torch.no_grad():
-        if iw > 1:
-            lw = model.log_weights(x, iw)
-            bound = torch.from_numpy(logsumexp(lw.double().numpy(), 0) - np.log(iw)).float()
-        else:
-            out = model(x)
-            q = out.posterior
-            rec = td.Bernoulli(logits=out.likelihood.logits).log_prob(x).sum((1, 2, 3))
-            kl = td.kl_divergence(td.Normal(q.mu, q.std), td.Normal(0.0, 1.0)).sum(-1)
+        rec, kl = _reference_terms(model, x)
     torch.manual_seed(3)
-    _, m = _step(entry, model, x, StepContext(iw_samples=iw, kl_weight=beta))
-    if iw > 1:
-        torch.testing.assert_close(m["bound"], bound.mean())
-        torch.testing.assert_close(m["loss"], -bound.mean())
-    else:
-        torch.testing.assert_close(m["kl"], kl.mean())
-        torch.testing.assert_close(m["elbo"], (rec - kl).mean())
-        torch.testing.assert_close(m["loss"], (beta * kl - rec).mean())
+    _, m = _step(entry, model, x)
+    torch.testing.assert_close(m["kl"], kl.mean())
+    torch.testing.assert_close(m["elbo"], (rec - kl).mean())
+    torch.testing.assert_close(m["loss"], (beta * kl - rec).mean())
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_iwae_step_and_learned_gaussian_scale(arch):
-    for name, entry in MODELS.items():
+def test_every_likelihood_model_learns_the_gaussian_scale(arch):
+    # every model with a likelihood (importance samples where its config has a k) learns the
+    # Gaussian's per-pixel scale
+    for name, entry in sorted(MODELS.items()):
         names = {f.name for f in dataclasses.fields(entry.config_cls)}
-        if not entry.has_likelihood or "likelihood" not in names:
+        if not _can(entry, LIKELIHOOD) or "likelihood" not in names:
             continue
-        cfg = _config(entry, arch, (1, 8, 8), likelihood="gaussian", gaussian_std=None)
+        cfg = _config(entry, arch, (1, 8, 8), likelihood="gaussian", gaussian_std=None, k=3)
         model = _build(entry, cfg).train()
         before = _weights(model)
         x = torch.rand(B, 1, 8, 8)
-        _, m = _step(entry, model, x, StepContext(iw_samples=3))
+        _, m = _step(entry, model, x)
         assert m["skipped"].item() == 0 and torch.isfinite(m["loss"])
         after = _weights(model)
         assert "log_scale" in before and not torch.equal(before["log_scale"], after["log_scale"])
@@ -230,7 +242,7 @@ def test_val_score_does_not_change_weights(case):
     model = _build(entry, cfg).eval()
     before = _weights(model)
     with torch.no_grad():
-        s = entry.val_metric(model, _batch(shape))
+        s = model.validation(_batch(shape))
     assert s.shape == (B,) and torch.isfinite(s).all()
     assert _same(before, _weights(model))
     assert all(p.grad is None for p in model.parameters())
@@ -263,15 +275,15 @@ def _took_no_step(opt) -> bool:
 def test_nan_batch_is_skipped(case):
     entry, cfg, shape = case
     model = _build(entry, cfg).train()
-    opts = entry.make_optimizers(model, TrainConfig(lr=1e-2))
+    opts = model.optimizers(TrainConfig(lr=1e-2))
     before = _weights(model)
     x = torch.full((B, *shape), float("nan"))
-    m = entry.train_step(model, opts, x, StepContext())
+    m = _train_step(model, opts, x)
     assert m["skipped"].item() == 1
     assert _same(before, _weights(model))
     assert all(_took_no_step(o) for o in opts.values())  # the optimizer took no step either
     # a good batch afterwards is taken
-    m = entry.train_step(model, opts, _batch(shape), StepContext())
+    m = _train_step(model, opts, _batch(shape))
     assert m["skipped"].item() == 0
     assert not _same(before, _weights(model))
 
@@ -286,19 +298,19 @@ def test_weights_round_trip(case, tmp_path):
     _step(entry, model.train(), _batch(shape))  # weights that are not the initial ones
     model.eval()
     path = tmp_path / "model.safetensors"
-    ckpt.save_weights(model, path, {"epoch": 3})
-    assert ckpt.read_metadata(path) == {"epoch": 3}
+    save_weights(model, path, {"epoch": 3})
+    assert read_metadata(path) == {"epoch": 3}
     other = _build(entry, cfg, seed=2).eval()
     assert not _same(_weights(model), _weights(other))
-    ckpt.load_weights(other, path)
+    load_weights(other, path)
     assert _same(_weights(model), _weights(other))
-    if entry.can_sample:
+    if _can(entry, SAMPLE):
         torch.manual_seed(5)
         a = model.sample(4)
         torch.manual_seed(5)
         b = other.sample(4)
         assert torch.equal(a, b)
-    if entry.can_reconstruct:
+    if _can(entry, ENCODE):
         x = _batch(shape)
         assert torch.equal(model.reconstruct(x), other.reconstruct(x))
 
@@ -325,21 +337,21 @@ def _adam_state_equal(sd_a, sd_b):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_resume_round_trips_optimizer_state(arch, tmp_path):
-    for name, entry in MODELS.items():
+    for name, entry in sorted(MODELS.items()):
         if arch not in _archs(entry):
             continue
         cfg = _config(entry, arch, (1, 8, 8))
         tcfg = TrainConfig(lr=3e-3)
         model = _build(entry, cfg).train()
-        opts = entry.make_optimizers(model, tcfg)
+        opts = model.optimizers(tcfg)
         for s in range(3):
-            entry.train_step(model, opts, _batch((1, 8, 8), seed=s), StepContext())
+            _train_step(model, opts, _batch((1, 8, 8), seed=s))
         rng = {"torch": torch.get_rng_state(), "data": torch.Generator().manual_seed(9).get_state()}
         ckpt.save_resume(tmp_path / f"{name}-resume.safetensors", model, opts, rng,
                          {"epoch": 2, "history": [{"a": 1.5}]})
 
         fresh = _build(entry, cfg, seed=99).train()
-        fresh_opts = entry.make_optimizers(fresh, tcfg)
+        fresh_opts = fresh.optimizers(tcfg)
         # one file restores the weights and the optimizer together
         rng2, loop = ckpt.load_resume(tmp_path / f"{name}-resume.safetensors", fresh, fresh_opts)
         assert _same(_weights(model), _weights(fresh))
@@ -351,41 +363,41 @@ def test_resume_round_trips_optimizer_state(arch, tmp_path):
         # the next step is identical for the original and the resumed pair
         x = _batch((1, 8, 8), seed=10)
         torch.manual_seed(11)
-        ma = entry.train_step(model, opts, x, StepContext())
+        ma = _train_step(model, opts, x)
         torch.manual_seed(11)
-        mb = entry.train_step(fresh, fresh_opts, x, StepContext())
+        mb = _train_step(fresh, fresh_opts, x)
         assert _same(ma, mb)
         assert _same(_weights(model), _weights(fresh))
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_load_weights_errors_name_the_file(name, tmp_path):
     entry = MODELS[name]
     model = _build(entry, _config(entry, "mlp", (1, 8, 8)))
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00\x13not a safetensors file at all" * 7)
     with pytest.raises(VaelabError, match="garbage.safetensors"):
-        ckpt.load_weights(model, garbage)
+        load_weights(model, garbage)
     other = _build(entry, _config(entry, "mlp", (1, 28, 28)))
     wrong = tmp_path / "wrong-shape.safetensors"
-    ckpt.save_weights(other, wrong)
+    save_weights(other, wrong)
     with pytest.raises(VaelabError, match="wrong-shape.safetensors"):
-        ckpt.load_weights(model, wrong)
+        load_weights(model, wrong)
     with pytest.raises(VaelabError, match="missing.safetensors"):
-        ckpt.load_weights(model, tmp_path / "missing.safetensors")
+        load_weights(model, tmp_path / "missing.safetensors")
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_rejected_checkpoint_leaves_model_untouched(name, tmp_path):
     entry = MODELS[name]
     model = _build(entry, _config(entry, "mlp", (1, 8, 8)), seed=0)
     # same hidden and latent sizes, other image size: only the first and last layers differ
     other = _build(entry, _config(entry, "mlp", (1, 28, 28)), seed=1)
     wrong = tmp_path / "wrong-shape.safetensors"
-    ckpt.save_weights(other, wrong)
+    save_weights(other, wrong)
     before = _weights(model)
     with pytest.raises(VaelabError):
-        ckpt.load_weights(model, wrong)
+        load_weights(model, wrong)
     assert _same(before, _weights(model))
 
 

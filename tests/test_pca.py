@@ -13,8 +13,9 @@ import torch
 
 from vaelab.errors import VaelabError
 from vaelab.models.ae import AE, AEConfig
-from vaelab.pca import pca_report, principal_angles
-from vaelab.training.steps import StepContext, ae_step
+from vaelab.evaluation.pca import pca_report, principal_angles
+from vaelab.models.base import StepInfo
+from vaelab.training.update import FastPaths, take_step
 
 D, K = 20, 3                      # data dimension, true subspace dimension
 SCALES = np.array([5.0, 3.0, 2.0])  # std along the three principal directions: well separated
@@ -159,7 +160,7 @@ def test_trained_linear_ae_finds_the_principal_subspace():
     # lr 0.1 can spike late; measured: with the decay, seeds 0-4 all end within ratio 1.04)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 if i < 490 else 0.01 ** ((i - 490) / 210))
     for _ in range(steps):                                         # full batch, ~1.5 s on one thread
-        metrics = ae_step(model, {"model": opt}, x_train, StepContext())
+        metrics = take_step(model, {"model": opt}, x_train, StepInfo(0, 0, 1, len(x_train)), FastPaths())
         sched.step()
     assert metrics["skipped"].item() == 0
 

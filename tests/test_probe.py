@@ -14,11 +14,20 @@ from sklearn.preprocessing import StandardScaler
 import vaelab
 from vaelab.api import split_inputs
 from vaelab.errors import VaelabError
-import vaelab.probe as probe
-from vaelab.probe import balanced_subset, finetune, linear_probe, validation_split
+import vaelab.evaluation.probe as probe
+from vaelab.evaluation.probe import balanced_subset, finetune, linear_probe, validation_split
+from vaelab.models import MODELS
+from vaelab.models.base import ENCODE, LIKELIHOOD
 
 TINY = dict(data="digits", hidden=(32,), latent_dim=8, epochs=2, batch_size=64, nll_samples=0, progress=False)
 N_TRAIN, N_TEST = 1317, 360  # digits: 1437 official train images less 1/12 for validation; 360 test
+
+
+# every registered model with an encoder; of them, one whose codes are a posterior's mean and one
+# whose code is its encoder's output
+ENCODERS = sorted(n for n, c in MODELS.items() if ENCODE in c.capabilities)
+POSTERIOR = next(n for n in ENCODERS if LIKELIHOOD in MODELS[n].capabilities)
+PLAIN = next(n for n in ENCODERS if LIKELIHOOD not in MODELS[n].capabilities)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +35,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("probe")
     return {m: vaelab.train(vaelab.make_config(model=m, **TINY, out=str(root / m)), log=lambda s: None)
-            for m in ("vae", "ae")}
+            for m in ENCODERS}
 
 
 def _files(run_dir):
@@ -84,7 +93,7 @@ def test_balanced_subset_names_the_class_that_is_short():
 
 # --- linear probe -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["vae", "ae"])
+@pytest.mark.parametrize("name", ENCODERS)
 def test_probe_with_all_labels_is_well_above_chance(runs, name):
     res = linear_probe(runs[name], None)
     assert json.loads(json.dumps(res)) == res
@@ -95,15 +104,15 @@ def test_probe_with_all_labels_is_well_above_chance(runs, name):
 
 
 def test_probe_uses_frozen_codes_and_writes_nothing(runs):
-    model = vaelab.load(runs["vae"], device="cpu")
-    before, files = _weights(model), _files(runs["vae"])
-    res = linear_probe(runs["vae"], 50, model=model)
+    model = vaelab.load(runs[POSTERIOR], device="cpu")
+    before, files = _weights(model), _files(runs[POSTERIOR])
+    res = linear_probe(runs[POSTERIOR], 50, model=model)
     assert 0.1 < res["accuracy"] <= 1 and res["labels"] == 50
     assert _same(before, _weights(model)) and not model.training
-    assert _files(runs["vae"]) == files
+    assert _files(runs[POSTERIOR]) == files
 
 
-@pytest.mark.parametrize("name", ["vae", "ae"])
+@pytest.mark.parametrize("name", ENCODERS)
 def test_probe_matches_an_independent_logistic_regression(runs, name):
     run = runs[name]
     res = linear_probe(run, 100, seed=3)
@@ -113,7 +122,7 @@ def test_probe_matches_an_independent_logistic_regression(runs, name):
     idx = balanced_subset(y_tr, 100, 10, seed=3)
     with torch.no_grad():
         f_tr, f_te = model.codes(x_tr[idx]).numpy(), model.codes(x_te).numpy()  # all at once, not batched
-    if name == "vae":
+    if model.can(LIKELIHOOD):
         assert np.allclose(f_tr, model.encode(x_tr[idx]).mu.detach().numpy())  # the posterior mean
     scaler = StandardScaler().fit(f_tr)
     clf = LogisticRegression(max_iter=1000).fit(scaler.transform(f_tr), y_tr[idx].numpy())
@@ -126,7 +135,7 @@ def test_probe_matches_an_independent_logistic_regression(runs, name):
 # --- fine-tuning --------------------------------------------------------------------------
 
 def test_finetune_reports_both_accuracies_is_deterministic_and_touches_nothing(runs):
-    run = runs["vae"]
+    run = runs[POSTERIOR]
     model = vaelab.load(run, device="cpu")
     before, files, rng = _weights(model), _files(run), torch.random.get_rng_state()
     a = finetune(run, 50, epochs=1, patience=2, model=model)
@@ -143,7 +152,7 @@ def test_finetune_reports_both_accuracies_is_deterministic_and_touches_nothing(r
 
 
 def test_finetune_on_an_autoencoder(runs):
-    res = finetune(runs["ae"], 20, epochs=1, patience=2, seed=1)
+    res = finetune(runs[PLAIN], 20, epochs=1, patience=2, seed=1)
     assert res["labels"] == 20 and 0.1 < res["accuracy"] <= 1 and 0.1 < res["baseline_accuracy"] <= 1
 
 
@@ -152,7 +161,7 @@ def test_finetune_on_an_autoencoder(runs):
                                            (N_TRAIN + 1, f"--labels must be at most {N_TRAIN}")])
 def test_bad_labels_are_one_clear_sentence(runs, task, labels, match):
     with pytest.raises(VaelabError, match=match):
-        task(runs["vae"], labels)
+        task(runs[POSTERIOR], labels)
 
 
 @pytest.mark.parametrize("kw, flag", [({"epochs": 0}, "--epochs"), ({"lr": -1.0}, "--lr"),
@@ -161,7 +170,7 @@ def test_bad_labels_are_one_clear_sentence(runs, task, labels, match):
                                       ({"patience": 0}, "--patience"), ({"patience": 1.5}, "--patience")])
 def test_finetune_rejects_a_bad_schedule(runs, kw, flag):
     with pytest.raises(VaelabError, match=flag):
-        finetune(runs["vae"], 50, **kw)
+        finetune(runs[POSTERIOR], 50, **kw)
 
 
 # --- the fine-tuning protocol: validation split, start at the probe, early stopping ---------
@@ -187,10 +196,10 @@ def test_finetune_needs_two_labels_of_each_class(runs):
     with pytest.raises(VaelabError, match="two labelled images of each class.*class 5 has 1.*--labels"):
         validation_split(_labels()[balanced_subset(_labels(), 15, 10)], 10)
     with pytest.raises(VaelabError, match="two labelled images of each class"):
-        finetune(runs["ae"], 15)
+        finetune(runs[PLAIN], 15)
 
 
-@pytest.mark.parametrize("name, classes", [("vae", 10), ("ae", 10), ("ae", 2)])
+@pytest.mark.parametrize("name, classes", [(POSTERIOR, 10), (PLAIN, 10), (PLAIN, 2)])
 def test_the_classifier_starts_at_the_probe(runs, name, classes):
     """Before fine-tuning, the classifier's logits are the probe's (an independent scikit-learn
     fit on the same codes) and so are its predictions, image for image; with two classes
@@ -223,9 +232,9 @@ def test_zero_epochs_of_fine_tuning_is_the_linear_probe(runs, monkeypatch):
     accuracy is linear_probe's on the same labelled images."""
     worse = itertools.count()
     monkeypatch.setattr(probe, "_score", lambda clf, x, y: (-next(worse), 0.0))  # every score below the last
-    res = finetune(runs["ae"], 100, epochs=1, patience=3, seed=1)
+    res = finetune(runs[PLAIN], 100, epochs=1, patience=3, seed=1)
     assert res["epochs"] == 0 and res["baseline_epochs"] == 0
-    assert res["accuracy"] == res["probe_accuracy"] == linear_probe(runs["ae"], 100, seed=1)["accuracy"]
+    assert res["accuracy"] == res["probe_accuracy"] == linear_probe(runs[PLAIN], 100, seed=1)["accuracy"]
 
 
 # validation scores (accuracy, -loss) after 0, 1, 2, ... epochs of a run at encoder lr scale 0.1, then 1.0
@@ -285,11 +294,11 @@ def test_finetune_keeps_what_the_probe_had_on_mnist(tmp_path, mnist_dir):
 
 def test_finetune_flags(runs, capsys):
     from vaelab.cli import main
-    assert main(["finetune", str(runs["ae"]), "--labels", "50", "--epochs", "1", "--patience", "2",
+    assert main(["finetune", str(runs[PLAIN]), "--labels", "50", "--epochs", "1", "--patience", "2",
                  "--weight-decay", "0"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["labels"] == 50 and res["n_val"] == 10 and {"probe_accuracy", "epochs", "encoder_lr"} <= res.keys()
     for flag, value in (("--patience", "0"), ("--weight-decay", "-1")):
-        assert main(["finetune", str(runs["ae"]), "--labels", "50", flag, value]) == 2
+        assert main(["finetune", str(runs[PLAIN]), "--labels", "50", flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert flag in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -97,7 +97,7 @@ def test_eval_writes_null_for_a_non_finite_metric_and_names_it(finished, tmp_pat
 
 def test_a_second_run_on_a_run_directory_in_use_stops_and_changes_nothing(finished, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from vaelab.training.checkpoint import lock_run\n"
+        [sys.executable, "-c", "import sys; from vaelab.io import lock_run\n"
                                f"with lock_run({str(finished)!r}):\n print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -116,7 +116,7 @@ def test_a_second_run_on_a_run_directory_in_use_stops_and_changes_nothing(finish
 
 def test_the_lock_is_held_until_the_last_picture_and_then_released(tmp_path, monkeypatch):
     from vaelab.errors import VaelabError
-    from vaelab.training.checkpoint import lock_run
+    from vaelab.io import lock_run
     seen, draw = [], api.pictures
 
     def pictures(run_dir, **kw):

@@ -12,14 +12,14 @@ import scipy.linalg
 import torch
 from scipy.special import logsumexp
 
-from vaelab import frechet
 from vaelab.data import load_dataset
 from vaelab.data.transforms import to_unit
 from vaelab.errors import VaelabError
-from vaelab.frechet import (FEATURES, FeatureNet, accuracy, feature_classifier, feature_stats, frechet_distance,
-                            frechet_from_images, train_feature_net)
-from vaelab.parzen import DEFAULT_SIGMAS, parzen_evaluate, parzen_log_likelihood, parzen_log_likelihoods
-from vaelab.training.checkpoint import read_metadata
+from vaelab.evaluation import frechet
+from vaelab.evaluation.frechet import (FEATURES, FeatureNet, accuracy, feature_classifier, feature_stats,
+                                     frechet_distance, frechet_from_images, train_feature_net)
+from vaelab.evaluation.parzen import DEFAULT_SIGMAS, parzen_evaluate, parzen_log_likelihood, parzen_log_likelihoods
+from vaelab.io import read_metadata
 
 
 def parzen_ref(samples: np.ndarray, x: np.ndarray, sigma: float) -> np.ndarray:
@@ -222,7 +222,7 @@ def test_bad_input_is_one_clear_error(call):
 
 
 # --------------------------------------------------------------------------------------------
-# a run's samples scored end to end (vaelab.sample_quality)
+# a run's samples scored end to end (vaelab.evaluation.samples)
 # --------------------------------------------------------------------------------------------
 
 class _Replay(torch.nn.Module):
@@ -243,7 +243,7 @@ def test_sample_metrics_rank_data_above_noise(tmp_path):
     import vaelab
     from vaelab.data import load_dataset
     from vaelab.data.transforms import to_unit
-    from vaelab.sample_quality import sample_metrics
+    from vaelab.evaluation.samples import sample_metrics
 
     run = vaelab.train(vaelab.make_config(data="digits", model="gan", hidden=(8,), latent_dim=2, epochs=1,
                                           progress=False, out=str(tmp_path / "g")), log=lambda m: None)

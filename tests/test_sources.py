@@ -111,7 +111,8 @@ def test_real_cifar_images_through_array():
 
 @pytest.mark.parametrize("flags, needle", [
     (dict(model="vae", likelihood="gaussian", mixtures=3, binarize="none"), "--mixtures applies with"),
-    (dict(model="vae", likelihood="logistic", gaussian_std=0.1, binarize="none"), "--gaussian-std applies with"),
+    (dict(model="vae", likelihood="logistic", gaussian_std=0.1, binarize="none"),
+     "--gaussian-std applies to --likelihood gaussian"),
     (dict(data="binarized-mnist", val_size=100), "its own validation file"),
     (dict(data="cifar10", download=True), "--download fetches mnist"),
 ])

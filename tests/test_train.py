@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 import vaelab
 from vaelab.errors import VaelabError
-from vaelab.training.checkpoint import LOCK
+from vaelab.io import LOCK
+from vaelab.rundir import FORMAT_VERSION
 
 TINY = dict(data="digits", hidden=(32,), latent_dim=2, batch_size=64, epochs=4, nll_samples=20,
             progress=False, lr=3e-3)
@@ -55,7 +56,7 @@ def test_run_directory_and_api(tmp_path):
         assert (run / name).is_file(), name
     assert not list(run.glob("*.tmp")) and [p.name for p in run.glob(".*")] == [LOCK]  # no temporaries
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["format_version"] == 1 and cfg["run"]["model"]["shape"] == [1, 8, 8]
+    assert cfg["format_version"] == FORMAT_VERSION == 2 and cfg["run"]["model"]["shape"] == [1, 8, 8]
     model = vaelab.load(run, device="cpu")
     x = torch.rand(5, 1, 8, 8).round()
     assert model.encode(x).mu.shape == (5, 2)
@@ -88,10 +89,7 @@ def test_best_checkpoint_tracks_validation(tmp_path):
         assert json.loads(f.metadata()["epoch"]) == best_epoch
 
 
-def test_iwae_training_and_warmup_run(tmp_path):
-    run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 2, "iw_samples": 5}, out=str(tmp_path / "iw")),
-                       log=lambda m: None)
-    assert "train_bound" in _lines(run)[0]
+def test_warmup_run(tmp_path):
     run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 2, "warmup_epochs": 1.5, "beta": 2.0},
                                           out=str(tmp_path / "wu")), log=lambda m: None)
     assert len(_lines(run)) == 2
@@ -104,7 +102,7 @@ def test_gaussian_likelihood_is_scored_on_dequantized_pixels(tmp_path):
     import math
 
     from vaelab.data.transforms import dequantize_fixed
-    from vaelab.likelihood import evaluate_likelihood
+    from vaelab.evaluation.likelihood import evaluate_likelihood
     run = vaelab.train(vaelab.make_config(**{**TINY, "epochs": 1, "likelihood": "gaussian", "binarize": "none"},
                                           out=str(tmp_path / "g")), log=lambda m: None)
     torch.manual_seed(0)  # the same importance samples for both estimates below

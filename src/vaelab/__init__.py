@@ -6,13 +6,13 @@
     model = vaelab.load(run_dir)       # encode / decode / sample / reconstruct
     vaelab.evaluate(run_dir, k=1000)   # {"elbo", "nll", "bpd", "n", "k", ...}
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 from .api import evaluate, load, pictures, train  # noqa: E402
 from .errors import VaelabError  # noqa: E402
-from .probe import finetune, linear_probe  # noqa: E402
-from .registry import MODELS  # noqa: E402
+from .evaluation.probe import finetune, linear_probe  # noqa: E402
+from .models import MODELS  # noqa: E402
 from .run import RunConfig, make_config  # noqa: E402
 
-__all__ = ["MODELS", "RunConfig", "VaelabError", "evaluate", "finetune", "linear_probe", "load", "make_config",
+__all__ = ["MODELS", "RunConfig", "VaelabError", "__version__", "evaluate", "finetune", "linear_probe", "load", "make_config",
            "pictures", "train"]

@@ -1,7 +1,7 @@
 """The Python API: the same things the CLI does, from code.
 
     import vaelab
-    cfg = vaelab.make_config(data="mnist", preset="iwae", epochs=5, out="runs/iwae")
+    cfg = vaelab.make_config(data="mnist", preset="aevb", epochs=5, out="runs/aevb")
     run_dir = vaelab.train(cfg)
     model = vaelab.load(run_dir)        # .encode .decode .sample .reconstruct
     print(vaelab.evaluate(run_dir, k=5000))
@@ -15,62 +15,19 @@ from pathlib import Path
 
 import torch
 
-from .data import DataSpec, run_dataset
-from .data.transforms import dequantize_fixed, dequantizes, eval_inputs, from_dequantized_scale, to_dequantized_scale
+from .io import read_metadata, write_json
+from .data.transforms import dequantize_fixed, from_dequantized_scale, to_dequantized_scale
 from .errors import VaelabError
 from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
-from .likelihood import evaluate_likelihood
-from .registry import get_model
+from .evaluation.likelihood import evaluate_likelihood
+from .models.base import ENCODE, LIKELIHOOD, SAMPLE
 from .run import RunConfig
-from .training import checkpoint as ckpt
-from .training.trainer import FINISHED, resolve_device
+from .rundir import load, split_inputs
+from .training.trainer import FINISHED
 from .training.trainer import train as _train_loop
-
-CHECKPOINTS = {"best": "best.safetensors", "last": "model.safetensors"}
-
-
-def _read(run_dir) -> tuple[RunConfig, DataSpec]:
-    doc = ckpt.read_run_config(Path(run_dir))
-    where = f"{Path(run_dir) / 'config.json'}"
-    try:
-        spec = DataSpec.from_dict(doc["data_spec"], f"{where}: ")
-    except (KeyError, TypeError, ValueError):
-        raise VaelabError(f"{where} has no valid data_spec.") from None
-    return RunConfig.from_dict(doc.get("run", {}), where), spec
-
-
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> torch.nn.Module:
-    """The trained model of a run, in eval mode, with ``encode``, ``decode``, ``sample``,
-    ``reconstruct``. ``checkpoint`` is ``best`` (best validation score) or ``last``.
-    The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``."""
-    if checkpoint not in CHECKPOINTS:
-        raise VaelabError(f"--checkpoint must be best or last, got {checkpoint!r}.")
-    run, spec = _read(run_dir)
-    model = get_model(run.train.model).model_cls(run.model)
-    ckpt.load_weights(model, Path(run_dir) / CHECKPOINTS[checkpoint])
-    model.run_config, model.data_spec = run, spec
-    return model.to(resolve_device(device)).eval()
-
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed evaluation inputs of a run's dataset split (binarized as the run was), on the
-    CPU: (x, y)."""
-    run, spec = _read(run_dir)
-    if split not in ("train", "val", "test"):
-        raise VaelabError(f"--split must be train, val or test, got {split!r}.")
-    d = run.data
-    ds = run_dataset(d, data_dir)
-    if tuple(ds.spec.shape) != tuple(spec.shape):
-        raise VaelabError(f"{run_dir} was trained on images of shape {tuple(spec.shape)}, "
-                          f"but {d.data} now has {tuple(ds.spec.shape)}.")
-    s = getattr(ds, split)
-    if len(s) == 0:
-        raise VaelabError(f"--split {split} is empty for this run (it was trained with --val-size 0).")
-    return eval_inputs(s.x, spec.levels, d.binarize), s.y
 
 
 def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
@@ -82,7 +39,7 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     for models with a likelihood the ELBO, importance-sampled NLL (``k`` samples) and bits/dim in
     nats per example. For a model that can sample (``sample_metrics``, default: whenever it can),
     the Parzen-window log-likelihood and the Fréchet distance of ``samples`` samples
-    (:mod:`vaelab.sample_quality`). ``model`` and ``x`` may be passed when the caller has loaded
+    (:mod:`vaelab.evaluation.samples`). ``model`` and ``x`` may be passed when the caller has loaded
     them already. ``compile``: the importance-sampled NLL through ``torch.compile``."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
@@ -91,44 +48,38 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     model = load(run_dir, checkpoint, device) if model is None else model
     run = model.run_config
     x = (split_inputs(run_dir, split, data_dir)[0] if x is None else x).to(_device(model))
-    entry = get_model(run.train.model)
     levels = model.data_spec.levels
-    deq = dequantizes(run.model, run.data.binarize)  # a density on (k + u) / levels: see dequantizes
+    deq = run.model.dequantizes  # a density on (k + u) / levels
     res = {"split": split, "checkpoint": checkpoint}
-    if entry.can_reconstruct:
+    if model.can(ENCODE):
         res["mse"] = reconstruction_mse(model, x, batch_size, levels if deq else None)
-    if entry.extra_metrics:
-        res.update(entry.extra_metrics(model, x))
-    if getattr(run.model, "arch", None) == "linear" and not entry.has_likelihood:
+    res.update(model.metrics(x))
+    if model.can(ENCODE) and not model.can(LIKELIHOOD) and getattr(run.model, "arch", None) == "linear":
         # the linear autoencoder against PCA fitted on the same training images
-        from .pca import pca_report
+        from .evaluation.pca import pca_report
         x_train = split_inputs(run_dir, "train", data_dir)[0]
         res["pca"] = pca_report(model, x_train, x.cpu())
-    if entry.has_likelihood:
-        lik = getattr(run.model, "likelihood", "")
+    if model.can(LIKELIHOOD):
         offset = 0.0
         if deq:
             x, offset = dequantize_fixed(x, levels), x[0].numel() * math.log(levels)
-        # a Bernoulli is a probability mass of binary data: binarized, or binary already (levels 2)
-        binary = run.data.binarize != "none" or levels == 2
-        discrete = lik.startswith("logistic") or offset > 0 or (binary and lik == "bernoulli")
-        res.update(evaluate_likelihood(model, x, k, batch_size, discrete, progress, offset, compile))
+        res.update(evaluate_likelihood(model, x, k, batch_size, model.discrete(levels), progress, offset, compile))
     else:
         res["n"] = len(x)
-    if entry.can_sample and sample_metrics is not False:
-        from .sample_quality import sample_metrics as _sample_metrics
+    if model.can(SAMPLE) and sample_metrics is not False:
+        from .evaluation.samples import sample_metrics as _sample_metrics
         res.update(_sample_metrics(model, samples, data_dir, log=log))
     if save:
         name = f"eval-{split}.json" if checkpoint == "best" else f"eval-{split}-{checkpoint}.json"
-        ckpt.write_json(Path(run_dir) / name, res)
+        write_json(Path(run_dir) / name, res)
     return res
 
 
 @torch.no_grad()
 def reconstruction_mse(model, x: torch.Tensor, batch_size: int = 500, dequantized_levels: int | None = None) -> float:
     """Mean squared error per pixel between x and its reconstruction (at the code / posterior mean).
-    ``dequantized_levels``: the model is a density on dequantized pixels (k + u) / levels (see
-    :func:`~vaelab.data.transforms.dequantizes`); it then reconstructs x on its own scale and the
+    ``dequantized_levels``: the model is a density on dequantized pixels (k + u) / levels (its
+    config's ``dequantizes``); it then reconstructs x on its own scale and the
     reconstruction is mapped back to x's scale k / (levels - 1) before the comparison."""
     model.eval()
     total = 0.0
@@ -179,9 +130,8 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
     run_dir = Path(run_dir)
     model = load(run_dir) if model is None else model
     x = split_inputs(run_dir, "test", data_dir)[0] if x is None else x
-    entry = get_model(model.run_config.train.model)
     torch.manual_seed(seed)
-    if entry.can_reconstruct:
+    if model.can(ENCODE):
         pairs = min(8, len(x) // 2)  # a small test set gives fewer lines
         out = [save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8)]
         if pairs:
@@ -189,12 +139,11 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
                                  nrow=10))
     else:
         out = [save_grid(interpolate_prior(model, 8, 10, seed), run_dir / "interpolation.png", nrow=10)]
-    if entry.can_sample:
+    if model.can(SAMPLE):
         out.append(save_grid(model.sample(n), run_dir / "samples.png", nrow=8))
-        if getattr(model.run_config.model, "latent_dim", 0) == 2 and getattr(model.run_config.model, "prior", "normal") == "normal":
+        if model.cfg.latent_dim == 2 and model.normal_prior:
             out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
-    if entry.extra_pictures:
-        out += entry.extra_pictures(model, x.to(_device(model)), run_dir)
+    out += model.pictures(x.to(_device(model)), run_dir)
     hist = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     if hist:
         out.append(plot_curves(hist, run_dir / "curves.png"))
@@ -211,13 +160,13 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
         model = load(run_dir, "best", config.train.device)
         run = model.run_config
         x = split_inputs(run_dir, "test", run.data.data_dir)[0]
-        entry = get_model(run.train.model)
-        if run.train.nll_samples > 0 or not entry.has_likelihood:
+        has_likelihood = model.can(LIKELIHOOD)
+        if run.train.nll_samples > 0 or not has_likelihood:
             # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
             evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
-                     sample_metrics=not entry.has_likelihood, log=log, compile=run.train.compile)
+                     sample_metrics=not has_likelihood, log=log, compile=run.train.compile)
         pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
         # what lets --resume tell a finished run from one killed in the stages above
-        epochs = ckpt.read_metadata(run_dir / "model.safetensors")["epoch"]
-        ckpt.write_json(run_dir / FINISHED, {"epochs": epochs})
+        epochs = read_metadata(run_dir / "model.safetensors")["epoch"]
+        write_json(run_dir / FINISHED, {"epochs": epochs})
     return run_dir

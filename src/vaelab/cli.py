@@ -5,13 +5,15 @@ import argparse
 import dataclasses
 import sys
 import time
+import typing
 from pathlib import Path
 
-from .config import DataConfig, TrainConfig, flag_name
+from .io import dumps, not_finite
+from .config import DataConfig, TrainConfig, _unwrap_optional, field_types, flag_name
 from .errors import VaelabError
-from .registry import MODELS
-from .run import PRESETS
-from .training import checkpoint as ckpt
+from .models import MODELS
+from .models.base import ENCODE, SAMPLE
+from .rundir import read_run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,32 +21,82 @@ class _Parser(argparse.ArgumentParser):
         raise VaelabError(f"{self.prog}: {message} (see {self.prog} --help).")
 
 
-def _config_fields():
-    seen = {}
-    for cls in (DataConfig, TrainConfig, *(e.config_cls for e in MODELS.values())):
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("flag", True) and f.name not in seen:
-                seen[f.name] = f
-    return seen
+def _metavar(f: dataclasses.Field, tp) -> str:
+    """What a flag's value is, for the help: its choices, else its type."""
+    if f.metadata.get("choices"):
+        return "{" + ",".join(f.metadata["choices"]) + "}"
+    if f.metadata.get("metavar"):
+        return f.metadata["metavar"]
+    inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) is tuple:
+        return "INT,INT,..."
+    return {int: "INT", float: "FLOAT", bool: "{true,false}"}.get(inner, "STR")
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    for name, f in _config_fields().items():
-        help_ = f.metadata.get("help", "")
-        if f.metadata.get("choices"):
-            help_ += f" ({'|'.join(f.metadata['choices'])})"
-        help_ += f" [default: {f.default if f.default is not dataclasses.MISSING else '-'}]"
-        if f.type in ("bool", bool):
+def _add_flags(p, cls, seen: set, hidden: bool = False, defaults: dict | None = None) -> None:
+    """The flags of one config class (those not added already), each coerced later by its field;
+    ``defaults``: the chosen model's own defaults of these fields (the GAN's learning rate)."""
+    types = field_types(cls)
+    for f in dataclasses.fields(cls):
+        name = f.name
+        if not f.metadata.get("flag", True) or name in seen:
+            continue
+        seen.add(name)
+        default = (defaults or {}).get(name, f.default)
+        help_ = f.metadata.get("help", "") + f" [default: {default if default is not dataclasses.MISSING else '-'}]"
+        if types[name] is bool:  # a switch; an optional bool (unset, true, false) takes a value below
             help_ += f"; --no-{name.replace('_', '-')} turns it off"
             p.add_argument(flag_name(name), dest=name, action="store_const", const=True,
-                           default=argparse.SUPPRESS, help=help_)
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS if hidden else help_)
             p.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_const", const=False,
                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
-            p.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, metavar="V", help=help_)
-    p.add_argument("--preset", default=argparse.SUPPRESS, help=f"network preset ({'|'.join(PRESETS)})")
-    p.add_argument("--config", dest="config_file", metavar="FILE", help="TOML or JSON file of settings")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last finished epoch")
+            metavar = "{" + ",".join(sorted(MODELS)) + "}" if name == "model" else _metavar(f, types[name])
+            p.add_argument(flag_name(name), dest=name, default=argparse.SUPPRESS, metavar=metavar,
+                           help=argparse.SUPPRESS if hidden else help_)
+
+
+def _add_train_flags(p: argparse.ArgumentParser, model_name: str) -> None:
+    """The run's flags in groups: data, training, and the chosen model's own (``vaelab train
+    --model X --help`` shows X's). Every other model's flags are parsed too, unseen in the help,
+    so the one rule that refuses a flag a model does not have can name the model it belongs to."""
+    seen: set = set()
+    chosen = MODELS.get(model_name)
+    _add_flags(p.add_argument_group("data"), DataConfig, seen)
+    _add_flags(p.add_argument_group("training"), TrainConfig, seen,
+               defaults=chosen.train_defaults if chosen is not None else None)
+    if chosen is not None:
+        about = " ".join((chosen.__doc__ or "").strip().split("\n\n")[0].split())  # its docstring's first paragraph
+        _add_flags(p.add_argument_group(f"--model {model_name}", about), chosen.config_cls, seen)
+    for cls in MODELS.values():
+        _add_flags(p, cls.config_cls, seen, hidden=True)
+    g = p.add_argument_group("run")
+    presets = chosen.presets if chosen is not None else {}
+    g.add_argument("--preset", default=argparse.SUPPRESS, metavar="{" + ",".join(presets) + "}" if presets else "NAME",
+                   help="a published network's settings (explicit flags win)")
+    g.add_argument("--config", dest="config_file", metavar="FILE", help="TOML or JSON file of settings")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last finished epoch")
+
+
+def _model_named(argv: list[str]) -> str:
+    """The --model of a train command line (for its help and flags), before parsing: the flag,
+    else the --config file's, else the default."""
+    given = {}
+    for i, arg in enumerate(argv):
+        for flag in ("--model", "--config"):
+            if arg == flag and i + 1 < len(argv):
+                given[flag] = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                given[flag] = arg.split("=", 1)[1]
+    if "--model" in given:
+        return given["--model"]
+    if "--config" in given:
+        from .config import read_config_file
+        try:
+            return str(read_config_file(given["--config"]).get("model", TrainConfig.model))
+        except VaelabError:
+            pass  # the same file is read again, and refused, when the run is made
+    return TrainConfig.model
 
 
 def _say(msg: str) -> None:
@@ -64,7 +116,7 @@ def cmd_train(a) -> int:
         if extra:
             raise VaelabError(f"--resume continues a run with its own settings; {flag_name(extra[0])} cannot "
                               f"be given with it (only {', '.join(flag_name(f) for f in allowed)}).")
-        run = api._read(a.resume)[0]
+        run = read_run(a.resume)[0]
         for name, v in flags.items():
             part = next(p for p, fields in RESUMABLE.items() if name in fields)
             cls = DataConfig if part == "data" else TrainConfig
@@ -87,16 +139,16 @@ def _report(run_dir: Path) -> None:
 
 def cmd_eval(a) -> int:
     from . import api
-    from .registry import get_model
-    run, spec = api._read(a.run_dir)
-    if a.sample_metrics and get_model(run.train.model).can_sample:  # before the NLL's minutes, not after
-        from .sample_quality import check_samples
+    from .models import get_model
+    run, spec = read_run(a.run_dir)
+    if a.sample_metrics and SAMPLE in get_model(run.train.model).capabilities:  # before the NLL's minutes, not after
+        from .evaluation.samples import check_samples
         check_samples(a.samples, spec.shape)
     res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
                        progress=True, sample_metrics=a.sample_metrics, samples=a.samples, log=_say,
                        compile=a.compile)
-    print(ckpt.dumps(res))
-    bad = ckpt.not_finite(res)
+    print(dumps(res))
+    bad = not_finite(res)
     if bad:  # null in the JSON; the exit status stays 0, as the evaluation itself did run
         names = ", ".join(bad[:-1]) + " and " + bad[-1] if len(bad) > 1 else bad[0]
         _say(f"warning: {names} of {a.run_dir} (checkpoint {a.checkpoint}) {'are' if len(bad) > 1 else 'is'} "
@@ -122,12 +174,12 @@ def _out_path(run_dir: str, given: str | None, default: str) -> Path:
 
 
 def _need_encoder(run_dir: str, what: str) -> None:
-    from . import api
-    from .registry import get_model
-    name = api._read(run_dir)[0].train.model
-    if not get_model(name).can_reconstruct:
+    from .models import get_model
+    name = read_run(run_dir)[0].train.model
+    if ENCODE not in get_model(name).capabilities:
+        encoders = ", ".join(n for n, m in sorted(MODELS.items()) if ENCODE in m.capabilities)
         raise VaelabError(f"{run_dir} holds a {name}, which has no encoder: vaelab {what} needs a model that "
-                          "maps images to codes (vae, ae, sparse-ae, dae).")
+                          f"maps images to codes ({encoders}).")
 
 
 def _model_and_split(a):
@@ -140,13 +192,12 @@ def cmd_sample(a) -> int:
     import torch
     from . import api
     from .images import check_grid, save_grid
-    from .registry import get_model
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 0)
     out = _out_path(a.run_dir, a.o, "samples.png")
     model = api.load(a.run_dir, a.checkpoint)
     name = model.run_config.train.model
-    if not get_model(name).can_sample:
+    if not model.can(SAMPLE):
         raise VaelabError(f"{a.run_dir} holds a {name}, which has no prior to sample from; "
                           "try vaelab reconstruct or interpolate.")
     check_grid(f"-n {a.n}" + (f" with --nrow {a.nrow}" if a.nrow else ""), a.n, model.data_spec.shape[1:],
@@ -175,9 +226,8 @@ def cmd_interpolate(a) -> int:
     _at_least("--steps", a.steps, 2)
     _at_least("--pairs", a.pairs, 1)
     out = _out_path(a.run_dir, a.o, "interpolation.png")
-    from .registry import get_model
     model = api.load(a.run_dir, a.checkpoint)
-    encoder = get_model(model.run_config.train.model).can_reconstruct  # without one: lines between prior draws
+    encoder = model.can(ENCODE)  # without one: lines between prior draws
     if encoder:
         x = api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
         if 2 * a.pairs > len(x):
@@ -192,16 +242,15 @@ def cmd_interpolate(a) -> int:
 def cmd_manifold(a) -> int:
     from . import api
     from .images import check_grid, save_grid
-    from .registry import get_model
     _at_least("-n", a.n, 1)
     model = api.load(a.run_dir, a.checkpoint)
-    if not get_model(model.run_config.train.model).can_sample:
+    if not model.can(SAMPLE):
         raise VaelabError(f"{a.run_dir} holds a {model.run_config.train.model}, which has no prior; "
-                          "the manifold grid needs a VAE.")
-    if getattr(model.run_config.model, "prior", "normal") != "normal":
-        raise VaelabError(f"{a.run_dir} has a uniform prior; the manifold grid maps the unit square through "
-                          "the Gaussian CDF and needs --prior normal.")
-    if getattr(model.run_config.model, "latent_dim", 0) != 2:
+                          "the manifold grid needs a model with a 2-D N(0, I) prior.")
+    if not model.normal_prior:
+        raise VaelabError(f"{a.run_dir} has a prior other than N(0, I); the manifold grid maps the unit square "
+                          "through the Gaussian CDF and needs --prior normal.")
+    if model.cfg.latent_dim != 2:
         raise VaelabError(f"{a.run_dir} has a {model.run_config.model.latent_dim}-D latent; "
                           "the manifold grid needs --latent-dim 2.")
     out = _out_path(a.run_dir, a.o, "manifold.png")
@@ -220,17 +269,17 @@ def _labels(value: str) -> int | None:
 
 
 def cmd_probe(a) -> int:
-    from .probe import linear_probe
+    from .evaluation.probe import linear_probe
     _need_encoder(a.run_dir, "probe")
-    print(ckpt.dumps(linear_probe(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.device)))
+    print(dumps(linear_probe(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.device)))
     return 0
 
 
 def cmd_finetune(a) -> int:
-    from .probe import finetune
+    from .evaluation.probe import finetune
     _need_encoder(a.run_dir, "finetune")
-    print(ckpt.dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
-                              a.device, weight_decay=a.weight_decay, patience=a.patience)))
+    print(dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
+                         a.device, weight_decay=a.weight_decay, patience=a.patience)))
     return 0
 
 
@@ -242,16 +291,14 @@ def cmd_datasets(a) -> int:
     return 0
 
 
-DEMO = dict(data="digits", model="vae", arch="mlp", hidden=(256, 128), activation="relu", latent_dim=2,
-            likelihood="bernoulli", binarize="dynamic", epochs=500, batch_size=64, lr=2e-3,
-            lr_schedule="cosine", nll_samples=1000, seed=0, threads=1)
+DEMO = Path(__file__).parent / "demo.toml"  # the main job's settings
 
 
 def cmd_demo(a) -> int:
     from . import api
     from .run import make_config
-    cfg = make_config(**{**DEMO, "epochs": a.epochs or DEMO["epochs"], "out": a.out, "overwrite": True,
-                         "progress": False})
+    given = {"epochs": a.epochs} if a.epochs else {}
+    cfg = make_config(str(DEMO), **given, out=a.out, overwrite=True, progress=False)
     t0 = time.perf_counter()
     run_dir = api.train(cfg, log=_say)
     _report(run_dir)
@@ -264,12 +311,12 @@ DATA_DIR_HELP = ("where the run's data is now, if not where it was found in trai
                  "--data-path: that file or folder itself)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser:
     p = _Parser(prog="vaelab", description="Autoencoders, VAEs and GANs on real images, measured honestly.",
                 allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a model", allow_abbrev=False)
-    _add_train_flags(t)
+    _add_train_flags(t, model_name)
     t.set_defaults(func=cmd_train)
 
     def run_cmd(name, help_, func, **extra):
@@ -333,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args, extra = build_parser().parse_known_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args, extra = build_parser(_model_named(argv)).parse_known_args(argv)
         if extra:
             flag = next((e for e in extra if e.startswith("-")), extra[0])
             raise VaelabError(f"unknown {'flag' if flag.startswith('-') else 'argument'} {flag} for "

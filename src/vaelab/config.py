@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VaelabError
+from .registry import DEFAULT_DATA, DEFAULT_MODEL
 
 
-def opt(default, help: str, choices=None, flag: bool = True):
-    """A config field with its help text (and allowed values) for the CLI."""
+def opt(default, help: str, choices=None, flag: bool = True, metavar: str | None = None):
+    """A config field with its help text (and allowed values) for the CLI; ``metavar`` names
+    its value in the help where the type alone would not (a PATH, say)."""
     kw = {"default_factory": (lambda d=default: d)} if isinstance(default, (list, dict)) else {"default": default}
-    return field(metadata={"help": help, "choices": choices, "flag": flag}, **kw)
+    return field(metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar}, **kw)
 
 
 # the DataConfig fields that only some readers take (each reader lists its own in data/sources.py)
@@ -33,14 +35,15 @@ READER_OPTIONS = ("key", "label_key", "shape", "layout", "examples", "image_size
 
 @dataclass(frozen=True)
 class DataConfig:
-    data: str = opt("digits", "dataset name (see `vaelab datasets`)")
-    data_dir: str | None = opt(None, "folder holding one sub-folder per dataset (else $VAELAB_DATA, else standard places)")
+    data: str = opt(DEFAULT_DATA, "dataset name (see `vaelab datasets`)")
+    data_dir: str | None = opt(None, "folder holding one sub-folder per dataset (else $VAELAB_DATA, else standard places)",
+                               metavar="DIR")
     val_size: int | None = opt(None, "images held out of the training set for validation (default 1/12 of it)")
     split_seed: int = opt(0, "seed of the train/validation split")
-    binarize: str = opt("dynamic", "binarization of pixel intensities", ("none", "static", "dynamic"))
     download: bool = opt(False, "download the official files (md5-checked) when not found")
     data_path: str | None = opt(None, "the file or folder to read: required by --data image-folder and array; "
-                                      "for a named dataset, its archive or folder instead of <data-dir>/<name>/")
+                                      "for a named dataset, its archive or folder instead of <data-dir>/<name>/",
+                                metavar="PATH")
     test_size: int | None = opt(None, "images held out as the test set where the data has no official one "
                                       "(default a tenth, by a fixed permutation)")
     image_size: int | None = opt(None, "resize images to this side after the crop (lfw, image-folder)")
@@ -62,23 +65,20 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = opt("vae", "model to train")
+    model: str = opt(DEFAULT_MODEL, "model to train")
     epochs: int = opt(10, "training epochs")
     batch_size: int = opt(100, "minibatch size")
     lr: float = opt(1e-3, "Adam learning rate")
     lr_schedule: str = opt("constant", "learning-rate schedule over the epochs", ("constant", "cosine", "exponential"))
     lr_final: float | None = opt(None, "final learning rate of a schedule (default lr/10)")
-    beta: float = opt(1.0, "weight of the KL term (beta-VAE)")
-    warmup_epochs: float = opt(0.0, "epochs over which the KL weight rises linearly from 0 to beta")
-    iw_samples: int = opt(1, "importance samples k of the training bound (1 = ELBO, >1 = IWAE bound)")
     time_budget: float | None = opt(None, "stop after this many minutes of training (the schedule then runs on "
                                          "elapsed time; --epochs is the upper bound)")
     seed: int = opt(0, "random seed (weights, noise, batch order, dynamic binarization)")
     grad_clip: float | None = opt(None, "clip the gradient norm to this value")
     nll_samples: int = opt(100, "importance samples K for the test NLL at the end of training (0 = skip)")
-    device: str = opt("auto", "device: auto, cpu, cuda, cuda:N")
+    device: str = opt("auto", "device: auto, cpu, cuda, cuda:N", metavar="DEVICE")
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
-    out: str | None = opt(None, "run directory (default runs/<data>-<model>)")
+    out: str | None = opt(None, "run directory (default runs/<data>-<model>)", metavar="DIR")
     overwrite: bool = opt(False, "replace an existing run in --out")
     progress: bool = opt(True, "show a progress bar")
     log_every: int = opt(20, "steps between progress-bar updates and --max-bad-steps checks (each waits for the "
@@ -92,6 +92,23 @@ class TrainConfig:
                                "checkpoints are the same)")
     channels_last: bool | None = opt(None, "true or false: conv nets in NHWC memory layout (unset: true on CUDA, "
                                            "false on the CPU, where it measured slower)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What every model's config has: the image shape (from the data) and how the model wants
+    the data's pixels. The data says what it is (its levels); the model says how it takes it."""
+    shape: tuple[int, ...] = opt((1, 28, 28), "image shape C,H,W (taken from the data)", flag=False)
+    binarize: str = opt("dynamic", "how the model takes [0, 1] intensities: as they are, or binarized once "
+                                   "(static) or afresh at each use (dynamic)", ("none", "static", "dynamic"))
+
+    @property
+    def dequantizes(self) -> bool:
+        """Whether the model sees grey levels k as (k + u) / levels, u ~ U(0, 1)."""
+        return False
+
+    def check(self) -> None:
+        """The config's own checks, before any data is read; a model's config extends them."""
 
 
 def _unwrap_optional(tp):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from .errors import VaelabError
-from .training.checkpoint import atomic_write
+from .io import atomic_write
 
 
 GRID_PADDING = 2
@@ -112,8 +112,54 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
         ax[1].plot(*zip(*val), color="C1")
     ax[1].set(xlabel="epoch", ylabel=f"validation {history[0].get('val_name', 'score') if history else ''}",
               title="validation")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """A matplotlib figure as a PNG (written atomically), then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
     return path
+
+
+def progress_strip(folder: Path, shape: tuple[int, ...], run_dir: Path, rows: int = 10) -> Path | None:
+    """progress.png: the first row of the grids in ``folder`` (one per epoch) at up to ``rows``
+    epochs spread over the run, earliest at the top, so the run's progress reads downwards."""
+    files = sorted(Path(folder).glob("epoch-*.png"))
+    if not files:
+        return None
+    n = min(rows, len(files))
+    pick = sorted({files[round(i * (len(files) - 1) / max(1, n - 1))] for i in range(n)})
+    height = grid_cell(shape[1:]) + 2 * GRID_PADDING  # the first row of a grid with its borders
+    img = Image.fromarray(np.concatenate([np.asarray(Image.open(f))[:height] for f in pick]))
+    path = Path(run_dir) / "progress.png"
+    atomic_write(path, lambda p: img.save(p, format="PNG"))
+    return path
+
+
+def plot_game(history: list[dict], path: Path) -> Path:
+    """game.png: mean D(x) on data and D(G(z)) on samples per epoch (the equilibrium
+    p_g = p_data has both at 1/2), and both players' losses (D's is log 4 there)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(ep, [h.get("train_d_real") for h in history], label="D(x), data")
+    ax[0].plot(ep, [h.get("train_d_fake") for h in history], label="D(G(z)), samples")
+    if any(h.get("val") is not None for h in history):
+        ax[0].plot(ep, [h.get("val") for h in history], label="D(x), held-out data", ls=":")
+    ax[0].axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax[0].set(xlabel="epoch", ylabel="mean D", ylim=(0, 1), title="the discriminator's view")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(ep, [h.get("train_d_loss") for h in history], label="D loss")
+    ax[1].plot(ep, [h.get("train_g_loss") for h in history], label="G loss")
+    ax[1].axhline(math.log(4), color="grey", lw=0.8, ls="--")
+    ax[1].set(xlabel="epoch", ylabel="nats", title="losses (dashed: log 4)")
+    ax[1].legend(fontsize=8)
+    return save_figure(fig, path)

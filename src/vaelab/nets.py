@@ -18,24 +18,34 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import opt
+from .config import ModelConfig, opt
 from .errors import VaelabError
 
-
-@dataclass(frozen=True)
-class NetConfig:
-    """The network fields every encoder/decoder model shares; a model's config extends it."""
-    shape: tuple[int, ...] = opt((1, 28, 28), "image shape C,H,W (taken from the data)", flag=False)
-    arch: str = opt("mlp", "encoder/decoder architecture", ("mlp", "conv", "linear"))
-    hidden: tuple[int, ...] = opt((400,), "hidden layer sizes of the mlp encoder (the decoder mirrors them)")
-    activation: str = opt("relu", "non-linearity of the hidden layers")
-    channels: tuple[int, ...] = opt((32, 32, 64, 64), "channels of the conv encoder's stride-2 layers")
-    latent_dim: int = opt(20, "dimension of z")
 
 ACTIVATIONS = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU,
     "leaky-relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
 }
+
+
+@dataclass(frozen=True)
+class NetConfig(ModelConfig):
+    """The network fields every encoder/decoder model shares; a model's config extends it."""
+    arch: str = opt("mlp", "encoder/decoder architecture", ("mlp", "conv", "linear"))
+    hidden: tuple[int, ...] = opt((400,), "hidden layer sizes of the mlp encoder (the decoder mirrors them)")
+    activation: str = opt("relu", "non-linearity of the hidden layers", tuple(ACTIVATIONS))
+    channels: tuple[int, ...] = opt((32, 32, 64, 64), "channels of the conv encoder's stride-2 layers")
+    latent_dim: int = opt(20, "dimension of z")
+
+    def check(self) -> None:
+        if self.latent_dim < 1:
+            raise VaelabError(f"--latent-dim must be at least 1, got {self.latent_dim}.")
+        if self.arch == "mlp" and not self.hidden:
+            raise VaelabError(f"--hidden must list at least one layer size, such as "
+                              f"{','.join(map(str, type(self)().hidden))}; for none, use --arch linear.")
+        if self.arch == "conv" and not self.channels:
+            raise VaelabError("--channels must list at least one channel count for --arch conv, e.g. 32,32,64,64.")
+
 
 
 def full_precision(t: torch.Tensor) -> torch.Tensor:

@@ -120,6 +120,7 @@ class Dataset:
 class _Info:
     spec: DataSpec
     description: str
+    splits: tuple[str, ...] = ("test",)  # official splits beside the training set
 
 
 _DATASETS: dict[str, _Info] = {
@@ -138,6 +139,42 @@ _DATASETS: dict[str, _Info] = {
 def known_spec(name: str) -> DataSpec | None:
     """The spec of a dataset whose images are known before it is read (mnist, ...), else None."""
     return _DATASETS[name].spec if name in _DATASETS else None
+
+
+def official_splits(name: str) -> tuple[str, ...]:
+    """The splits a dataset's own files define beside the training set ("test", "val"); the
+    others vaelab holds out by a fixed permutation."""
+    return _DATASETS[name].splits if name in _DATASETS else _sources.SOURCES[name].splits
+
+
+def check_options(d) -> None:
+    """The data flags of a run (a DataConfig), checked against what the dataset is and what its
+    reader takes, before anything is read."""
+    from ..config import READER_OPTIONS, DataConfig, flag_name
+    sources = _sources.SOURCES
+    takes = sources[d.data].options if d.data in sources else ()
+    defaults = DataConfig()
+    for name in READER_OPTIONS:
+        if getattr(d, name) != getattr(defaults, name) and name not in takes:
+            users = sorted(n for n, s in sources.items() if name in s.options)
+            raise VaelabError(f"{flag_name(name)} applies to --data {' or '.join(users)}, not to --data {d.data}.")
+    if d.data in sources and d.download:
+        downloads = " and ".join(_download.MD5)
+        raise VaelabError(f"--download fetches {downloads}; --data {d.data} reads files you provide.")
+    splits = official_splits(d.data) if d.data in _DATASETS or d.data in sources else ()
+    if "val" in splits and (d.val_size is not None or d.split_seed != 0):
+        raise VaelabError(f"--data {d.data} has its own validation file; --val-size and --split-seed do not apply.")
+    if d.data_path is not None and d.data not in sources:
+        raise VaelabError(f"--data-path applies to the datasets read from a file ({', '.join(sorted(sources))}); "
+                          f"--data {d.data} is found through --data-dir.")
+    if d.test_size is not None and "test" in splits:
+        raise VaelabError(f"--test-size applies to data without an official test split; --data {d.data} has one.")
+    for name in ("image_size", "crop", "test_size", "workers"):
+        v = getattr(d, name)
+        if v is not None and v < (0 if name == "workers" else 1):
+            raise VaelabError(f"{flag_name(name)} must be at least {0 if name == 'workers' else 1}, got {v}.")
+    if d.min_faces_per_person < 0:
+        raise VaelabError(f"--min-faces-per-person must be 0 or more, got {d.min_faces_per_person}.")
 
 
 def dataset_names() -> list[str]:

@@ -188,7 +188,7 @@ def _load_cache(path: Path, meta: dict, say: Callable[[str], None]) -> RawData |
 
 
 def _save_cache(path: Path, raw: RawData, meta: dict, say: Callable[[str], None]) -> None:
-    from vaelab.training.checkpoint import atomic_write
+    from ..io import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a name

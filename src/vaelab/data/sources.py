@@ -28,6 +28,7 @@ class Source:
     options: tuple[str, ...] = ()           # the DataConfig fields that apply to it
     wants: str = ""                         # what a missing dataset should look like, for the message
     root_glob: str | None = None            # an archive that may also sit in the data root itself
+    splits: tuple[str, ...] = ()            # the splits its files hold ("test", "val"); others are held out
 
     @property
     def needs_path(self) -> bool:
@@ -105,7 +106,8 @@ IMAGE_OPTIONS = ("image_size", "crop", "workers")
 SOURCES: dict[str, Source] = {
     "cifar10": Source("CIFAR-10, 50,000 train + 10,000 test colour images, 32x32, 10 classes (the official "
                       "python version, read from the tarball or cifar-10-batches-py/)",
-                      _read_cifar, _cifar_file, wants="cifar-10-python.tar.gz or cifar-10-batches-py/"),
+                      _read_cifar, _cifar_file, wants="cifar-10-python.tar.gz or cifar-10-batches-py/",
+                      splits=("test",)),
     "lfw": Source("Labeled Faces in the Wild: lfw.tgz, lfw-funneled.tgz, lfw-deepfunneled.tgz or any tarball "
                   "or folder of <Person_Name>/<Person_Name>_0001.jpg; identity labels",
                   _read_lfw, _lfw_file, (*IMAGE_OPTIONS, "min_faces_per_person"),
@@ -119,7 +121,7 @@ SOURCES: dict[str, Source] = {
     "binarized-mnist": Source("statically binarized MNIST (Larochelle & Murray): binarized_mnist_{train,valid,test}"
                               ".amat, 50,000 / 10,000 / 10,000 images", _read_binarized,
                               _in_folder(*(f"binarized_mnist_{s}.amat" for s in ("train", "valid", "test"))),
-                              wants="binarized_mnist_train.amat, _valid.amat and _test.amat"),
+                              wants="binarized_mnist_train.amat, _valid.amat and _test.amat", splits=("test", "val")),
 }
 
 

@@ -30,14 +30,6 @@ def binarize_fixed(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:
     return torch.bernoulli(x.cpu(), generator=g).to(x.device)
 
 
-def dequantizes(model_cfg, binarize: str) -> bool:
-    """Whether a model sees dequantized pixels: a Gaussian density on grey levels, trained and
-    scored on (k + u) / levels, u ~ U(0, 1), so its log-density plus D log(levels) bounds the
-    log-probability of the 8-bit image (Theis et al. 2016) and bits/dim mean the same for it
-    as for a discrete likelihood."""
-    return binarize == "none" and getattr(model_cfg, "likelihood", None) == "gaussian"
-
-
 def dequantize_fixed(x_unit: torch.Tensor, levels: int, seed: int = BINARIZE_SEED) -> torch.Tensor:
     """Inputs k / (levels - 1) -> (k + u) / levels with u ~ U(0, 1) drawn once from a fixed seed."""
     g = torch.Generator(device="cpu").manual_seed(seed)

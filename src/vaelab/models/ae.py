@@ -1,8 +1,10 @@
-"""Deterministic autoencoders: plain, sparse and denoising (and linear = PCA with ``--arch linear``).
+"""The deterministic autoencoder of the lecture: z = f(x), x^ = g(z), trained on the
+reconstruction error L(x, g(f(x))), binary cross-entropy or squared error; with ``--arch linear``
+and an L2 loss it is the linear autoencoder, whose optimum spans the PCA subspace.
 
-One module serves all three; what differs is the config (penalty weights, corruption) that
-:func:`vaelab.training.steps.ae_step` reads. The decoder emits logits for a ``bce`` loss and
-pixel values for ``l2``.
+The sparse and denoising autoencoders (``sparse_ae.py``, ``dae.py``) are this model with a
+penalty on the code or a corrupted input. The decoder emits logits for ``bce`` and pixel values
+for ``l2``.
 """
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import torch
 from torch import nn
 
 from ..config import opt
+from ..losses import reconstruction_error
 from ..nets import NetConfig, full_precision, make_decoder, make_encoder
+from ..registry import register
+from .base import ENCODE, Model, StepInfo, Update
 
 
 @dataclass(frozen=True)
@@ -26,18 +31,6 @@ class AEConfig(NetConfig):
         return self.recon_loss or ("l2" if self.arch == "linear" else "bce")
 
 
-@dataclass(frozen=True)
-class SparseAEConfig(AEConfig):
-    l1: float = opt(0.0, "weight lambda of the L1 penalty lambda * sum |z_i| on the code")
-    sparsity_target: float | None = opt(None, "target mean activation rho of sigmoid code units")
-    sparsity_weight: float = opt(0.0, "weight beta of the KL sparsity penalty toward --sparsity-target")
-
-
-@dataclass(frozen=True)
-class DAEConfig(AEConfig):
-    corruption: str = opt("mask:0.25", "gaussian:SIGMA, mask:P or salt-pepper:P, drawn afresh each use")
-
-
 @dataclass
 class AEOutput:
     z: torch.Tensor      # the code, [B, D]
@@ -47,7 +40,13 @@ class AEOutput:
 CODE_ACTIVATIONS = {"none": nn.Identity, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 
 
-class AE(nn.Module):
+@register("ae")
+class AE(Model):
+    """The deterministic autoencoder, trained on the reconstruction error."""
+    config_cls = AEConfig
+    capabilities = frozenset({ENCODE})
+    val_name, higher_is_better = "recon", False
+
     def __init__(self, cfg: AEConfig):
         super().__init__()
         self.cfg = cfg
@@ -65,14 +64,45 @@ class AE(nn.Module):
         out = full_precision(self.decoder(z))
         return torch.sigmoid(out) if self.cfg.loss == "bce" else out
 
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        z = self.encode(x)
+        return AEOutput(z, full_precision(self.decoder(z)))
+
+    # ---- training --------------------------------------------------------------------------
+
+    def corrupted(self, x: torch.Tensor) -> torch.Tensor:
+        """The input the encoder sees in training (the denoising autoencoder corrupts it)."""
+        return x
+
+    def penalties(self, out: AEOutput) -> dict[str, tuple[float, torch.Tensor]]:
+        """Named (weight, value) terms added to the loss (the sparse autoencoder's)."""
+        return {}
+
+    def objective(self, x: torch.Tensor):
+        """L(x, g(f(x~))) + sum of the weighted penalties; the terms reported separately."""
+        out = self(self.corrupted(x))
+        rec = reconstruction_error(out.recon, x, self.cfg.loss).mean()
+        loss, metrics = rec, {"recon": rec}
+        for name, (weight, value) in self.penalties(out).items():
+            metrics[name] = value
+            loss = loss + weight * value
+        metrics["loss"] = loss
+        return loss, metrics
+
+    def step(self, x: torch.Tensor, info: StepInfo):
+        loss, metrics = info.compile(self.objective)(x)
+        yield Update("model", loss, metrics)
+
+    def validation(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction loss of clean x, per example (lower is better)."""
+        return reconstruction_error(self(x).recon, x, self.cfg.loss)
+
+    # ---- what evaluation and the pictures ask for --------------------------------------------
+
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """The image a code stands for (the same interface as the VAE's)."""
         return self.decode(z)
-
-    def forward(self, x: torch.Tensor) -> AEOutput:
-        z = self.encode(x)
-        return AEOutput(z, full_precision(self.decoder(z)))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

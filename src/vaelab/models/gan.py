@@ -1,8 +1,10 @@
 """The generative adversarial net of the lecture (Goodfellow et al. 2014).
 
 A generator G(z), z from a fixed prior, and a discriminator D(x) that outputs the logit of
-"x is data", as two separate modules of one ``GAN`` so one checkpoint holds both. The game and
-Algorithm 1 live in :mod:`vaelab.losses` and :func:`vaelab.training.steps.gan_step`.
+"x is data", as two separate modules of one ``GAN`` so one checkpoint holds both, each with its
+own optimizer. A training step is Algorithm 1: k discriminator updates, each on a data minibatch
+and fresh noise with G(z) held fixed, then one generator update on fresh noise. The game's
+losses live in :mod:`vaelab.losses`.
 
 ``mlp``: fully connected nets as in the 2014 paper: a ReLU generator with batch norm on its
 hidden layers (without it, the same net collapsed to a few modes within 3 MNIST epochs, with
@@ -17,20 +19,28 @@ sigmoid output layer and uncentred inputs train markedly worse, measured on MNIS
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import opt
+from ..config import ModelConfig, opt
 from ..errors import VaelabError
+from ..images import plot_game, progress_strip, save_grid
+from ..losses import discriminator_loss, generator_loss
 from ..nets import full_precision
+from ..registry import register
+from .base import SAMPLE, Model, StepInfo, Update, adam, with_base_lr
+
+PROGRESS_DIR = "progress"  # per-epoch sample grids of a GAN run
+FIXED_NOISE_SEED = 4321    # the fixed noise batch drawn each epoch (its own generator)
 
 
 @dataclass(frozen=True)
-class GANConfig:
-    shape: tuple[int, ...] = opt((1, 28, 28), "image shape C,H,W (taken from the data)", flag=False)
+class GANConfig(ModelConfig):
     arch: str = opt("mlp", "generator/discriminator architecture", ("mlp", "conv"))
     hidden: tuple[int, ...] = opt((512, 512), "hidden layer sizes of the mlp generator (the discriminator mirrors them)")
     width: int = opt(64, "channels of the conv nets' widest-resolution layer (DCGAN's ngf = ndf)")
@@ -44,6 +54,32 @@ class GANConfig:
     beta1: float = opt(0.5, "Adam's beta1 (DCGAN: 0.5)")
     momentum: float = opt(0.5, "SGD momentum (--optimizer sgd)")
     dropout: float = opt(0.0, "dropout on the mlp discriminator's hidden units")
+    binarize: str = opt("none", "how the model takes [0, 1] intensities (a GAN models the grey levels)",
+                        ("none", "static", "dynamic"))
+
+    def check(self) -> None:
+        if self.latent_dim < 1:
+            raise VaelabError(f"--latent-dim must be at least 1, got {self.latent_dim}.")
+        if self.arch == "mlp" and not self.hidden:
+            raise VaelabError(f"--hidden must list at least one layer size, such as "
+                              f"{','.join(map(str, type(self)().hidden))}.")
+        if self.k < 1:
+            raise VaelabError(f"--k must be at least 1 (discriminator steps per generator step), got {self.k}.")
+        if self.width < 1:
+            raise VaelabError(f"--width must be at least 1, got {self.width}.")
+        if self.d_lr is not None and self.d_lr <= 0:
+            raise VaelabError(f"--d-lr must be positive, got {self.d_lr}.")
+        for name in ("beta1", "momentum", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise VaelabError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
+        default = type(self)()
+        for name, applies, where in (("dropout", self.arch == "mlp", "--arch mlp"),
+                                     ("hidden", self.arch == "mlp", "--arch mlp"),
+                                     ("width", self.arch == "conv", "--arch conv"),
+                                     ("momentum", self.optimizer == "sgd", "--optimizer sgd"),
+                                     ("beta1", self.optimizer == "adam", "--optimizer adam")):
+            if getattr(self, name) != getattr(default, name) and not applies:
+                raise VaelabError(f"--{name} applies with {where} only.")
 
 
 def conv_plan(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -121,7 +157,16 @@ def _mlp_discriminator(cfg: GANConfig) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(sizes[-1], 1), nn.Flatten(0))
 
 
-class GAN(nn.Module):
+@register("gan")
+class GAN(Model):
+    """The generative adversarial net (Goodfellow et al. 2014), trained by Algorithm 1."""
+    config_cls = GANConfig
+    capabilities = frozenset({SAMPLE})
+    # best = last: no held-out score ranks a GAN's epochs cheaply (D(x) on held-out data is logged)
+    val_name, higher_is_better = "d_real", None
+    drop_last = True  # batch norm fails on a one-image last minibatch
+    train_defaults = {"lr": 2e-4}  # DCGAN's learning rate
+
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.cfg = cfg
@@ -131,6 +176,15 @@ class GAN(nn.Module):
                 self.apply(_dcgan_init)
         else:
             self.generator, self.discriminator = _mlp_generator(cfg), _mlp_discriminator(cfg)
+
+    @property
+    def normal_prior(self) -> bool:
+        return self.cfg.prior == "normal"
+
+    @classmethod
+    def check_train(cls, train) -> None:
+        if train.batch_size < 2:
+            raise VaelabError("--batch-size must be at least 2 for a GAN (batch norm needs two images).")
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ p(z) on the model's device: [n, latent_dim]. ``generator`` (on the CPU)
@@ -151,6 +205,68 @@ class GAN(nn.Module):
         """The logit of D(x), [B]: D(x) = sigmoid of it."""
         return full_precision(self.discriminator(2 * x - 1))
 
+    # ---- training: Algorithm 1 -------------------------------------------------------------
+
+    def optimizers(self, train) -> dict[str, torch.optim.Optimizer]:
+        """One optimizer per player: Adam(beta1) as DCGAN, or SGD with momentum as the paper.
+        The generator uses --lr, the discriminator --d-lr (default --lr)."""
+        d_lr = self.cfg.d_lr or train.lr
+        if self.cfg.optimizer == "adam":
+            betas = (self.cfg.beta1, 0.999)
+            return {"d": adam(self.discriminator.parameters(), d_lr, betas),
+                    "g": adam(self.generator.parameters(), train.lr, betas)}
+        return {"d": self._sgd(self.discriminator.parameters(), d_lr),
+                "g": self._sgd(self.generator.parameters(), train.lr)}
+
+    def _sgd(self, params, lr: float) -> torch.optim.Optimizer:
+        params, momentum = list(params), self.cfg.momentum
+        try:  # fused: the non-finite guard then needs no host synchronisation
+            opt = torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
+        except (RuntimeError, TypeError):
+            return with_base_lr(torch.optim.SGD(params, lr=lr, momentum=momentum))
+        # Fused SGD makes its momentum buffers with empty_like on its first step, and a first
+        # step dropped by the non-finite guard would keep that uninitialised memory: start them
+        # at zero (the first update is then 0.9 * 0 + g = g, as SGD's own first step).
+        if momentum:
+            for p in params:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return with_base_lr(opt)
+
+    @property
+    def batches_per_step(self) -> int:
+        return self.cfg.k
+
+    def d_objective(self, x: torch.Tensor):
+        """The discriminator's loss on real x and G(z) for fresh noise, G(z) held fixed; with the
+        logits of both (detached), for D(x) and D(G(z))."""
+        with torch.no_grad():
+            fake = self.generate(self.prior(len(x)))
+        real_logits, fake_logits = self.discriminate(x), self.discriminate(fake)
+        return discriminator_loss(real_logits, fake_logits), real_logits.detach(), fake_logits.detach()
+
+    def g_objective(self, n: int) -> torch.Tensor:
+        """The generator's loss on n fresh noise draws (its update moves G only)."""
+        return generator_loss(self.discriminate(self.generate(self.prior(n))), self.cfg.g_loss)
+
+    def step(self, xs, info: StepInfo):
+        """k discriminator updates, one per data minibatch in ``xs``, descending
+        -(log D(x) + log(1 - D(G(z)))); then one generator update on fresh noise."""
+        if torch.is_tensor(xs):  # k = 1: the trainer hands over the one minibatch itself
+            xs = [xs]
+        for x in xs:
+            loss, real_logits, fake_logits = info.compile(self.d_objective)(x)
+            yield Update("d", loss, {"loss": loss, "d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(),
+                                     "d_fake": torch.sigmoid(fake_logits).mean()})
+        g_loss = info.compile(self.g_objective)(len(xs[-1]))
+        yield Update("g", g_loss, {"g_loss": g_loss})
+
+    def validation(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x) per held-out image: next to the training D(x), it shows a discriminator that
+        memorises its training data."""
+        return torch.sigmoid(self.discriminate(x))
+
+    # ---- what evaluation and the pictures ask for --------------------------------------------
+
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """The image G(z) (the same interface as the VAE's decoder mean)."""
@@ -159,3 +275,25 @@ class GAN(nn.Module):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         return self.generate(self.prior(n))
+
+    @torch.no_grad()
+    def epoch_pictures(self, run_dir: Path, epoch: int, n: int = 64) -> Path:
+        """progress/epoch-NNNN.png: G(z) for the same fixed noise batch every epoch, drawn from a
+        private generator so the training RNG (and exact resume) is untouched."""
+        z = self.prior(n, torch.Generator().manual_seed(FIXED_NOISE_SEED))
+        was = self.training
+        self.eval()
+        x = self.decode_mean(z).cpu()
+        self.train(was)
+        folder = Path(run_dir) / PROGRESS_DIR
+        folder.mkdir(exist_ok=True)
+        return save_grid(x, folder / f"epoch-{epoch:04d}.png", nrow=8)
+
+    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Path]:
+        """progress.png (the fixed-noise grids' first rows down the epochs) and game.png (D(x),
+        D(G(z)) and both losses per epoch)."""
+        out = [p for p in [progress_strip(Path(run_dir) / PROGRESS_DIR, self.cfg.shape, Path(run_dir))] if p]
+        hist = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+        if hist:
+            out.append(plot_game(hist, Path(run_dir) / "game.png"))
+        return out

@@ -1,8 +1,10 @@
 """The variational autoencoder of the lecture (Kingma & Welling 2014).
 
 q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) Bernoulli (logits), Gaussian
-(fixed or learned variance) or a discretized logistic (mixture) on the data's pixel levels. The model only computes distributions; the objectives (ELBO,
-IWAE bound) are pure functions in :mod:`vaelab.losses`.
+(fixed or learned variance) or a discretized logistic (mixture) on the data's pixel levels.
+Trained on the ELBO with a closed-form KL, weighted by beta (beta-VAE) and, during a warm-up,
+by a factor rising linearly from 0 to 1 over ``--warmup-epochs``. The maths shared with other
+models lives in :mod:`vaelab.distributions` and :mod:`vaelab.losses`.
 """
 from __future__ import annotations
 
@@ -14,11 +16,16 @@ from torch import nn
 
 from ..config import opt
 from ..distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, standard_normal_log_prob
+from ..errors import VaelabError
+from ..losses import elbo
 from ..nets import NetConfig, full_precision, make_decoder, make_encoder
+from ..registry import register
+from .base import ENCODE, LIKELIHOOD, SAMPLE, Model, StepInfo, Update
 
 
 @dataclass(frozen=True)
-class VAEConfig(NetConfig):
+class LatentGaussianConfig(NetConfig):
+    """What every model with a Gaussian posterior and a likelihood decoder shares (VAE, IWAE)."""
     likelihood: str = opt("bernoulli", "decoder likelihood p(x|z): bernoulli (binary pixels), gaussian "
                                        "(density; 8-bit data is dequantized), logistic or logistic-mixture "
                                        "(discretized on the data's levels)",
@@ -32,16 +39,68 @@ class VAEConfig(NetConfig):
         """Numbers the decoder emits per sub-pixel."""
         return {"logistic": 2, "logistic-mixture": 3 * self.mixtures}.get(self.likelihood, 1)
 
+    def check(self) -> None:
+        super().check()
+        default = type(self)()
+        if self.likelihood.startswith("logistic") and self.binarize != "none":
+            raise VaelabError(f"--likelihood {self.likelihood} models the grey levels: use it with --binarize none.")
+        if self.mixtures < 1:
+            raise VaelabError(f"--mixtures must be at least 1, got {self.mixtures}.")
+        if self.mixtures != default.mixtures and self.likelihood != "logistic-mixture":
+            raise VaelabError("--mixtures applies with --likelihood logistic-mixture only.")
+        if self.gaussian_std is not None:
+            if self.gaussian_std <= 0:
+                raise VaelabError(f"--gaussian-std must be positive, got {self.gaussian_std}.")
+            if self.likelihood != "gaussian":
+                raise VaelabError(f"--gaussian-std applies to --likelihood gaussian, not {self.likelihood}.")
+
+    @property
+    def dequantizes(self) -> bool:
+        """Whether the model sees dequantized pixels: a Gaussian density on grey levels, trained
+        and scored on (k + u) / levels, u ~ U(0, 1), so its log-density plus D log(levels)
+        bounds the log-probability of the 8-bit image (Theis et al. 2016)."""
+        return self.binarize == "none" and self.likelihood == "gaussian"
+
+
+@dataclass(frozen=True)
+class VAEConfig(LatentGaussianConfig):
+    beta: float = opt(1.0, "weight of the KL term (beta-VAE)")
+    warmup_epochs: float = opt(0.0, "epochs over which the KL weight rises linearly from 0 to beta")
+
+    def check(self) -> None:
+        super().check()
+        for name in ("beta", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise VaelabError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}.")
+
 
 @dataclass
 class VAEOutput:
     posterior: DiagonalGaussian  # q(z|x), [B, D]
     z: torch.Tensor              # reparameterised sample, [B, D]
-    likelihood: Bernoulli | Gaussian  # p(x|z), event shape = image shape
+    likelihood: Bernoulli | Gaussian | DiscretizedLogistic  # p(x|z), event shape = image shape
 
 
-class VAE(nn.Module):
-    def __init__(self, cfg: VAEConfig):
+class LatentGaussianModel(Model):
+    """Encoder to q(z|x), decoder to p(x|z), prior N(0, I): all a VAE computes, no objective."""
+    capabilities = frozenset({ENCODE, SAMPLE, LIKELIHOOD})
+    val_name, higher_is_better = "elbo", True
+    normal_prior = True
+    presets = {
+        # Burda et al. 2016 (IWAE), 1 stochastic layer: 784-200-200-50, tanh.
+        "iwae": {"arch": "mlp", "hidden": (200, 200), "activation": "tanh", "latent_dim": 50,
+                 "likelihood": "bernoulli"},
+        # Kingma & Welling 2014 (AEVB), MNIST: one hidden layer of 500 tanh units.
+        "aevb": {"arch": "mlp", "hidden": (500,), "activation": "tanh", "latent_dim": 20, "likelihood": "bernoulli"},
+        # pytorch/examples vae/main.py: 784-400-20, ReLU.
+        "pytorch-examples": {"arch": "mlp", "hidden": (400,), "activation": "relu", "latent_dim": 20,
+                             "likelihood": "bernoulli"},
+    }
+
+    # A constant pixel would drive a learned std to 0 and the density to infinity: floor it.
+    MIN_LOG_SCALE = math.log(1e-3)
+
+    def __init__(self, cfg: LatentGaussianConfig):
         super().__init__()
         self.cfg = cfg
         self.event_ndim = len(cfg.shape)
@@ -53,8 +112,18 @@ class VAE(nn.Module):
             # collapses on always-black MNIST pixels.
             self.log_scale = nn.Parameter(torch.zeros(cfg.shape))
 
-    # A constant pixel would drive a learned std to 0 and the density to infinity: floor it.
-    MIN_LOG_SCALE = math.log(1e-3)
+    @property
+    def decoder_params(self) -> int:
+        return self.cfg.decoder_params
+
+    def discrete(self, levels: int) -> bool:
+        """Whether log p(x|z), as evaluation scores it, is a probability mass of the data (so its
+        NLL is a code length and bits/dim apply): a discretized logistic; a Bernoulli on binary
+        pixels (binarized, or binary already: 2 levels); a Gaussian on dequantized pixels, whose
+        density bounds the mass once D log(levels) is added."""
+        lik = self.cfg.likelihood
+        binary = self.cfg.binarize != "none" or levels == 2
+        return lik.startswith("logistic") or self.cfg.dequantizes or (lik == "bernoulli" and binary)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         mu, logvar = full_precision(self.encoder(x)).chunk(2, dim=-1)  # [B, D] each
@@ -72,8 +141,7 @@ class VAE(nn.Module):
             if self.cfg.likelihood == "logistic":
                 loc, log_scale = p.unbind(d)
                 return DiscretizedLogistic(loc + 0.5, log_scale, self.event_ndim, self.cfg.levels)
-            m = self.cfg.mixtures
-            w, loc, log_scale = p.split(m, dim=d)
+            w, loc, log_scale = p.split(self.cfg.mixtures, dim=d)
             return DiscretizedLogistic(loc + 0.5, log_scale, self.event_ndim, self.cfg.levels, w)
         if self.cfg.gaussian_std is not None:
             log_scale = torch.full((), math.log(self.cfg.gaussian_std), device=out.device, dtype=out.dtype)
@@ -81,7 +149,7 @@ class VAE(nn.Module):
             log_scale = self.log_scale.clamp(min=self.MIN_LOG_SCALE)
         return Gaussian(out, log_scale, self.event_ndim)
 
-    def forward(self, x: torch.Tensor) -> VAEOutput:
+    def posterior_and_likelihood(self, x: torch.Tensor) -> VAEOutput:
         q = self.encode(x)
         z = q.rsample()
         return VAEOutput(q, z, self.decode(z))
@@ -92,12 +160,24 @@ class VAE(nn.Module):
         z = q.rsample(k)  # [k, B, D]
         return self.decode(z).log_prob(x) + standard_normal_log_prob(z) - q.log_prob(z)
 
+    def validation(self, x: torch.Tensor) -> torch.Tensor:
+        """The ELBO per example (closed-form KL, one z): the quantity the best checkpoint ranks."""
+        return elbo(self.posterior_and_likelihood(x), x).elbo
+
+    def elbo_terms(self, x: torch.Tensor):
+        return elbo(self.posterior_and_likelihood(x), x)
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws z ~ N(0, I): [n, D]."""
+        p = next(self.parameters())
+        if generator is None:
+            return torch.randn(n, self.cfg.latent_dim, device=p.device, dtype=p.dtype)
+        return torch.randn(n, self.cfg.latent_dim, dtype=p.dtype, generator=generator).to(p.device)
+
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """Means of p(x|z) for n draws z ~ N(0, I): [n, *shape]."""
-        p = next(self.parameters())
-        z = torch.randn(n, self.cfg.latent_dim, device=p.device, dtype=p.dtype)
-        return self.decode_mean(z)
+        return self.decode_mean(self.prior(n))
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
@@ -113,3 +193,35 @@ class VAE(nn.Module):
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """The representation used as features: the posterior mean mu(x), [B, D]."""
         return self.encode(x).mode()
+
+
+@register("vae")
+class VAE(LatentGaussianModel):
+    """Trained on the ELBO: one loss per step, E_q log p(x|z) - w KL(q || p), w = beta times
+    the warm-up factor of this step."""
+    config_cls = VAEConfig
+
+    def forward(self, x: torch.Tensor) -> VAEOutput:
+        return self.posterior_and_likelihood(x)
+
+    @classmethod
+    def upgrade_format1(cls, old: dict, model: dict) -> tuple[str, dict]:
+        # format 1 trained the IWAE bound as --model vae --iw-samples K > 1
+        if old.get("iw_samples", 1) > 1:
+            return "iwae", {**model, "k": old["iw_samples"]}
+        return cls.name, {**model, **{n: old[n] for n in ("beta", "warmup_epochs") if n in old}}
+
+    def kl_weight(self, info: StepInfo) -> float:
+        """beta, ramped linearly from 0 over the first ``warmup_epochs`` epochs of steps."""
+        if self.cfg.warmup_epochs <= 0:
+            return self.cfg.beta
+        return self.cfg.beta * min(1.0, info.step / (self.cfg.warmup_epochs * info.steps_per_epoch))
+
+    def objective(self, x: torch.Tensor, kl_weight: torch.Tensor):
+        t = elbo(self(x), x, beta=kl_weight)
+        return t.loss, {"loss": t.loss, "elbo": t.elbo.mean(), "kl": t.kl.mean()}
+
+    def step(self, x: torch.Tensor, info: StepInfo):
+        # the weight goes in as a tensor, so a compiled objective does not recompile each step
+        loss, metrics = info.compile(self.objective)(x, torch.tensor(self.kl_weight(info)))
+        yield Update("model", loss, metrics)

@@ -1,5 +1,7 @@
-"""The training loop: data in, checkpoints, metrics and pictures out. It knows nothing of
-models: everything model-specific comes from the registry entry."""
+"""The training loop: data in, checkpoints, metrics and pictures out. It knows no model: it
+hands each step's minibatch(es) and a :class:`~vaelab.models.base.StepInfo` to the model's
+step protocol, applies the losses it yields through :mod:`vaelab.training.update`, and owns the
+schedule, validation, checkpoints and resume."""
 from __future__ import annotations
 
 import contextlib
@@ -13,15 +15,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from ..io import atomic_write, dumps, lock_run, remove_temporaries, save_weights, write_json
+from ..version import __version__
 from ..config import TrainConfig
 from ..data import load_dataset
-from ..data.transforms import Batches, dequantize_fixed, dequantizes, eval_inputs
+from ..data.transforms import Batches, dequantize_fixed, eval_inputs
 from ..errors import VaelabError
-from ..registry import get_model
+from ..models import get_model
+from ..models.base import StepInfo
 from ..run import RunConfig, check_model_size
+from ..rundir import FORMAT_VERSION, read_run_config, resolve_device
 from . import checkpoint as ckpt
-from .steps import StepContext, make_scalers
+from .update import FastPaths, make_scalers, take_step
 
 FINISHED = "finished.json"  # written by vaelab.api.train once the final evaluation and pictures are done
 RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl", FINISHED)
@@ -31,22 +36,6 @@ RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png")  # results of th
 RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last",
                        "max_bad_steps"),
              "data": ("data_dir", "data_path", "workers")}
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise VaelabError(f"--device must be auto, cpu or cuda[:N], got {name!r}.")
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= count:
-            raise VaelabError(f"--device {name} was asked for, but torch sees {count} CUDA GPU(s) here.")
-    return dev
-
 
 def uses_channels_last(t: TrainConfig, model: torch.nn.Module, device: torch.device) -> bool:
     """--channels-last, by default on for conv nets on CUDA (where cuDNN's NHWC kernels are the
@@ -91,12 +80,6 @@ def learning_rate(t: TrainConfig, epoch: int, elapsed: float = 0.0) -> float:
     return t.lr
 
 
-def kl_weight(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    if t.warmup_epochs <= 0:
-        return t.beta
-    return t.beta * min(1.0, step / (t.warmup_epochs * steps_per_epoch))
-
-
 def default_out(run: RunConfig) -> Path:
     return Path("runs") / f"{run.data.data}-{run.train.model}"
 
@@ -117,7 +100,7 @@ def _prepare_out(out: Path, overwrite: bool, hold: contextlib.ExitStack) -> None
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VaelabError(f"cannot create the run directory --out {out}: {e.strerror or e}.") from None
-    hold.enter_context(ckpt.lock_run(out))  # before anything is deleted: the run may be another's
+    hold.enter_context(lock_run(out))  # before anything is deleted: the run may be another's
     _remove_temporaries(out)
     if replace:
         for name in RUN_FILES:
@@ -128,7 +111,7 @@ def _prepare_out(out: Path, overwrite: bool, hold: contextlib.ExitStack) -> None
 
 
 def _remove_temporaries(out: Path) -> None:
-    ckpt.remove_temporaries(out, RUN_FILES + RUN_PATTERNS)
+    remove_temporaries(out, RUN_FILES + RUN_PATTERNS)
 
 
 def finished_epochs(out: Path) -> int | None:
@@ -191,13 +174,13 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         with contextlib.ExitStack() as hold:
             return train(run, resume, log, hold)
     if resume is not None:
-        saved = ckpt.read_run_config(Path(resume))
+        saved = read_run_config(Path(resume))
         old = RunConfig.from_dict(saved["run"], f"{resume}/config.json")
         run = dataclasses.replace(old, **{
             part: dataclasses.replace(getattr(old, part), **{f: getattr(getattr(run, part), f) for f in fields})
             for part, fields in RESUMABLE.items()})
     t, d = run.train, run.data
-    entry = get_model(t.model)
+    model_cls = get_model(t.model)
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -221,29 +204,30 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
 
     check_model_size(t.model, model_cfg)
     torch.manual_seed(t.seed)
-    model = entry.model_cls(model_cfg).to(device)
+    model = model_cls(model_cfg).to(device)
     channels_last = uses_channels_last(t, model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizers = entry.make_optimizers(model, t)
+    optimizers = model.optimizers(t)
     scalers = make_scalers(t.precision, device.type, optimizers)
     gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
-    deq = dequantizes(model_cfg, d.binarize)
-    batches = Batches(ds.train.x, ds.spec.levels, d.binarize, t.batch_size, gen, device, dequantize=deq,
-                      drop_last=entry.drop_last)
-    x_val = eval_inputs(ds.val.x, ds.spec.levels, d.binarize).to(device)
+    # how the model takes the data's pixels: its own binarization or dequantization
+    binarize, deq = model_cfg.binarize, model_cfg.dequantizes
+    batches = Batches(ds.train.x, ds.spec.levels, binarize, t.batch_size, gen, device, dequantize=deq,
+                      drop_last=model_cls.drop_last)
+    x_val = eval_inputs(ds.val.x, ds.spec.levels, binarize).to(device)
     if deq:
         x_val = dequantize_fixed(x_val, ds.spec.levels)
-    per_step = entry.data_per_step(model_cfg)
+    per_step = model.batches_per_step
     if len(batches) < per_step:
-        raise VaelabError(f"--k {per_step} needs {per_step} minibatches per step, but the training set makes "
+        raise VaelabError(f"--model {t.model} takes {per_step} minibatches a step, but the training set makes "
                           f"{len(batches)} of --batch-size {t.batch_size}.")
 
     out = run_dir(run, resume)
     start_epoch, step, history, best = 0, 0, [], -math.inf
     bad = _BadSteps(t.max_bad_steps)
     if resume is not None:
-        hold.enter_context(ckpt.lock_run(out, "--resume"))
+        hold.enter_context(lock_run(out, "--resume"))
         _remove_temporaries(out)
         if not (out / "resume.safetensors").exists():
             raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
@@ -267,12 +251,12 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     else:
         _prepare_out(out, t.overwrite, hold)
     ds.keep_cache()  # the arguments passed: a later run may skip the decoding
-    config_doc = {"format_version": ckpt.FORMAT_VERSION, "vaelab_version": __version__,
+    config_doc = {"format_version": FORMAT_VERSION, "vaelab_version": __version__,
                   "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": ds.source}
-    ckpt.write_json(out / "config.json", config_doc)
+    write_json(out / "config.json", config_doc)
 
-    ctx = StepContext(iw_samples=t.iw_samples, grad_clip=t.grad_clip, precision=t.precision,
-                      device_type=device.type, compile=t.compile, channels_last=channels_last, scalers=scalers)
+    fast = FastPaths(precision=t.precision, device_type=device.type, compile=t.compile,
+                     channels_last=channels_last, grad_clip=t.grad_clip, scalers=scalers)
     n_params = sum(p.numel() for p in model.parameters())
 
     def check_bad_steps(upto: int):
@@ -303,8 +287,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         bar = tqdm(_steps(batches, per_step), total=n_steps, desc=f"epoch {epoch + 1}/{t.epochs}",
                    leave=False, disable=not t.progress or None, file=sys.stderr)
         for i, xb in enumerate(bar):
-            ctx.kl_weight = kl_weight(t, step, len(batches))
-            m = entry.train_step(model, optimizers, xb, ctx)
+            m = take_step(model, optimizers, xb, StepInfo(epoch, step, n_steps, len(ds.train), fast.compiled), fast)
             step += 1
             dropped = m.pop("skipped").bool()
             bad.flags[i] = dropped
@@ -324,33 +307,33 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         model.eval()
         if len(x_val):
             with torch.no_grad():
-                scores = torch.cat([entry.val_metric(model, x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
+                scores = torch.cat([model.validation(x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
             rec["val"] = scores.mean().item()
-            rec["val_name"] = entry.val_name
+            rec["val_name"] = model_cls.val_name
         # without a validation set, the training score of the same quantity (not the loss,
         # which carries beta and the warm-up weight)
-        metric = rec.get("val", rec.get(f"train_{entry.val_name}"))
-        if entry.higher_is_better is None:  # no ranking of epochs: the best is the latest
+        metric = rec.get("val", rec.get(f"train_{model_cls.val_name}"))
+        if model_cls.higher_is_better is None:  # no ranking of epochs: the best is the latest
             score = float(epoch + 1)
         elif metric is None:  # e.g. the IWAE bound is trained: its loss is the bound's negative
             score = -rec["train_loss"]
         else:
-            score = metric if entry.higher_is_better else -metric
-        val_txt = f", val {entry.val_name} {rec['val']:.3f}" if "val" in rec else ""
+            score = metric if model_cls.higher_is_better else -metric
+        val_txt = f", val {model_cls.val_name} {rec['val']:.3f}" if "val" in rec else ""
         skip_txt = f", {n_skipped} of {n_steps} steps skipped (non-finite loss or gradient)" if n_skipped else ""
         log(f"epoch {epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.3f}{val_txt}{skip_txt} ({seconds:.1f}s)")
         if not all(math.isfinite(v) for v in (score, rec["train_loss"], metric or 0.0)):
             # not saved: the checkpoints stay the last good epoch's
             what = (f"every step of epoch {epoch + 1} had a non-finite loss or gradient" if not taken else
                     f"epoch {epoch + 1} ended at step {step} with a non-finite "
-                    f"{'validation ' + entry.val_name if 'val' in rec else 'training loss'}")
+                    f"{'validation ' + model_cls.val_name if 'val' in rec else 'training loss'}")
             raise _diverged(out, what, lr, len(history))
         history.append(rec)
         improved = score > best
         best = max(best, score)
-        ckpt.save_weights(model, out / "model.safetensors", {"epoch": epoch + 1})
+        save_weights(model, out / "model.safetensors", {"epoch": epoch + 1})
         if improved:
-            ckpt.save_weights(model, out / "best.safetensors", {"epoch": epoch + 1})
+            save_weights(model, out / "best.safetensors", {"epoch": epoch + 1})
         rng = {"torch": torch.get_rng_state(), "data": gen.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -358,8 +341,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
                          {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
                           "bad_run": bad.run,
                           "scalers": {name: s.state_dict() for name, s in scalers.items()}})
-        ckpt.atomic_write(out / "metrics.jsonl",
-                          lambda p: Path(p).write_text("".join(ckpt.dumps(h) + "\n" for h in history)))
-        if entry.epoch_pictures:
-            entry.epoch_pictures(model, out, epoch + 1)
+        atomic_write(out / "metrics.jsonl",
+                          lambda p: Path(p).write_text("".join(dumps(h) + "\n" for h in history)))
+        model.epoch_pictures(out, epoch + 1)
     return out

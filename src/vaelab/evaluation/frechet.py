@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import VaelabError
-from .training.checkpoint import load_weights, read_metadata, save_weights
-from .training.classify import train_classifier
+from ..errors import VaelabError
+from ..io import load_weights, read_metadata, save_weights
+from .classify import train_classifier
 
 RECIPE_VERSION = 1   # bump when FeatureNet or train_feature_net changes: old caches retrain
 FEATURES = 128       # width of the penultimate layer, the feature space

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from .errors import VaelabError
+from ..errors import VaelabError
+from ..models.base import Encoder
 
 
 def _as_matrix(a) -> np.ndarray:
@@ -70,7 +71,7 @@ def _flat(x, what: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def pca_report(model, x_train, x_eval) -> dict:
+def pca_report(model: Encoder, x_train, x_eval) -> dict:
     """Compare a linear autoencoder with PCA fitted on the same training data.
 
     Args:

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import VaelabError
+from ..errors import VaelabError
 
 DEFAULT_SIGMAS = tuple(float(s) for s in np.logspace(-1, 0, 10))  # parzen_ll.py's default grid
 CHUNK_ELEMENTS = 1 << 22  # distances per block: [rows of x, samples], 32 MB in float64

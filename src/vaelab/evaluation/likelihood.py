@@ -14,7 +14,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .distributions import DiagonalGaussian
+from ..distributions import DiagonalGaussian
+from ..models.base import HasLikelihood
 
 # elements of the decoder's output per chunk of importance samples: ~8 MB, small enough for the
 # elementwise passes over it to stay in cache (1.20x faster eager than 2^23 for the MLP VAE on
@@ -27,7 +28,7 @@ def bits_per_dim(nll_nats: float, dims: int) -> float:
     return nll_nats / (dims * math.log(2))
 
 
-def _chunk(model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, c: int):
+def _chunk(model: HasLikelihood, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, c: int):
     """logsumexp and sum over c importance samples of the log-weights: [B] each."""
     lw = model.log_weights(x, c, DiagonalGaussian(mu, logvar))  # [c, B]
     return torch.logsumexp(lw, 0), lw.sum(0)
@@ -44,17 +45,17 @@ def _compiled_chunk():
     return torch.compile(_chunk, dynamic=True)
 
 
-def chunk_size(model, x: torch.Tensor, k: int) -> int:
+def chunk_size(model: HasLikelihood, x: torch.Tensor, k: int) -> int:
     """Importance samples per chunk: as many as keep the decoder's output for the batch ``x``
     within :data:`CHUNK_ELEMENTS` (at least 1, at most ``k``). The decoder emits
     ``decoder_params`` numbers per sub-pixel (15 for a mixture of 5 logistics: weight, location
     and scale of each), not one."""
-    per_draw = x.numel() * getattr(getattr(model, "cfg", None), "decoder_params", 1)  # one z for the batch
+    per_draw = x.numel() * model.decoder_params  # one z for the batch
     return max(1, min(k, CHUNK_ELEMENTS // max(1, per_draw)))
 
 
 @torch.no_grad()
-def log_likelihood_is(model, x: torch.Tensor, k: int, q=None, compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance-sampled log p(x) and the K-sample mean of log w (an ELBO estimate).
 
     Args:
@@ -79,7 +80,7 @@ def log_likelihood_is(model, x: torch.Tensor, k: int, q=None, compile: bool = Fa
 
 
 @torch.no_grad()
-def evaluate_likelihood(model, x: torch.Tensor, k: int, batch_size: int = 100, discrete: bool = True,
+def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, batch_size: int = 100, discrete: bool = True,
                         progress: bool = False, offset: float = 0.0, compile: bool = False) -> dict:
     """ELBO, NLL (K importance samples) and bits/dim over a whole split.
 

@@ -2,9 +2,9 @@
 
 * the Parzen-window log-likelihood of Goodfellow et al. 2014 (Table 1): a Gaussian kernel
   density on 10,000 samples, sigma chosen on 1,000 validation images, the mean log-likelihood
-  of the test images with its standard error (:mod:`vaelab.parzen`);
+  of the test images with its standard error (:mod:`vaelab.evaluation.parzen`);
 * the Fréchet distance between test images and samples in the features of a classifier
-  vaelab trains on the dataset's training split and caches (:mod:`vaelab.frechet`).
+  vaelab trains on the dataset's training split and caches (:mod:`vaelab.evaluation.frechet`).
 
 Both compare samples with the data's grey levels in [0, 1], whatever binarization the model was
 trained with: a VAE trained on binarized pixels contributes the means of p(x|z), the images
@@ -18,11 +18,12 @@ import time
 
 import torch
 
-from .data import run_dataset
-from .data.transforms import dequantizes, from_dequantized_scale, to_unit
-from .errors import VaelabError
+from ..data import run_dataset
+from ..data.transforms import from_dequantized_scale, to_unit
+from ..errors import VaelabError
+from ..limits import check_bytes
+from ..models.base import Sampler
 from .frechet import FEATURES, feature_classifier, frechet_from_images
-from .limits import check_bytes
 from .parzen import parzen_evaluate
 
 PARZEN_VAL = 1000  # validation images that choose sigma (Goodfellow et al.'s parzen_ll.py)
@@ -40,7 +41,7 @@ def check_samples(n_samples: int, shape) -> None:
 
 
 @torch.no_grad()
-def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000,
+def draw_samples(model: Sampler, n: int, seed: int = 0, batch_size: int = 1000,
                  dequantized_levels: int | None = None) -> tuple[torch.Tensor, float]:
     """n samples on the CPU, clamped to [0, 1], and the samples/s of drawing them. A model on
     dequantized pixels (``dequantized_levels``) has its samples mapped to the data's scale first."""
@@ -59,7 +60,7 @@ def draw_samples(model, n: int, seed: int = 0, batch_size: int = 1000,
     return x.clamp(0, 1).cpu(), n / max(seconds, 1e-9)
 
 
-def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, seed: int = 0,
+def sample_metrics(model: Sampler, n_samples: int = 10_000, data_dir: str | None = None, seed: int = 0,
                    log=None) -> dict:
     """Parzen log-likelihood and Fréchet distance of ``n_samples`` samples of a loaded run's
     model (:func:`vaelab.load`), against its dataset's test split."""
@@ -69,7 +70,7 @@ def sample_metrics(model, n_samples: int = 10_000, data_dir: str | None = None, 
     ds = run_dataset(d, data_dir)
     unit = {s: to_unit(getattr(ds, s).x, ds.spec.levels) for s in ("train", "val", "test")}
     samples, per_s = draw_samples(model, n_samples, seed,
-                                  dequantized_levels=spec.levels if dequantizes(run.model, d.binarize) else None)
+                                  dequantized_levels=spec.levels if run.model.dequantizes else None)
     x_val = unit["val"][:PARZEN_VAL] if len(unit["val"]) else unit["train"][:PARZEN_VAL]
     res = {"samples_per_s": per_s, **parzen_evaluate(samples, x_val, unit["test"])}
     if spec.num_classes >= 2:

@@ -9,7 +9,7 @@
 
 The N labelled images are a class-balanced subset of the run's training split
 (:func:`balanced_subset`); the inputs are binarized exactly as the run evaluates them
-(:func:`vaelab.api.split_inputs`). Nothing is written to the run directory.
+(:func:`vaelab.rundir.split_inputs`). Nothing is written to the run directory.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .api import load, split_inputs
-from .data.datasets import whole_number as _whole
-from .errors import VaelabError
-from .training.classify import train_classifier
-from .registry import get_model
+from ..data.datasets import whole_number as _whole
+from ..errors import VaelabError
+from ..models import get_model
+from ..rundir import load, split_inputs
+from .classify import train_classifier
 
 MIN_STEPS = 200  # a fine-tuning run may take this many steps at least, however few the labels
 VAL_FRACTION = 0.2  # of the labelled images, per class, held out to choose when to stop fine-tuning
@@ -203,7 +203,7 @@ def finetune(run_dir: str | Path, labels: int | None, data_dir: str | None = Non
     latent_dim = codes_of(model, x[:1]).shape[1]
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's RNG untouched
         torch.manual_seed(seed)
-        fresh = get_model(run.train.model).model_cls(run.model)
+        fresh = get_model(run.train.model)(run.model)
     _check_features(_Classifier(copy.deepcopy(model.encoder), latent_dim), model, x[:8], run.train.model)
     recipe = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, patience=patience,
                   seed=seed)

@@ -1,0 +1,97 @@
+"""A run directory as the later stages read it: its config.json, its model, its data splits.
+Training writes runs (:mod:`vaelab.training`); evaluation, probes, pictures and the API read
+them through here, so none of them imports the trainer or the package face."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import DataSpec, run_dataset
+from .data.transforms import eval_inputs
+from .errors import VaelabError
+from .io import load_weights
+from .models import get_model
+from .run import RunConfig
+
+# 2: each model holds its own settings (binarize, beta, warm-up; the IWAE bound is --model iwae);
+# a format-1 run is read through vaelab.run.migrate
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    p = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise VaelabError(f"run directory {run_dir} does not exist.")
+    if not p.is_file():
+        raise VaelabError(f"{run_dir} is not a vaelab run directory: {p.name} is missing.")
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise VaelabError(f"cannot read {p}: it is not valid JSON ({e}).") from None
+    if not isinstance(d, dict) or d.get("format_version") not in READABLE_VERSIONS:
+        raise VaelabError(f"{p} is not a vaelab run config of format version "
+                          f"{' or '.join(map(str, READABLE_VERSIONS))}.")
+    return d
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise VaelabError(f"--device must be auto, cpu or cuda[:N], got {name!r}.")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise VaelabError(f"--device {name} was asked for, but torch sees {count} CUDA GPU(s) here.")
+    return dev
+
+
+CHECKPOINTS = {"best": "best.safetensors", "last": "model.safetensors"}
+
+
+def read_run(run_dir) -> tuple[RunConfig, DataSpec]:
+    doc = read_run_config(Path(run_dir))
+    where = f"{Path(run_dir) / 'config.json'}"
+    try:
+        spec = DataSpec.from_dict(doc["data_spec"], f"{where}: ")
+    except (KeyError, TypeError, ValueError):
+        raise VaelabError(f"{where} has no valid data_spec.") from None
+    return RunConfig.from_dict(doc.get("run", {}), where), spec
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> torch.nn.Module:
+    """The trained model of a run, in eval mode, with ``encode``, ``decode``, ``sample``,
+    ``reconstruct``. ``checkpoint`` is ``best`` (best validation score) or ``last``.
+    The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``."""
+    if checkpoint not in CHECKPOINTS:
+        raise VaelabError(f"--checkpoint must be best or last, got {checkpoint!r}.")
+    run, spec = read_run(run_dir)
+    model = get_model(run.train.model)(run.model)
+    load_weights(model, Path(run_dir) / CHECKPOINTS[checkpoint])
+    model.run_config, model.data_spec = run, spec
+    return model.to(resolve_device(device)).eval()
+
+
+def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed evaluation inputs of a run's dataset split (binarized as the run was), on the
+    CPU: (x, y)."""
+    run, spec = read_run(run_dir)
+    if split not in ("train", "val", "test"):
+        raise VaelabError(f"--split must be train, val or test, got {split!r}.")
+    d = run.data
+    ds = run_dataset(d, data_dir)
+    if tuple(ds.spec.shape) != tuple(spec.shape):
+        raise VaelabError(f"{run_dir} was trained on images of shape {tuple(spec.shape)}, "
+                          f"but {d.data} now has {tuple(ds.spec.shape)}.")
+    s = getattr(ds, split)
+    if len(s) == 0:
+        raise VaelabError(f"--split {split} is empty for this run (it was trained with --val-size 0).")
+    return eval_inputs(s.x, spec.levels, run.model.binarize), s.y
