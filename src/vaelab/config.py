@@ -88,6 +88,8 @@ class TrainConfig:
                                   "steps and at each epoch's end)")
     precision: str = opt("fp32", "training arithmetic: fp32, or autocast to bf16 (CPU or GPU) or fp16 (with loss "
                                  "scaling); evaluation is always fp32", ("fp32", "bf16", "fp16"))
+    ema: float | None = opt(None, "evaluate and save an exponential moving average of the weights with this decay "
+                                  "(e.g. 0.999), updated after every step; the trained weights are kept for resume")
     compile: bool = opt(False, "torch.compile the training objective (a one-off compile of tens of seconds; "
                                "checkpoints are the same)")
     channels_last: bool | None = opt(None, "true or false: conv nets in NHWC memory layout (unset: true on CUDA, "

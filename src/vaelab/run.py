@@ -146,6 +146,8 @@ def check(cfg: RunConfig) -> None:
         v = getattr(t, name)
         if v is not None and v <= 0:
             raise VaelabError(f"{flag_name(name)} must be positive, got {v}.")
+    if t.ema is not None and not 0 < t.ema < 1:
+        raise VaelabError(f"--ema must be a decay in (0, 1), such as 0.999, got {t.ema}.")
     if t.threads is not None and t.threads < 1:
         raise VaelabError(f"--threads must be at least 1, got {t.threads}.")
     if t.channels_last and getattr(cfg.model, "arch", None) != "conv":

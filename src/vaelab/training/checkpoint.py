@@ -26,8 +26,12 @@ from ..errors import VaelabError
 from ..io import atomic_write, dumps, load_weights, read_metadata, read_tensors, weights_of
 
 def save_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                rng: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+                rng: dict[str, torch.Tensor], meta: dict[str, Any], averaged: torch.nn.Module | None = None) -> None:
+    """One file: the weights, the optimizer states, the RNG states, the loop metadata and, with
+    ``--ema``, the averaged weights beside the trained ones."""
     tensors: dict[str, torch.Tensor] = {f"rng.{k}": v.contiguous() for k, v in rng.items()}
+    if averaged is not None:
+        tensors.update({f"ema.{k}": v for k, v in weights_of(averaged).items()})
     tensors.update({f"model.{k}": v for k, v in weights_of(model).items()})
     optim_meta = {}
     for name, opt in optimizers.items():
@@ -44,11 +48,14 @@ def save_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.
     atomic_write(path, lambda p: save_file(tensors, p, metadata=md))
 
 
-def load_resume(path: Path, model: torch.nn.Module,
-                optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore the weights and optimizer states in place; return (rng states, loop metadata)."""
+def load_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                averaged: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Restore the weights, optimizer states and averaged weights in place; return (rng states,
+    loop metadata)."""
     tensors = read_tensors(path)
     load_weights(model, path, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if averaged is not None:
+        load_weights(averaged, path, {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
     try:
         md = read_metadata(path)
         optim_meta, loop = md["optim"], md["loop"]

@@ -26,6 +26,7 @@ from ..models.base import StepInfo
 from ..run import RunConfig, check_model_size
 from ..rundir import FORMAT_VERSION, read_run_config, resolve_device
 from . import checkpoint as ckpt
+from .ema import EMA
 from .update import FastPaths, make_scalers, take_step
 
 FINISHED = "finished.json"  # written by vaelab.api.train once the final evaluation and pictures are done
@@ -209,6 +210,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizers = model.optimizers(t)
+    ema = EMA(model, t.ema) if t.ema else None
+    measured = ema.model if ema else model  # what validation, the checkpoints and the pictures see
     scalers = make_scalers(t.precision, device.type, optimizers)
     gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
     # how the model takes the data's pixels: its own binarization or dequantization
@@ -231,7 +234,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         _remove_temporaries(out)
         if not (out / "resume.safetensors").exists():
             raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
-        rng, loop = ckpt.load_resume(out / "resume.safetensors", model, optimizers)
+        rng, loop = ckpt.load_resume(out / "resume.safetensors", model, optimizers, measured if ema else None)
         ckpt.check_loop(out / "resume.safetensors", loop)
         torch.set_rng_state(rng["torch"])
         gen.set_state(rng["data"])
@@ -239,6 +242,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
             torch.cuda.set_rng_state(rng["cuda"], device)
         start_epoch, step, history, best = loop["epoch"], loop["global_step"], loop["history"], loop["best"]
         bad.run = loop.get("bad_run", 0)
+        if ema:
+            ema.updates = loop.get("ema_updates", 0)
         for name, state in loop.get("scalers", {}).items():
             scalers[name].load_state_dict(state)
         if start_epoch >= t.epochs and finished_epochs(out) == start_epoch:
@@ -290,6 +295,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
             m = take_step(model, optimizers, xb, StepInfo(epoch, step, n_steps, len(ds.train), fast.compiled), fast)
             step += 1
             dropped = m.pop("skipped").bool()
+            if ema:
+                ema.update(dropped.float())
             bad.flags[i] = dropped
             for k, v in m.items():  # a dropped step's metrics (NaN, maybe) are left out
                 sums[k] = sums.get(k, 0.0) + torch.where(dropped, 0.0, v)
@@ -307,7 +314,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         model.eval()
         if len(x_val):
             with torch.no_grad():
-                scores = torch.cat([model.validation(x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
+                scores = torch.cat([measured.validation(x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
             rec["val"] = scores.mean().item()
             rec["val_name"] = model_cls.val_name
         # without a validation set, the training score of the same quantity (not the loss,
@@ -331,17 +338,18 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         history.append(rec)
         improved = score > best
         best = max(best, score)
-        save_weights(model, out / "model.safetensors", {"epoch": epoch + 1})
+        save_weights(measured, out / "model.safetensors", {"epoch": epoch + 1})
         if improved:
-            save_weights(model, out / "best.safetensors", {"epoch": epoch + 1})
+            save_weights(measured, out / "best.safetensors", {"epoch": epoch + 1})
         rng = {"torch": torch.get_rng_state(), "data": gen.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
         ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
                          {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
-                          "bad_run": bad.run,
-                          "scalers": {name: s.state_dict() for name, s in scalers.items()}})
+                          "bad_run": bad.run, **({"ema_updates": ema.updates} if ema else {}),
+                          "scalers": {name: s.state_dict() for name, s in scalers.items()}},
+                         measured if ema else None)
         atomic_write(out / "metrics.jsonl",
                           lambda p: Path(p).write_text("".join(dumps(h) + "\n" for h in history)))
-        model.epoch_pictures(out, epoch + 1)
+        measured.epoch_pictures(out, epoch + 1)
     return out
