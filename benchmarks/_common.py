@@ -18,7 +18,9 @@ def emit(path: str, row: dict) -> None:
 
 def machine(threads: int) -> dict:
     """What a result was measured on: the CPU model, its vector-instruction flags, torch's
-    version and the threads used."""
+    version, the threads used and the load average when it started (other work on the machine
+    shows there)."""
+    import os
     import platform
 
     import torch
@@ -33,4 +35,5 @@ def machine(threads: int) -> dict:
                 break
     except OSError:  # not Linux
         pass
-    return {"cpu": model, "cpu_flags": flags, "torch": torch.__version__, "threads": threads}
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {"cpu": model, "cpu_flags": flags, "torch": torch.__version__, "threads": threads, "load_1min": load}

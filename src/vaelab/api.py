@@ -33,14 +33,17 @@ def _device(model: torch.nn.Module) -> torch.device:
 def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
              data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True,
              model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
-             sample_metrics: bool | None = None, samples: int = 10_000, log=None, compile: bool = False) -> dict:
+             sample_metrics: bool | None = None, samples: int = 10_000, log=None, compile: bool | None = None,
+             precision: str = "auto", seed: int | None = 0) -> dict:
     """Metrics of a run on a split, saved as ``eval-<split>.json`` (``eval-<split>-last.json``
     for the last checkpoint): the reconstruction error of every model (``mse``, per pixel), and
     for models with a likelihood the ELBO, importance-sampled NLL (``k`` samples) and bits/dim in
     nats per example. For a model that can sample (``sample_metrics``, default: whenever it can),
     the Parzen-window log-likelihood and the Fréchet distance of ``samples`` samples
     (:mod:`vaelab.evaluation.samples`). ``model`` and ``x`` may be passed when the caller has loaded
-    them already. ``compile``: the importance-sampled NLL through ``torch.compile``."""
+    them already. ``compile``, ``precision``: the importance-sampled NLL's path
+    (:func:`vaelab.evaluation.likelihood.choose_path`; by default chosen from the CPU and the
+    work); ``seed``: its importance samples' seed."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
     if batch_size < 1:
@@ -63,7 +66,8 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         offset = 0.0
         if deq:
             x, offset = dequantize_fixed(x, levels), x[0].numel() * math.log(levels)
-        res.update(evaluate_likelihood(model, x, k, batch_size, model.discrete(levels), progress, offset, compile))
+        res.update(evaluate_likelihood(model, x, k, batch_size, model.discrete(levels), progress, offset, compile,
+                                       precision, seed, log))
     else:
         res["n"] = len(x)
     if model.can(SAMPLE) and sample_metrics is not False:
@@ -164,7 +168,7 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
         if run.train.nll_samples > 0 or not has_likelihood:
             # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
             evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
-                     sample_metrics=not has_likelihood, log=log, compile=run.train.compile)
+                     sample_metrics=not has_likelihood, log=log, compile=run.train.compile or None)
         pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
         # what lets --resume tell a finished run from one killed in the stages above
         epochs = read_metadata(run_dir / "model.safetensors")["epoch"]

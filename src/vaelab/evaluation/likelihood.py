@@ -8,13 +8,16 @@ and for as many samples as fit a memory budget at a time, never one point at a t
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from ..distributions import DiagonalGaussian
+from ..nets import full_precision
 from ..models.base import HasLikelihood
 
 # elements of the decoder's output per chunk of importance samples: ~8 MB, small enough for the
@@ -38,11 +41,10 @@ def _chunk(model: HasLikelihood, x: torch.Tensor, mu: torch.Tensor, logvar: torc
 def _compiled_chunk():
     """:func:`_chunk` through torch.compile, made on first use (importing vaelab stays cheap).
     The decoder's log-probability, the prior and posterior terms and both reductions fuse into a
-    few loops over the samples instead of a pass each: 1.55x on the MLP VAE with 2^23-element
-    chunks, but only 1.00-1.05x at the default 2^21, where the eager passes stay in cache
-    (measured, CPU). Its random draws are inductor's, not eager's: the same distribution,
-    other numbers."""
-    return torch.compile(_chunk, dynamic=True)
+    few loops over the samples instead of a pass each. ``fallback_random``: its normal draws are
+    eager's own, so a seed gives the same samples on either path and the two estimates differ
+    only by rounding."""
+    return torch.compile(_chunk, dynamic=True, options={"fallback_random": True})
 
 
 def chunk_size(model: HasLikelihood, x: torch.Tensor, k: int) -> int:
@@ -54,34 +56,102 @@ def chunk_size(model: HasLikelihood, x: torch.Tensor, k: int) -> int:
     return max(1, min(k, CHUNK_ELEMENTS // max(1, per_draw)))
 
 
+def bf16_units() -> str | None:
+    """The CPU's native bf16 matrix units, read from its flags at run time: ``"AMX"`` (AMX
+    tiles, Sapphire Rapids on), ``"AVX512-BF16"``, or None (bf16 products are emulated there,
+    measured at about a quarter of fp32's speed, so the fp32 path is the fast one)."""
+    cpu = getattr(torch, "cpu", None)
+    try:
+        if cpu._is_amx_tile_supported():
+            return "AMX"
+        if cpu._is_avx512_bf16_supported():
+            return "AVX512-BF16"
+    except (AttributeError, RuntimeError):
+        pass
+    return None
+
+
+# importance samples (images x K) from which compiling the chunk pays for its one-off compile
+# (seconds to tens of seconds): a K = 1000 evaluation of 10,000 test images is 10^7
+COMPILE_MIN_SAMPLES = 2_000_000
+
+
+@dataclass(frozen=True)
+class NLLPath:
+    """How the importance-sampled NLL is computed: the decoder's matrix products in ``precision``
+    (bf16 on CPUs with bf16 units, with the log-likelihoods, the weights and the logsumexp in
+    fp32), the chunk ``compiled`` or eager, and why."""
+    precision: str = "fp32"
+    compiled: bool = False
+    reason: str = ""
+
+    def describe(self) -> str:
+        how = f"{self.precision} products{', compiled' if self.compiled else ', eager'}"
+        return f"{how} ({self.reason})" if self.reason else how
+
+
+def choose_path(device: torch.device | str, samples: int, precision: str = "auto",
+                compile: bool | None = None) -> NLLPath:
+    """The NLL path for ``samples`` importance samples (images x K) on ``device``.
+
+    ``precision``: ``"auto"`` takes bf16 where the CPU has bf16 units (:func:`bf16_units`) and
+    fp32 elsewhere (CUDA included); ``"fp32"``/``"bf16"`` force one. ``compile``: None compiles
+    when there are at least :data:`COMPILE_MIN_SAMPLES` samples."""
+    device = torch.device(device)
+    units = bf16_units() if device.type == "cpu" else None
+    if precision == "auto":
+        precision = "bf16" if units else "fp32"
+        why = f"this CPU has {units} bf16 units" if units else (
+            "no bf16 units on this CPU" if device.type == "cpu" else f"on {device.type}")
+    else:
+        why = f"--nll-precision {precision}"
+    if compile is None:
+        compile = samples >= COMPILE_MIN_SAMPLES
+        why += f"; {'compiled' if compile else 'eager'} for {samples:,} samples"
+    return NLLPath(precision, bool(compile), why)
+
+
+def _autocast(path: NLLPath, x: torch.Tensor):
+    if path.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=torch.bfloat16)
+
+
 @torch.no_grad()
-def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, compile: bool = False,
+                      path: NLLPath | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance-sampled log p(x) and the K-sample mean of log w (an ELBO estimate).
 
     Args:
         model: a VAE (``encode``, ``log_weights``).
         x: a batch, [B, *shape].
         k: number of importance samples K.
-        q: the posterior q(z|x) if the caller already has it.
+        q: the posterior q(z|x) if the caller already has it (one encoder pass per image).
         compile: run each chunk through ``torch.compile`` (a one-off compile of seconds).
+        path: an :class:`NLLPath` (overrides ``compile``): bf16 decoder products under autocast
+            (the decoder's outputs come back in fp32, so the log-probabilities, the weights and
+            the logsumexp are fp32) and/or the compiled chunk.
     Returns:
         (log_px [B], elbo [B]).
     """
+    path = path or NLLPath("fp32", compile)
     q = model.encode(x) if q is None else q
     chunk = chunk_size(model, x, k)
     lse, total = [], 0.0
-    fn = _compiled_chunk() if compile else _chunk
+    fn = _compiled_chunk() if path.compiled else _chunk
     for start in range(0, k, chunk):
-        chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
-        lse.append(chunk_lse)
-        total += chunk_sum
+        with _autocast(path, x):
+            chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
+        lse.append(full_precision(chunk_lse))
+        total += full_precision(chunk_sum)
     log_px = torch.logsumexp(torch.stack(lse), 0) - math.log(k)
     return log_px, total / k
 
 
 @torch.no_grad()
 def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, batch_size: int = 100, discrete: bool = True,
-                        progress: bool = False, offset: float = 0.0, compile: bool = False) -> dict:
+                        progress: bool = False, offset: float = 0.0, compile: bool | None = None,
+                        precision: str = "auto", seed: int | None = 0, log=None) -> dict:
     """ELBO, NLL (K importance samples) and bits/dim over a whole split.
 
     Args:
@@ -91,22 +161,33 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, batch_siz
             pixels with ``offset`` = D log(levels) added. bits/dim is reported only then,
             as ``None`` otherwise.
         offset: nats added to the NLL (and taken from the ELBO) per example.
-        compile: see :func:`log_likelihood_is`.
+        compile, precision: the path (:func:`choose_path`): by default compiled for large
+            evaluations, bf16 products where the CPU has bf16 units.
+        seed: the importance samples' seed (the global RNG is left as it was); None draws from
+            the global RNG.
+        log: called with one line naming the path taken.
     Returns:
         dict with ``elbo`` (mean log-weight, <= -nll), ``nll`` (positive), ``bpd``,
-        ``kl`` (closed form), ``n`` and ``k``.
+        ``kl`` (closed form), ``n``, ``k`` and ``nll_path``.
     """
     model.eval()
-    nll_sum = elbo_sum = kl_sum = 0.0
-    batches = range(0, x.shape[0], batch_size)
-    for i in tqdm(batches, desc=f"NLL (K={k})", leave=False, disable=not progress):
-        xb = x[i:i + batch_size]
-        q = model.encode(xb)
-        log_px, elbo = log_likelihood_is(model, xb, k, q, compile)
-        nll_sum -= log_px.sum().item()
-        elbo_sum += elbo.sum().item()
-        kl_sum += q.kl_to_standard_normal().sum().item()
+    path = choose_path(x.device, x.shape[0] * k, precision, compile)
+    if log:
+        log(f"NLL path: {path.describe()}")
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        nll_sum = elbo_sum = kl_sum = 0.0
+        batches = range(0, x.shape[0], batch_size)
+        for i in tqdm(batches, desc=f"NLL (K={k})", leave=False, disable=not progress):
+            xb = x[i:i + batch_size]
+            q = model.encode(xb)  # one encoder pass per image, in fp32
+            log_px, elbo = log_likelihood_is(model, xb, k, q, path=path)
+            nll_sum -= log_px.sum().item()
+            elbo_sum += elbo.sum().item()
+            kl_sum += q.kl_to_standard_normal().sum().item()
     n = x.shape[0]
     nll = nll_sum / n + offset
     return {"elbo": elbo_sum / n - offset, "nll": nll, "bpd": bits_per_dim(nll, x[0].numel()) if discrete else None,
-            "kl": kl_sum / n, "n": n, "k": k}
+            "kl": kl_sum / n, "n": n, "k": k, "nll_path": path.describe()}
