@@ -50,3 +50,14 @@ def test_checkpoints_hold_the_average_and_resume_is_exact(tmp_path):
 def test_a_decay_outside_0_1_is_refused():
     with pytest.raises(VaelabError, match="--ema"):
         vaelab.make_config(**TINY, ema=1.5)
+
+
+def test_the_iwae_preset_carries_the_time_to_quality_recipe_and_flags_win():
+    cfg = vaelab.make_config(data="mnist", preset="iwae")
+    t = cfg.train
+    assert (t.batch_size, t.lr, t.lr_schedule, t.lr_final, t.ema) == (100, 1e-3, "cosine", 1e-4, 0.999)
+    assert cfg.model.binarize == "dynamic" and cfg.model.hidden == (200, 200) and cfg.model.latent_dim == 50
+    iwae = vaelab.make_config(model="iwae", data="mnist", preset="iwae", k=5)
+    assert (iwae.train.ema, iwae.train.lr_schedule, iwae.model.k) == (0.999, "cosine", 5)
+    plain = vaelab.make_config(data="mnist", preset="iwae", ema="none", lr_schedule="constant")
+    assert plain.train.ema is None and plain.train.lr_schedule == "constant"
