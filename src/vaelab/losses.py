@@ -74,10 +74,15 @@ def kl_sparsity(z: torch.Tensor, rho: float, eps: float = 1e-6) -> torch.Tensor:
 # log D = -softplus(-a), log(1 - D) = -softplus(a): exact and stable for any logit.
 # --------------------------------------------------------------------------------------------
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, *more_fakes: torch.Tensor) -> torch.Tensor:
     """The discriminator descends -(E log D(x) + E log(1 - D(G(z)))): ascending the value
-    V(D, G) of Algorithm 1. At the equilibrium D = 1/2 it equals log 4."""
-    return nn.functional.softplus(-real_logits).mean() + nn.functional.softplus(fake_logits).mean()
+    V(D, G) of Algorithm 1. At the equilibrium D = 1/2 it equals log 4. Each further batch of
+    fakes adds its own term E log(1 - D(.)) (VAE-GAN's L_GAN has two: reconstructions and
+    decoded prior draws)."""
+    loss = nn.functional.softplus(-real_logits).mean() + nn.functional.softplus(fake_logits).mean()
+    for more in more_fakes:
+        loss = loss + nn.functional.softplus(more).mean()
+    return loss
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:

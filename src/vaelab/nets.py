@@ -171,3 +171,22 @@ def make_decoder(arch: str, latent_dim: int, hidden, channels, act: str, shape, 
     if arch == "conv":
         return ConvDecoder(latent_dim, channels, act, shape, out_channels)
     raise VaelabError(f"--arch must be mlp, conv or linear, got {arch!r}.")
+
+
+class Discriminator(nn.Module):
+    """The logit of "x is real" from :func:`make_encoder`'s net with one output, cut before its
+    last (linear) layer so a model can read the last hidden layer too (VAE-GAN measures its
+    reconstruction error there): x -> (logits [B], features [B, F]). ``linear`` has no hidden
+    layer: its features are the flattened input."""
+
+    def __init__(self, arch: str, shape, hidden, channels, act: str):
+        super().__init__()
+        net = make_encoder(arch, shape, hidden, channels, act, 1)
+        if isinstance(net, ConvEncoder):
+            self.features, self.head = nn.Sequential(net.conv, nn.Flatten()), net.head
+        else:
+            self.features, self.head = nn.Sequential(nn.Flatten(), *net.net[:-1]), net.net[-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)  # [B, F]
+        return self.head(h).squeeze(-1), h

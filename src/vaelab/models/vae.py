@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..config import opt
-from ..distributions import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, standard_normal_log_prob
+from ..distributions import (Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, standard_normal,
+                             standard_normal_log_prob)
 from ..errors import VaelabError
 from ..losses import elbo
 from ..nets import NetConfig, full_precision, make_decoder, make_encoder
@@ -173,10 +174,7 @@ class LatentGaussianModel(Model):
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ N(0, I): [n, D]."""
-        p = next(self.parameters())
-        if generator is None:
-            return torch.randn(n, self.cfg.latent_dim, device=p.device, dtype=p.dtype)
-        return torch.randn(n, self.cfg.latent_dim, dtype=p.dtype, generator=generator).to(p.device)
+        return standard_normal(n, self.cfg.latent_dim, next(self.parameters()), generator)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
