@@ -29,7 +29,7 @@ def _metavar(f: dataclasses.Field, tp) -> str:
         return f.metadata["metavar"]
     inner, _ = _unwrap_optional(tp)
     if typing.get_origin(inner) is tuple:
-        return "INT,INT,..."
+        return "FLOAT,FLOAT,..." if typing.get_args(inner)[0] is float else "INT,INT,..."
     return {int: "INT", float: "FLOAT", bool: "{true,false}"}.get(inner, "STR")
 
 

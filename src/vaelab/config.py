@@ -162,14 +162,16 @@ def coerce(cls, name: str, value: Any, where: str) -> Any:
                 raise ValueError
             out = str(value)
         elif typing.get_origin(tp) is tuple:
+            elem = typing.get_args(tp)[0]  # int (layer sizes) or float (kernel scales)
             items = value.split(",") if isinstance(value, str) else list(value)
-            out = tuple(int(str(v).strip()) for v in items if str(v).strip() != "")
-            if any(v <= 0 for v in out):
+            out = tuple(elem(str(v).strip()) for v in items if str(v).strip() != "")
+            if any(not (math.isfinite(v) and v > 0) for v in out):
                 raise ValueError
         else:  # pragma: no cover - a field type this module does not know is a bug
             raise TypeError(f"unsupported config type {tp}")
     except (ValueError, TypeError):
-        kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
+        kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+                tuple[float, ...]: "comma-separated positive numbers such as 0.5,1,2"}.get(
             tp, "comma-separated positive integers such as 200,200")
         raise VaelabError(f"{what} expects {kind}, got {value!r}.") from None
     choices = f.metadata.get("choices")
