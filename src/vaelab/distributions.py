@@ -53,6 +53,14 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z ** 2 + LOG_2PI).sum(-1)
 
 
+def standard_normal(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draws from N(0, I) of ``shape`` with ``like``'s dtype, on its device; a (CPU)
+    ``generator`` draws them on the CPU, then they move."""
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    return torch.randn(shape, dtype=like.dtype, generator=generator).to(like.device)
+
+
 class Bernoulli:
     """Independent Bernoulli pixels parameterised by logits; x may be binary or in [0, 1]."""
 
