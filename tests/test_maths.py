@@ -229,7 +229,7 @@ def test_is_with_k1_is_unbiased_for_the_elbo():
 # The exact posterior is N(A (x - b), s^2 M^-1) with M = W^T W + s^2 I and A = M^-1 W^T; W has
 # orthogonal columns so that M (and the posterior covariance) is diagonal, hence representable
 # by the diagonal-Gaussian encoder. With hidden=() both MLP nets are a single nn.Linear
-# (nets._mlp adds no activation after the last layer), so these weights can be set by hand.
+# (nets.mlp adds no activation after the last layer), so these weights can be set by hand.
 S = 0.5
 W = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 0.0]], dtype=torch.float64)  # [D=3, L=2]
 B_DEC = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)

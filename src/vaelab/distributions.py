@@ -48,17 +48,17 @@ class DiagonalGaussian:
         return 0.5 * (self.mu ** 2 + torch.exp(self.logvar) - 1.0 - self.logvar).sum(-1)
 
 
-def standard_normal(n: int, dim: int, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """n draws z ~ N(0, I), [n, dim], on ``like``'s device and in its dtype (a model's prior). A
-    ``generator`` (on the CPU) draws a fixed batch without touching the global RNG."""
-    if generator is None:
-        return torch.randn(n, dim, device=like.device, dtype=like.dtype)
-    return torch.randn(n, dim, dtype=like.dtype, generator=generator).to(like.device)
-
-
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the last dim."""
     return -0.5 * (z ** 2 + LOG_2PI).sum(-1)
+
+
+def standard_normal(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draws from N(0, I) of ``shape`` with ``like``'s dtype, on its device; a (CPU)
+    ``generator`` draws them on the CPU, then they move."""
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    return torch.randn(shape, dtype=like.dtype, generator=generator).to(like.device)
 
 
 class Bernoulli:

@@ -15,12 +15,17 @@ from torch import nn
 @dataclass
 class ELBOTerms:
     log_px: torch.Tensor  # E_q log p(x|z), one-sample estimate, [B]
-    kl: torch.Tensor      # KL(q(z|x) || p(z)), closed form, [B]
+    kl: torch.Tensor      # KL(q(z|x) || p(z)): closed form, or log q(z|x) - log p(z) at the same z, [B]
     elbo: torch.Tensor    # log_px - kl, [B]
     loss: torch.Tensor    # mean over the batch of -(log_px - beta * kl), scalar
 
 
-def elbo(out, x: torch.Tensor, beta: float = 1.0) -> ELBOTerms:
+def elbo_from_terms(log_px: torch.Tensor, kl: torch.Tensor, beta: float = 1.0) -> ELBOTerms:
+    """The ELBO's terms from log p(x|z) and the KL term per example, [B] each."""
+    return ELBOTerms(log_px, kl, log_px - kl, (beta * kl - log_px).mean())
+
+
+def elbo(out, x: torch.Tensor, beta: float = 1.0, kl: torch.Tensor | None = None) -> ELBOTerms:
     """The evidence lower bound with a closed-form KL term.
 
     Args:
@@ -28,10 +33,11 @@ def elbo(out, x: torch.Tensor, beta: float = 1.0) -> ELBOTerms:
         x: the batch, [B, *shape].
         beta: weight of the KL term in the loss (beta-VAE, or the KL warm-up factor); the
             reported ``elbo`` always uses beta = 1.
+        kl: the KL term per example, [B], where the prior is not N(0, I) (a one-sample
+            estimate log q(z|x) - log p(z) at ``out.z``); default the closed form to N(0, I).
     """
-    log_px = out.likelihood.log_prob(x)
-    kl = out.posterior.kl_to_standard_normal()
-    return ELBOTerms(log_px, kl, log_px - kl, (beta * kl - log_px).mean())
+    kl = out.posterior.kl_to_standard_normal() if kl is None else kl
+    return elbo_from_terms(out.likelihood.log_prob(x), kl, beta)
 
 
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:

@@ -62,7 +62,9 @@ def activation(name: str) -> nn.Module:
         raise VaelabError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}.") from None
 
 
-def _mlp(sizes: list[int], act: str, last_act: bool = False) -> nn.Sequential:
+def mlp(sizes: list[int], act: str, last_act: bool = False) -> nn.Sequential:
+    """Linear layers of the given sizes with ``act`` between them (none after the last unless
+    ``last_act``): any leading dims pass through, [..., sizes[0]] -> [..., sizes[-1]]."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
@@ -71,12 +73,60 @@ def _mlp(sizes: list[int], act: str, last_act: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class MaskedLinear(nn.Linear):
+    """A linear map whose weight is multiplied by a fixed 0/1 mask [out, in], so output i sees
+    only the inputs j with mask[i, j] = 1 (the mask follows from the sizes: not saved)."""
+
+    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor):
+        super().__init__(in_features, out_features)
+        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """An autoregressive network (Germain et al. 2015): z [..., D], and a context h [..., C] that
+    every output may see, -> ``n_out`` numbers per dimension, [..., n_out, D], where column d
+    depends on z_1..z_{d-1} only. Input d has degree d; hidden units cycle through the degrees
+    1..D-1 and see the inputs of degree <= theirs; output d sees the hidden units (or, without
+    any, the inputs) of degree < d. With a context (or D = 1) the cycle starts at 0: units that
+    see the context alone, through which it reaches output 1 too."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...], act: str, n_out: int = 1, context_dim: int = 0):
+        super().__init__()
+        self.dim, self.n_out = dim, n_out
+        degrees = [torch.arange(1, dim + 1)]
+        layers: list[nn.Module] = []
+        low = 0 if context_dim or dim == 1 else 1
+        for width in hidden:
+            d = torch.arange(width) % (dim - low) + low
+            layers.append(MaskedLinear(len(degrees[-1]), width, d[:, None] >= degrees[-1][None, :]))
+            degrees.append(d)
+        out = degrees[0].repeat(n_out)  # unit o * D + d has degree d + 1
+        self.out = MaskedLinear(len(degrees[-1]), n_out * dim, out[:, None] > degrees[-1][None, :])
+        self.hidden = nn.ModuleList(layers)
+        self.act = activation(act)
+        # the context joins the first layer's pre-activation
+        first = hidden[0] if hidden else n_out * dim
+        self.context = nn.Linear(context_dim, first, bias=False) if context_dim else None
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        layers = [*self.hidden, self.out]
+        a = layers[0](z)
+        if self.context is not None:
+            a = a + self.context(h)  # h [..., C] broadcasts against z's leading dims
+        for layer in layers[1:]:
+            a = layer(self.act(a))
+        return a.unflatten(-1, (self.n_out, self.dim))
+
+
 class MLPEncoder(nn.Module):
     """x [B, *shape] -> [B, out_dim]."""
 
     def __init__(self, shape: tuple[int, ...], hidden: tuple[int, ...], act: str, out_dim: int):
         super().__init__()
-        self.net = _mlp([math.prod(shape), *hidden, out_dim], act)
+        self.net = mlp([math.prod(shape), *hidden, out_dim], act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
@@ -88,7 +138,7 @@ class MLPDecoder(nn.Module):
     def __init__(self, latent_dim: int, hidden: tuple[int, ...], act: str, shape: tuple[int, ...], out_channels: int):
         super().__init__()
         self.shape = (out_channels, *shape[1:])
-        self.net = _mlp([latent_dim, *reversed(hidden), math.prod(self.shape)], act)
+        self.net = mlp([latent_dim, *reversed(hidden), math.prod(self.shape)], act)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).unflatten(-1, self.shape)
@@ -151,6 +201,19 @@ class ConvDecoder(nn.Module):
         h = self.fc(z.reshape(-1, z.shape[-1])).view(-1, *self.start)
         out = self.deconv(h)
         return out.view(*lead, *out.shape[1:])
+
+
+def add_outputs(net: nn.Module, extra: int) -> None:
+    """Give a net ``extra`` more outputs after its own: rows added to its last linear layer,
+    initialised afresh, while the other rows keep their values. Called once a model's other
+    modules are made, it leaves every initial weight they and the net's first outputs had."""
+    name, last = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+    wider = nn.Linear(last.in_features, last.out_features + extra, device=last.weight.device, dtype=last.weight.dtype)
+    with torch.no_grad():
+        wider.weight[:last.out_features] = last.weight
+        wider.bias[:last.out_features] = last.bias
+    parent, _, child = name.rpartition(".")
+    setattr(net.get_submodule(parent), child, wider)
 
 
 def make_encoder(arch: str, shape, hidden, channels, act: str, out_dim: int) -> nn.Module:

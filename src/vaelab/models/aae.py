@@ -79,7 +79,7 @@ class AAE(AE):
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ p(z) = N(0, I): [n, latent_dim]."""
-        return standard_normal(n, self.cfg.latent_dim, next(self.parameters()), generator)
+        return standard_normal((n, self.cfg.latent_dim), next(self.parameters()), generator)
 
     def discriminate(self, z: torch.Tensor) -> torch.Tensor:
         """The logit of D(z), "z is a prior draw", [B]."""

@@ -43,6 +43,7 @@ class HasLikelihood(Protocol):
     """What a model that declares LIKELIHOOD offers: a posterior q(z|x) and importance weights."""
     def encode(self, x: torch.Tensor): ...  # q(z|x), a DiagonalGaussian
     def log_weights(self, x: torch.Tensor, k: int, q=None) -> torch.Tensor: ...  # [k, B]
+    def kl(self, x: torch.Tensor, q, z=None) -> torch.Tensor: ...  # KL(q(z|x) || p(z)), [B]: closed form or at a draw z
     def discrete(self, levels: int) -> bool: ...  # whether the NLL is a code length of the data
     decoder_params: int  # numbers the decoder emits per sub-pixel (the IS-NLL's chunks count them)
 

@@ -163,18 +163,29 @@ class LatentGaussianModel(Model):
         """Importance log-weights log p(x,z_i) - log q(z_i|x) for k samples z_i ~ q: [k, B]."""
         q = self.encode(x) if q is None else q
         z = q.rsample(k)  # [k, B, D]
-        return self.decode(z).log_prob(x) + standard_normal_log_prob(z) - q.log_prob(z)
+        return self.decode(z).log_prob(x) + self.prior_log_prob(z) - q.log_prob(z)
+
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) summed over the last dim, [...]: here N(0, I)."""
+        return standard_normal_log_prob(z)
+
+    def kl(self, x: torch.Tensor, q: DiagonalGaussian, z: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per example, [B]: here the closed form to N(0, I). A model with
+        another prior or posterior estimates it as log q(z|x) - log p(z) at ``z``, a draw of
+        ``q`` (a fresh one when not given)."""
+        return q.kl_to_standard_normal()
 
     def validation(self, x: torch.Tensor) -> torch.Tensor:
-        """The ELBO per example (closed-form KL, one z): the quantity the best checkpoint ranks."""
-        return elbo(self.posterior_and_likelihood(x), x).elbo
+        """The ELBO per example (one z): the quantity the best checkpoint ranks."""
+        return self.elbo_terms(x).elbo
 
     def elbo_terms(self, x: torch.Tensor):
-        return elbo(self.posterior_and_likelihood(x), x)
+        out = self.posterior_and_likelihood(x)
+        return elbo(out, x, kl=self.kl(x, out.posterior, out.z))
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ N(0, I): [n, D]."""
-        return standard_normal(n, self.cfg.latent_dim, next(self.parameters()), generator)
+        return standard_normal((n, self.cfg.latent_dim), next(self.parameters()), generator)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
@@ -188,8 +199,8 @@ class LatentGaussianModel(Model):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x|z) at the posterior mean z = mu(x)."""
-        return self.decode_mean(self.encode(x).mode())
+        """Mean of p(x|z) at the code z of x (:meth:`codes`: the posterior mean mu(x))."""
+        return self.decode_mean(self.codes(x))
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +231,8 @@ class VAE(LatentGaussianModel):
         return self.cfg.beta * min(1.0, info.step / (self.cfg.warmup_epochs * info.steps_per_epoch))
 
     def objective(self, x: torch.Tensor, kl_weight: torch.Tensor):
-        t = elbo(self(x), x, beta=kl_weight)
+        out = self(x)
+        t = elbo(out, x, beta=kl_weight, kl=self.kl(x, out.posterior, out.z))
         return t.loss, {"loss": t.loss, "elbo": t.elbo.mean(), "kl": t.kl.mean()}
 
     def step(self, x: torch.Tensor, info: StepInfo):

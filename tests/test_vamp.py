@@ -1,0 +1,121 @@
+"""The VampPrior (Tomczak & Welling 2018): its log-density against an explicit mixture built with
+torch.distributions, the KL term and the importance weights against the same densities, prior
+draws against the mixture's moments, and the pseudo-inputs learning."""
+import math
+
+import torch
+from torch import distributions as td
+
+from test_models import _step
+from vaelab.models import MODELS
+from vaelab.models.vamp import VampConfig
+
+KC, D, B = 7, 3, 4
+
+
+def _model(**over):
+    cfg = VampConfig(shape=(1, 4, 4), hidden=(8,), latent_dim=D, components=KC, **over)
+    torch.manual_seed(0)
+    model = MODELS["vamp"](cfg).eval()
+    with torch.no_grad():  # pseudo-inputs spread over [0, 1] (and a few outside, clipped by the hardtanh)
+        model.pseudo_inputs.uniform_(-0.2, 1.2)
+    return model
+
+
+def _x():
+    return torch.bernoulli(torch.full((B, 1, 4, 4), 0.5), generator=torch.Generator().manual_seed(1))
+
+
+def _mixture(model) -> td.MixtureSameFamily:
+    """p(z) = (1/K) sum_k N(z; mu(u_k), sigma^2(u_k)), u_k the pseudo-inputs clipped to [0, 1]."""
+    mu, logvar = model.encoder(model.pseudo_inputs.clamp(0, 1)).chunk(2, -1)  # [K, D] each
+    comp = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+    return td.MixtureSameFamily(td.Categorical(logits=torch.zeros(KC)), comp)
+
+
+def test_prior_log_density_is_the_explicit_mixture():
+    model = _model()
+    z = 2 * torch.randn(5, B, D, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = model.prior_log_prob(z)
+        want = _mixture(model).log_prob(z)
+        # and a brute-force loop over the components
+        loop = torch.stack([td.Independent(td.Normal(*_mu_std(model, k)), 1).log_prob(z) for k in range(KC)])
+    assert got.shape == (5, B)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got, torch.logsumexp(loop, 0) - math.log(KC))
+
+
+def test_prior_log_density_keeps_its_precision_at_sharp_components():
+    # |mu| ~ 3, s ~ 0.007 and z about s from a component's mean: the expanded quadratic form
+    # subtracts terms ~1e5 to leave ~1; the float64 mixture of torch.distributions is the reference
+    model = _model()
+    with torch.no_grad():
+        model.encoder.net[-1].bias[:D] += 3.0
+        model.encoder.net[-1].bias[D:] = -10.0
+        mu, logvar = model.encoder(model.pseudo_inputs.clamp(0, 1)).chunk(2, -1)
+        z = mu[:5] + torch.exp(0.5 * logvar[:5]) * torch.randn(5, D, generator=torch.Generator().manual_seed(4))
+        got = model.prior_log_prob(z)
+        comp = td.Independent(td.Normal(mu.double(), torch.exp(0.5 * logvar.double())), 1)
+        want = td.MixtureSameFamily(td.Categorical(logits=torch.zeros(KC, dtype=torch.float64)), comp).log_prob(z.double())
+    assert (want > 0).all()  # densities above 1: sharp components, the hard case
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)
+
+
+def _mu_std(model, k):
+    mu, logvar = model.encoder(model.pseudo_inputs[k:k + 1].clamp(0, 1))[0].chunk(2, -1)
+    return mu, torch.exp(0.5 * logvar)
+
+
+def test_log_weights_and_kl_use_the_mixture():
+    model, x = _model(), _x()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        lw = model.log_weights(x, 3)
+        torch.manual_seed(5)
+        eps = torch.randn(3, B, D)
+        mu, logvar = model.encoder(x).chunk(2, -1)
+        q = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        rec = td.Independent(td.Bernoulli(logits=model.decoder(z)), 3).log_prob(x)
+        prior = _mixture(model).log_prob(z)
+        torch.testing.assert_close(lw, rec + prior - q.log_prob(z))
+        torch.testing.assert_close(model.kl(x, model.encode(x), z[0]), q.log_prob(z[0]) - prior[0])
+
+
+def test_the_training_step_reports_the_sampled_kl_to_the_mixture():
+    # the VAE's objective with the KL term log q(z|x) - log p(z) at the z the decoder saw
+    model, x = _model(), _x()
+    model.train()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        mu, logvar = model.encoder(x).chunk(2, -1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(B, D)
+        rec = td.Independent(td.Bernoulli(logits=model.decoder(z)), 3).log_prob(x)
+        kl = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1).log_prob(z) - _mixture(model).log_prob(z)
+    torch.manual_seed(3)
+    _, m = _step(MODELS["vamp"], model, x)
+    torch.testing.assert_close(m["kl"], kl.mean())
+    torch.testing.assert_close(m["elbo"], (rec - kl).mean())
+
+
+def test_prior_draws_have_the_mixtures_moments():
+    model, n = _model(), 40_000
+    z = model.prior(n, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mix = _mixture(model)
+        mean, var = mix.mean, mix.variance
+    se = torch.sqrt(var / n)
+    assert ((z.mean(0) - mean).abs() < 5 * se).all(), (z.mean(0), mean, se)
+    assert ((z.var(0) / var - 1).abs() < 0.05).all()
+    # a mixture, not N(0, I): the test could tell them apart
+    assert ((mean.abs() > 10 * se) | ((var - 1).abs() > 0.2)).any()
+
+
+def test_the_pseudo_inputs_learn():
+    model, x = _model(), _x()
+    model.train()
+    before = model.pseudo_inputs.detach().clone()
+    _step(MODELS["vamp"], model, x)
+    assert not torch.equal(before, model.pseudo_inputs.detach())
+    assert not model.normal_prior
