@@ -56,6 +56,11 @@ def chunk_size(model: HasLikelihood, x: torch.Tensor, k: int) -> int:
     return max(1, min(k, CHUNK_ELEMENTS // max(1, per_draw)))
 
 
+def _dynamo_errors() -> tuple[type, ...]:
+    from torch._dynamo.exc import TorchDynamoException
+    return (TorchDynamoException,)
+
+
 def bf16_units() -> str | None:
     """The CPU's native bf16 matrix units, read from its flags at run time: ``"AMX"`` (AMX
     tiles, Sapphire Rapids on), ``"AVX512-BF16"``, or None (bf16 products are emulated there,
@@ -143,8 +148,10 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
         with _autocast(path, x):
             try:
                 chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
-            except torch._dynamo.exc.TorchDynamoException:  # a model torch.compile cannot take: eager
-                fn = _chunk
+            except Exception as e:
+                if fn is _chunk or not isinstance(e, _dynamo_errors()):
+                    raise
+                fn = _chunk  # a model torch.compile cannot take: eager
                 chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
         lse.append(full_precision(chunk_lse))
         total += full_precision(chunk_sum)
