@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import vaelab
+from vaelab.models.vae import LatentGaussianModel
 from vaelab.api import split_inputs
 from vaelab.errors import VaelabError
 import vaelab.evaluation.probe as probe
@@ -122,7 +123,7 @@ def test_probe_matches_an_independent_logistic_regression(runs, name):
     idx = balanced_subset(y_tr, 100, 10, seed=3)
     with torch.no_grad():
         f_tr, f_te = model.codes(x_tr[idx]).numpy(), model.codes(x_te).numpy()  # all at once, not batched
-    if model.can(LIKELIHOOD):
+    if model.can(LIKELIHOOD) and type(model).codes is LatentGaussianModel.codes:
         assert np.allclose(f_tr, model.encode(x_tr[idx]).mu.detach().numpy())  # the posterior mean
     scaler = StandardScaler().fit(f_tr)
     clf = LogisticRegression(max_iter=1000).fit(scaler.transform(f_tr), y_tr[idx].numpy())

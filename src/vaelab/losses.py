@@ -107,8 +107,11 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """||x_i - y_j||^2 for x [N, D], y [M, D]: [N, M]. |x|^2 + |y|^2 - 2 x.y, one matmul, never
-    a [N, M, D] tensor; the rounding that can take it below zero is clamped."""
-    sq = (x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2 * x @ y.T
+    a [N, M, D] tensor; the rounding that can take it below zero is clamped. In float32 (or
+    float64) even under autocast: the difference cancels, and bf16's 8 bits would not survive it."""
+    x, y = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x, y))
+    with torch.autocast(x.device.type, enabled=False):
+        sq = (x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2 * x @ y.T
     return sq.clamp_min(0)
 
 
