@@ -86,7 +86,7 @@ def test_declared_capabilities_are_there(name):
     model.eval()
     assert model.capabilities <= {ENCODE, SAMPLE, LIKELIHOOD}
     if model.can(ENCODE):
-        assert model.codes(x).shape == (len(x), model.cfg.latent_dim)
+        assert model.codes(x).shape == (len(x), model.code_dim)
         assert model.reconstruct(x).shape == x.shape
     if model.can(SAMPLE):
         assert model.sample(3).shape == (3, 1, 8, 8)

@@ -94,7 +94,7 @@ def test_forward_shapes(case):
     x = _batch(shape)
     if _can(entry, ENCODE):  # it reconstructs and gives codes (the features of a linear probe)
         assert model.reconstruct(x).shape == (B, *shape)
-        assert model.codes(x).shape == (B, cfg.latent_dim)
+        assert model.codes(x).shape == (B, model.code_dim)
     else:
         assert not hasattr(model, "reconstruct") and not hasattr(model, "codes")
     if not _can(entry, SAMPLE):

@@ -23,6 +23,7 @@ from .evaluation.likelihood import evaluate_likelihood
 from .models.base import ENCODE, LIKELIHOOD, SAMPLE
 from .run import RunConfig
 from .rundir import load, split_inputs
+from .samplers import resolve_sampler, sampler_for
 from .training.trainer import FINISHED
 from .training.trainer import train as _train_loop
 
@@ -34,13 +35,16 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
              data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True,
              model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
              sample_metrics: bool | None = None, samples: int = 10_000, log=None, compile: bool | None = None,
-             precision: str = "auto", seed: int | None = 0) -> dict:
+             precision: str = "auto", seed: int | None = 0, sampler: str | None = None) -> dict:
     """Metrics of a run on a split, saved as ``eval-<split>.json`` (``eval-<split>-last.json``
     for the last checkpoint): the reconstruction error of every model (``mse``, per pixel), and
     for models with a likelihood the ELBO, importance-sampled NLL (``k`` samples) and bits/dim in
     nats per example. For a model that can sample (``sample_metrics``, default: whenever it can),
     the Parzen-window log-likelihood and the Fréchet distance of ``samples`` samples
-    (:mod:`vaelab.evaluation.samples`). ``model`` and ``x`` may be passed when the caller has loaded
+    (:mod:`vaelab.evaluation.samples`), drawn by ``sampler`` (:mod:`vaelab.samplers`: ``prior``,
+    ``gmm:K``, ``two-stage``, ``pixelcnn``; default: the model's own), which a model without a
+    prior of its own may be given too; a sampler other than the model's default is saved as
+    ``eval-<split>-<sampler>.json``. ``model`` and ``x`` may be passed when the caller has loaded
     them already. ``compile``, ``precision``: the importance-sampled NLL's path
     (:func:`vaelab.evaluation.likelihood.choose_path`; by default chosen from the CPU and the
     work); ``seed``: its importance samples' seed."""
@@ -50,6 +54,7 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         raise VaelabError(f"--batch-size must be at least 1, got {batch_size}.")
     model = load(run_dir, checkpoint, device) if model is None else model
     run = model.run_config
+    spec = None if sampler is None else resolve_sampler(sampler, type(model), run_dir)
     x = (split_inputs(run_dir, split, data_dir)[0] if x is None else x).to(_device(model))
     levels = model.data_spec.levels
     deq = run.model.dequantizes  # a density on (k + u) / levels
@@ -70,12 +75,17 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
                                        precision, seed, log))
     else:
         res["n"] = len(x)
-    if model.can(SAMPLE) and sample_metrics is not False:
+    if (model.can(SAMPLE) or spec is not None) and sample_metrics is not False:
         from .evaluation.samples import sample_metrics as _sample_metrics
-        res.update(_sample_metrics(model, samples, data_dir, log=log))
+        spec = spec or resolve_sampler(None, type(model), run_dir)
+        drawer = sampler_for(run_dir, model, spec, checkpoint, data_dir, log)
+        res["sampler"] = str(spec)
+        res.update(_sample_metrics(model, samples, data_dir, log=log, sampler=drawer))
     if save:
-        name = f"eval-{split}.json" if checkpoint == "best" else f"eval-{split}-{checkpoint}.json"
-        write_json(Path(run_dir) / name, res)
+        name = f"eval-{split}" if checkpoint == "best" else f"eval-{split}-{checkpoint}"
+        if sampler is not None and str(spec) != type(model).default_sampler:
+            name += f"-{spec.slug}"
+        write_json(Path(run_dir) / f"{name}.json", res)
     return res
 
 
@@ -127,10 +137,11 @@ def manifold(model, n: int = 20) -> torch.Tensor:
 
 
 def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
-             model: torch.nn.Module | None = None, x: torch.Tensor | None = None) -> list[Path]:
-    """Write samples.png, reconstructions.png (models with an encoder), interpolation.png
-    (between encoded test images, or prior draws for a GAN), curves.png and, for a 2-D latent,
-    manifold.png into the run directory, and the model's own pictures."""
+             model: torch.nn.Module | None = None, x: torch.Tensor | None = None, log=None) -> list[Path]:
+    """Write samples.png (from the model's default sampler), reconstructions.png (models with an
+    encoder), interpolation.png (between encoded test images, or prior draws for a GAN),
+    curves.png and, for a 2-D latent, manifold.png into the run directory, and the model's own
+    pictures."""
     run_dir = Path(run_dir)
     model = load(run_dir) if model is None else model
     x = split_inputs(run_dir, "test", data_dir)[0] if x is None else x
@@ -144,7 +155,8 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
     else:
         out = [save_grid(interpolate_prior(model, 8, 10, seed), run_dir / "interpolation.png", nrow=10)]
     if model.can(SAMPLE):
-        out.append(save_grid(model.sample(n), run_dir / "samples.png", nrow=8))
+        drawer = sampler_for(run_dir, model, None, getattr(model, "checkpoint", "best"), data_dir, log)
+        out.append(save_grid(drawer.sample(n), run_dir / "samples.png", nrow=8))
         if model.cfg.latent_dim == 2 and model.normal_prior:
             out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
     out += model.pictures(x.to(_device(model)), run_dir)
@@ -169,7 +181,7 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
             # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
             evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
                      sample_metrics=not has_likelihood, log=log, compile=run.train.compile or None)
-        pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x)
+        pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x, log=log)
         # what lets --resume tell a finished run from one killed in the stages above
         epochs = read_metadata(run_dir / "model.safetensors")["epoch"]
         write_json(run_dir / FINISHED, {"epochs": epochs})

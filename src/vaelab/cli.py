@@ -140,13 +140,20 @@ def _report(run_dir: Path) -> None:
 def cmd_eval(a) -> int:
     from . import api
     from .models import get_model
+    from .samplers import resolve_sampler
     run, spec = read_run(a.run_dir)
-    if a.sample_metrics and SAMPLE in get_model(run.train.model).capabilities:  # before the NLL's minutes, not after
+    cls = get_model(run.train.model)
+    if a.sampler is not None:
+        if not a.sample_metrics:
+            raise VaelabError("--sampler chooses what draws the samples scored; it cannot be given with "
+                              "--no-sample-metrics.")
+        resolve_sampler(a.sampler, cls, a.run_dir)
+    if a.sample_metrics and (SAMPLE in cls.capabilities or a.sampler):  # before the NLL's minutes, not after
         from .evaluation.samples import check_samples
         check_samples(a.samples, spec.shape)
     res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
                        progress=True, sample_metrics=a.sample_metrics, samples=a.samples, log=_say,
-                       compile=a.compile, precision=a.nll_precision, seed=a.seed)
+                       compile=a.compile, precision=a.nll_precision, seed=a.seed, sampler=a.sampler)
     print(dumps(res))
     bad = not_finite(res)
     if bad:  # null in the JSON; the exit status stays 0, as the evaluation itself did run
@@ -192,18 +199,18 @@ def cmd_sample(a) -> int:
     import torch
     from . import api
     from .images import check_grid, save_grid
+    from .models import get_model
+    from .samplers import resolve_sampler, sampler_for
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 0)
     out = _out_path(a.run_dir, a.o, "samples.png")
+    run, spec = read_run(a.run_dir)
+    sampler = resolve_sampler(a.sampler, get_model(run.train.model), a.run_dir)
+    check_grid(f"-n {a.n}" + (f" with --nrow {a.nrow}" if a.nrow else ""), a.n, spec.shape[1:], a.nrow or None)
     model = api.load(a.run_dir, a.checkpoint)
-    name = model.run_config.train.model
-    if not model.can(SAMPLE):
-        raise VaelabError(f"{a.run_dir} holds a {name}, which has no prior to sample from; "
-                          "try vaelab reconstruct or interpolate.")
-    check_grid(f"-n {a.n}" + (f" with --nrow {a.nrow}" if a.nrow else ""), a.n, model.data_spec.shape[1:],
-               a.nrow or None)
+    drawer = sampler_for(a.run_dir, model, sampler, a.checkpoint, a.data_dir, _say)  # the model itself for prior
     torch.manual_seed(a.seed)
-    print(save_grid(model.sample(a.n).cpu(), out, nrow=a.nrow or None))
+    print(save_grid(drawer.sample(a.n).cpu(), out, nrow=a.nrow or None))
     return 0
 
 
@@ -307,6 +314,10 @@ def cmd_demo(a) -> int:
     return 0
 
 
+SAMPLER_HELP = ("what draws the codes of the samples: prior (the model's own p(z)), gmm:K (a Gaussian mixture "
+                "fitted to the codes of the training images), two-stage (a second VAE trained on them, Dai & "
+                "Wipf 2019) or pixelcnn (over a VQ-VAE's grid of codebook indices); fitted once and cached in "
+                "RUN_DIR/samplers/ [default: the model's own, pixelcnn for vqvae, prior for the others]")
 DATA_DIR_HELP = ("where the run's data is now, if not where it was found in training (for a run trained with "
                  "--data-path: that file or folder itself)")
 
@@ -345,10 +356,11 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                                        help="the NLL decoder's matrix products: auto takes bf16 where the CPU "
                                             "has bf16 units (AMX, AVX512-BF16), fp32 elsewhere; the "
                                             "log-likelihoods and the logsumexp stay fp32"),
-               "--seed": dict(type=int, default=0, help="seed of the importance samples")})
+               "--seed": dict(type=int, default=0, help="seed of the importance samples"),
+               "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
     run_cmd("sample", "a grid of samples", cmd_sample,
             **{"-n": dict(type=int, default=64), "-o": dict(default=None), "--nrow": dict(type=int, default=0),
-               "--seed": dict(type=int, default=0)})
+               "--seed": dict(type=int, default=0), "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
     run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
             **{"-n": dict(type=int, default=32), "-o": dict(default=None), "--nrow": dict(type=int, default=8)})
     run_cmd("interpolate", "decoded straight lines between encoded test images (between prior draws for a GAN)",

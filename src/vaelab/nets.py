@@ -9,6 +9,11 @@ pixel, as ``--gaussian-std`` fixes it, is it probabilistic PCA.
 (each halves H and W, rounding up, so any size >= 1 works) and the mirror image of four
 transposed convolutions whose output padding is chosen to land exactly on the encoder's sizes.
 Decoders accept any leading dims on z (e.g. ``[K, B, D]`` importance samples).
+
+Grids of codes (VQ-VAE): :func:`make_grid_encoder` maps x to a grid of vectors ``[B, D, h, w]``,
+the conv stack's last feature map or, for ``mlp`` and ``linear``, a grid x grid reshape of the
+MLP's output; :func:`make_grid_decoder` maps such a grid back to an image. :class:`PixelCNN` is an
+autoregressive distribution over grids of indices, built of :class:`MaskedConv2d`.
 """
 from __future__ import annotations
 
@@ -153,19 +158,45 @@ def conv_sizes(h: int, w: int, layers: int = 4) -> list[tuple[int, int]]:
     return sizes
 
 
+def conv_stack(c_in: int, channels: tuple[int, ...], act: str) -> nn.Sequential:
+    """Stride-2 3x3 convolutions, each followed by the activation: [B, c_in, H, W] ->
+    [B, channels[-1], *conv_sizes(H, W, len(channels))[-1]]."""
+    layers: list[nn.Module] = []
+    for a, b in zip((c_in, *channels[:-1]), channels):
+        layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), activation(act)]
+    return nn.Sequential(*layers)
+
+
+def deconv_stack(channels: tuple[int, ...], act: str, sizes: list[tuple[int, int]], out_channels: int) -> nn.Sequential:
+    """The mirror image of :func:`conv_stack`: [B, channels[-1], *sizes[-1]] -> [B, out_channels,
+    *sizes[0]], transposed convolutions whose output padding lands on each of ``sizes``."""
+    rev = tuple(reversed(channels))
+    layers: list[nn.Module] = []
+    outs = (*rev[1:], out_channels)
+    for i, (c_in, c_out) in enumerate(zip(rev, outs)):
+        (hi, wi), (ho, wo) = sizes[-1 - i], sizes[-2 - i]
+        # a k=3, s=2, p=1 transposed conv gives 2n - 1 + output_padding
+        pad = (ho - (2 * hi - 1), wo - (2 * wi - 1))
+        layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
+        if i < len(rev) - 1:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+def _need_image(shape: tuple[int, ...]) -> None:
+    if len(shape) != 3:
+        raise VaelabError(f"--arch conv needs images of shape C,H,W; the data has shape {shape}.")
+
+
 class ConvEncoder(nn.Module):
     """x [B, C, H, W] -> [B, out_dim] through four stride-2 convolutions."""
 
     def __init__(self, shape: tuple[int, ...], channels: tuple[int, ...], act: str, out_dim: int):
         super().__init__()
-        if len(shape) != 3:
-            raise VaelabError(f"--arch conv needs images of shape C,H,W; the data has shape {shape}.")
+        _need_image(shape)
         c, h, w = shape
         sizes = conv_sizes(h, w, len(channels))
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip((c, *channels[:-1]), channels):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), activation(act)]
-        self.conv = nn.Sequential(*layers)
+        self.conv = conv_stack(c, channels, act)
         # state size: channels[-1] x sizes[-1]
         self.head = nn.Linear(channels[-1] * sizes[-1][0] * sizes[-1][1], out_dim)
 
@@ -178,23 +209,13 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, latent_dim: int, channels: tuple[int, ...], act: str, shape: tuple[int, ...], out_channels: int):
         super().__init__()
-        if len(shape) != 3:
-            raise VaelabError(f"--arch conv needs images of shape C,H,W; the data has shape {shape}.")
+        _need_image(shape)
         _, h, w = shape
         sizes = conv_sizes(h, w, len(channels))
         rev = tuple(reversed(channels))
         self.start = (rev[0], *sizes[-1])
         self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), activation(act))
-        layers: list[nn.Module] = []
-        outs = (*rev[1:], out_channels)
-        for i, (c_in, c_out) in enumerate(zip(rev, outs)):
-            (hi, wi), (ho, wo) = sizes[-1 - i], sizes[-2 - i]
-            # a k=3, s=2, p=1 transposed conv gives 2n - 1 + output_padding
-            pad = (ho - (2 * hi - 1), wo - (2 * wi - 1))
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
-            if i < len(rev) - 1:
-                layers.append(activation(act))
-        self.deconv = nn.Sequential(*layers)
+        self.deconv = deconv_stack(channels, act, sizes, out_channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
@@ -253,3 +274,94 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)  # [B, F]
         return self.head(h).squeeze(-1), h
+
+
+# --------------------------------------------------------------------------------------------
+# grids of codes (VQ-VAE) and an autoregressive prior over them
+# --------------------------------------------------------------------------------------------
+
+def grid_shape(arch: str, shape, channels, grid: int) -> tuple[int, int]:
+    """(h, w) of the code grid: the conv stack's last feature map, or grid x grid for an MLP."""
+    if arch == "conv":
+        _need_image(shape)
+        return conv_sizes(shape[1], shape[2], len(channels))[-1]
+    return grid, grid
+
+
+def make_grid_encoder(arch: str, shape, hidden, channels, act: str, dim: int, grid: int) -> nn.Module:
+    """x [B, *shape] -> a grid of dim-vectors [B, dim, h, w] (:func:`grid_shape`)."""
+    h, w = grid_shape(arch, shape, channels, grid)
+    if arch == "conv":  # the conv stack, then a 1x1 convolution to dim channels
+        return nn.Sequential(conv_stack(shape[0], channels, act), nn.Conv2d(channels[-1], dim, 1))
+    return nn.Sequential(make_encoder(arch, shape, hidden, channels, act, dim * h * w), nn.Unflatten(1, (dim, h, w)))
+
+
+def make_grid_decoder(arch: str, dim: int, hidden, channels, act: str, shape, out_channels: int,
+                      grid: int) -> nn.Module:
+    """A grid of dim-vectors [B, dim, h, w] -> [B, out_channels, *shape[1:]], the mirror image of
+    :func:`make_grid_encoder`."""
+    h, w = grid_shape(arch, shape, channels, grid)
+    if arch == "conv":
+        sizes = conv_sizes(shape[1], shape[2], len(channels))
+        return nn.Sequential(nn.Conv2d(dim, channels[-1], 1), activation(act),
+                             deconv_stack(channels, act, sizes, out_channels))
+    return nn.Sequential(nn.Flatten(1), make_decoder(arch, dim * h * w, hidden, channels, act, shape, out_channels))
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A k x k convolution that sees, of the cells of a grid in raster order, only those before
+    its centre (type ``A``) or those and the centre (type ``B``) (van den Oord et al. 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, mask_type: str):
+        super().__init__(c_in, c_out, kernel, padding=kernel // 2)
+        c = kernel // 2
+        mask = torch.ones(kernel, kernel)
+        mask[c, c + (mask_type == "B"):] = 0  # the centre row: the centre (A) and what is right of it
+        mask[c + 1:] = 0                      # every row below
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+class PixelCNN(nn.Module):
+    """p(c) = prod_i p(c_i | c_<i) over grids c [B, h, w] of indices in 0..K-1, in raster order
+    (van den Oord et al. 2016): each index embedded as a vector, a type-A masked convolution (cell i
+    sees cells < i), residual type-B ones (cell i sees what cells <= i computed) and 1x1
+    convolutions to K logits a cell. A masked stack has a blind spot above and to the right; on
+    the small grids of a VQ-VAE's codes the gated two-stack network is not needed."""
+
+    def __init__(self, num_codes: int, channels: int = 32, blocks: int = 2, kernel: int = 3):
+        super().__init__()
+        self.num_codes = num_codes
+        self.embed = nn.Embedding(num_codes, channels)
+        self.first = MaskedConv2d(channels, channels, kernel, "A")
+        self.blocks = nn.ModuleList(MaskedConv2d(channels, channels, 3, "B") for _ in range(blocks))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
+                                  nn.Conv2d(channels, num_codes, 1))
+        self.reach = kernel // 2 + blocks  # rows above a cell that its logits depend on
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Embedded grids [B, C, h, w] -> logits [B, K, h, w]."""
+        h = self.first(h)
+        for block in self.blocks:
+            h = h + block(torch.relu(h))
+        return self.head(h)
+
+    def logits(self, c: torch.Tensor) -> torch.Tensor:
+        """Index grids [B, h, w] -> logits [B, K, h, w]."""
+        return self(self.embed(c).permute(0, 3, 1, 2))
+
+    @torch.no_grad()
+    def sample(self, n: int, grid: tuple[int, int]) -> torch.Tensor:
+        """n grids [n, h, w], cell by cell (the global RNG)."""
+        h, w = grid
+        c = torch.zeros(n, h, w, dtype=torch.long, device=self.embed.weight.device)
+        for i in range(h):
+            # row i depends on rows i - reach .. i alone (each masked layer reaches one row up, the
+            # first kernel // 2): the rest of the grid is left out, exactly
+            top = max(0, i - self.reach)
+            for j in range(w):
+                p = self.logits(c[:, top: i + 1])[:, :, i - top, j].float().softmax(1)  # [n, K]
+                c[:, i, j] = torch.multinomial(p, 1)[:, 0]
+        return c

@@ -70,13 +70,14 @@ def read_run(run_dir) -> tuple[RunConfig, DataSpec]:
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> torch.nn.Module:
     """The trained model of a run, in eval mode, with ``encode``, ``decode``, ``sample``,
     ``reconstruct``. ``checkpoint`` is ``best`` (best validation score) or ``last``.
-    The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``."""
+    The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``, the
+    checkpoint's name as ``model.checkpoint``."""
     if checkpoint not in CHECKPOINTS:
         raise VaelabError(f"--checkpoint must be best or last, got {checkpoint!r}.")
     run, spec = read_run(run_dir)
     model = get_model(run.train.model)(run.model)
     load_weights(model, Path(run_dir) / CHECKPOINTS[checkpoint])
-    model.run_config, model.data_spec = run, spec
+    model.run_config, model.data_spec, model.checkpoint = run, spec, checkpoint
     return model.to(resolve_device(device)).eval()
 
 

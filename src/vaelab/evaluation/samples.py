@@ -61,15 +61,16 @@ def draw_samples(model: Sampler, n: int, seed: int = 0, batch_size: int = 1000,
 
 
 def sample_metrics(model: Sampler, n_samples: int = 10_000, data_dir: str | None = None, seed: int = 0,
-                   log=None) -> dict:
+                   log=None, sampler: Sampler | None = None) -> dict:
     """Parzen log-likelihood and Fréchet distance of ``n_samples`` samples of a loaded run's
-    model (:func:`vaelab.load`), against its dataset's test split."""
+    model (:func:`vaelab.load`), against its dataset's test split. ``sampler``: what draws them,
+    if not the model's own ``sample`` (a sampler fitted after training, :mod:`vaelab.samplers`)."""
     run, spec = model.run_config, model.data_spec
     check_samples(n_samples, spec.shape)
     d = run.data
     ds = run_dataset(d, data_dir)
     unit = {s: to_unit(getattr(ds, s).x, ds.spec.levels) for s in ("train", "val", "test")}
-    samples, per_s = draw_samples(model, n_samples, seed,
+    samples, per_s = draw_samples(model if sampler is None else sampler, n_samples, seed,
                                   dequantized_levels=spec.levels if run.model.dequantizes else None)
     x_val = unit["val"][:PARZEN_VAL] if len(unit["val"]) else unit["train"][:PARZEN_VAL]
     res = {"samples_per_s": per_s, **parzen_evaluate(samples, x_val, unit["test"])}

@@ -23,6 +23,11 @@ ENCODE = "encode"          # codes(x), reconstruct(x): an encoder, so probes, in
 SAMPLE = "sample"          # sample(n), prior(n), decode_mean(z): new images
 LIKELIHOOD = "likelihood"  # elbo_terms(x), log_weights(x, k): ELBO, IS-NLL, bits/dim
 
+# what a model's latent is (:attr:`Model.latent`), so a sampler fitted after training on the codes
+# of the training images (:mod:`vaelab.samplers`) knows what it can fit
+VECTOR = "vector"  # codes(x) [B, D] and decode_mean(z): a density on vectors (gmm:K, two-stage)
+GRID = "grid"      # code_grid(x) [B, h, w] of indices and decode_grid(c) (:class:`GridCoder`): pixelcnn
+
 
 class Encoder(Protocol):
     """What a model that declares ENCODE offers."""
@@ -37,6 +42,14 @@ class Sampler(Protocol):
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...  # [n, D]
     def sample(self, n: int) -> torch.Tensor: ...                # [n, *shape]
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor: ...  # [..., *shape]
+
+
+class GridCoder(Protocol):
+    """What a model whose :attr:`~Model.latent` is GRID offers: its codes as grids of indices
+    into a codebook of ``num_codes`` entries."""
+    num_codes: int
+    def code_grid(self, x: torch.Tensor) -> torch.Tensor: ...    # [B, h, w], int64 in [0, num_codes)
+    def decode_grid(self, c: torch.Tensor) -> torch.Tensor: ...  # [B, h, w] -> [B, *shape]
 
 
 class HasLikelihood(Protocol):
@@ -75,6 +88,8 @@ class Model(nn.Module):
     drop_last: ClassVar[bool] = False                # drop an epoch's last, smaller minibatch
     train_defaults: ClassVar[dict] = {}              # this model's defaults for run-wide fields
     presets: ClassVar[dict[str, dict]] = {}          # --preset NAME: settings of a published net
+    latent: ClassVar[str] = VECTOR                   # VECTOR or GRID: what a fitted sampler models
+    default_sampler: ClassVar[str] = "prior"         # what `vaelab sample` and `eval` draw from (--sampler)
 
     @classmethod
     def upgrade_format1(cls, old: dict, model: dict) -> tuple[str, dict]:
@@ -90,6 +105,12 @@ class Model(nn.Module):
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    @property
+    def code_dim(self) -> int:
+        """The width of ``codes(x)`` (ENCODE): the latent dimension, unless the codes are more
+        than one vector (a VQ-VAE's grid of them)."""
+        return self.cfg.latent_dim
 
     @property
     def batches_per_step(self) -> int:

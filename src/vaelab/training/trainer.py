@@ -31,7 +31,8 @@ from .update import FastPaths, make_scalers, take_step
 
 FINISHED = "finished.json"  # written by vaelab.api.train once the final evaluation and pictures are done
 RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl", FINISHED)
-RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png")  # results of the run, replaced with it
+# results of the run, replaced with it (samplers/: the samplers fitted after training, vaelab.samplers)
+RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png", "samplers/*.safetensors")
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
 RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last",

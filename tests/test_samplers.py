@@ -1,0 +1,168 @@
+"""The samplers fitted after training (vaelab.samplers): what a spec may be, which model may have
+which, the cache (reused, refitted when its checkpoint changes), the mixture's draws against the
+mixture scikit-learn fitted, and `vaelab sample` / `vaelab eval` through them."""
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vaelab
+from vaelab import samplers
+from vaelab.cli import main
+from vaelab.evaluation.probe import codes_of
+from vaelab.io import save_weights
+from vaelab.rundir import split_inputs
+from vaelab.training.trainer import train as train_loop
+
+
+def _run(path, **flags):
+    """A tiny run on the digits: the training loop alone (its final evaluation is not needed here)."""
+    cfg = vaelab.make_config(data="digits", hidden=(16,), latent_dim=2, epochs=1, batch_size=64, nll_samples=0,
+                             progress=False, device="cpu", out=str(path), **flags)
+    with contextlib.ExitStack() as hold:
+        return train_loop(cfg, hold=hold, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("samplers") / "vae", model="vae")
+
+
+def _fails(capsys, argv, *words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and err.endswith("."), err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+@pytest.mark.parametrize("spec", ["gmm:0", "gmm:x", "foo", "gmm", "gmm:", "gmm:-3", "gmm:1001", "gmm:2.5",
+                                  "prior:2", "two-stage:3", ""])
+def test_a_bad_spec_is_one_sentence_and_exit_2(spec, vae_run, tmp_path, capsys):
+    err = _fails(capsys, ["sample", str(vae_run), "--sampler", spec, "-o", str(tmp_path / "s.png")],
+                 "--sampler must be prior, gmm:K (K a whole number from 1 to 1000), two-stage or pixelcnn")
+    assert repr(spec) in err
+    _fails(capsys, ["eval", str(vae_run), "--sampler", spec], "--sampler must be")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_a_sampler_the_model_cannot_have_is_refused(vae_run, tmp_path, capsys):
+    _fails(capsys, ["sample", str(vae_run), "--sampler", "pixelcnn"], "codes of a vae are vectors", "gmm:K")
+    _fails(capsys, ["eval", str(vae_run), "--sampler", "gmm:2", "--no-sample-metrics"], "--no-sample-metrics")
+    gan = _run(tmp_path / "gan", model="gan")
+    _fails(capsys, ["sample", str(gan), "--sampler", "two-stage"], "has no encoder")
+    x = split_inputs(vae_run, "train")[0][:5]
+    with pytest.raises(vaelab.VaelabError, match="codes of 5 training images: give K of at most 5"):
+        samplers._fit(samplers.parse_sampler("gmm:6"), vaelab.load(vae_run, device="cpu"), x)
+
+
+def test_gmm_is_cached_reused_and_refitted_when_its_checkpoint_changes(vae_run, monkeypatch):
+    fits = []
+    real_fit = samplers._fit
+    monkeypatch.setattr(samplers, "_fit", lambda *a: fits.append(a[0]) or real_fit(*a))
+    model = vaelab.load(vae_run, device="cpu")
+    first = samplers.sampler_for(vae_run, model, "gmm:3")
+    path = vae_run / "samplers" / "gmm-3-best.safetensors"
+    assert len(fits) == 1 and path.is_file()
+    again = samplers.sampler_for(vae_run, model, "gmm:3")  # read back, not fitted again
+    assert len(fits) == 1
+    a, b = first.stage.state_dict(), again.stage.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    samplers.sampler_for(vae_run, model, "gmm:4")  # another spec, another file
+    assert len(fits) == 2 and (vae_run / "samplers" / "gmm-4-best.safetensors").is_file()
+    # the checkpoint changes (a resumed run, say): the cached mixture is stale
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    save_weights(model, vae_run / "best.safetensors", {"epoch": 1})
+    samplers.sampler_for(vae_run, vaelab.load(vae_run, device="cpu"), "gmm:3")
+    assert len(fits) == 3
+    samplers.sampler_for(vae_run, vaelab.load(vae_run, device="cpu"), "gmm:3")
+    assert len(fits) == 3
+
+
+def test_gmm_draws_follow_the_mixture_scikit_learn_fits(vae_run):
+    from sklearn.mixture import GaussianMixture
+    model = vaelab.load(vae_run, device="cpu")
+    z = codes_of(model, split_inputs(vae_run, "train")[0]).double().numpy()
+    gm = GaussianMixture(3, covariance_type="full", random_state=0).fit(z)
+    stage = samplers.sampler_for(vae_run, model, "gmm:3").stage
+    np.testing.assert_allclose(stage.means.numpy(), gm.means_, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(0)
+    draws = stage.sample(200_000).double().numpy()
+    mean = gm.weights_ @ gm.means_  # the mixture's moments, in closed form
+    cov = sum(w * (c + np.outer(m, m)) for w, m, c in zip(gm.weights_, gm.means_, gm.covariances_)) - np.outer(mean, mean)
+    np.testing.assert_allclose(draws.mean(0), mean, atol=0.02)
+    np.testing.assert_allclose(np.cov(draws.T), cov, atol=0.03)
+
+
+class _Codes(torch.nn.Module):
+    """A stand-in model whose codes are its inputs."""
+    latent = "vector"
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.code_dim, self.unused = d, torch.nn.Parameter(torch.zeros(1))
+
+    def codes(self, x):
+        return x
+
+
+def test_two_stage_learns_codes_far_from_a_standard_normal():
+    # two narrow modes, far from 0 and of unequal scales: what the standardisation and a second VAE
+    # are for (Dai & Wipf 2019: the first stage's aggregate posterior is not N(0, I))
+    g = torch.Generator().manual_seed(0)
+    sign = torch.randint(0, 2, (2000, 1), generator=g) * 2 - 1
+    z = torch.cat([3 * sign, torch.zeros(2000, 1)], 1) + 0.3 * torch.randn(2000, 2, generator=g)
+    z = z * torch.tensor([10.0, 1.0]) + torch.tensor([5.0, -7.0])
+    torch.manual_seed(0)
+    stage, settings, _ = samplers._fit(samplers.parse_sampler("two-stage"), _Codes(2), z)
+    torch.testing.assert_close(stage.mean, z.mean(0))
+    torch.testing.assert_close(stage.std, z.std(0))
+    s = (z - stage.mean) / stage.std
+    torch.manual_seed(1)
+    with torch.no_grad():
+        bound = stage.loss(s)  # the negative ELBO, an upper bound on -log p, nats per code
+    # the best single Gaussian on the standardised codes, in closed form: 1/2 log det(2 pi e Sigma)
+    gaussian = 0.5 * torch.logdet(2 * torch.pi * torch.e * torch.cov(s.T.double())).item()
+    assert bound < gaussian - 0.3, (bound, gaussian)  # only a second stage that uses its latent gets here
+    torch.manual_seed(0)
+    draws = stage.eval().sample(20_000)
+    torch.testing.assert_close(draws.mean(0), z.mean(0), atol=0.15 * float(z.std(0).max()), rtol=0)
+    torch.testing.assert_close(draws.std(0), z.std(0), rtol=0.25, atol=0)
+
+
+def test_cli_samples_through_gmm_and_two_stage(vae_run, tmp_path, capsys):
+    for spec, name in (("gmm:3", "gmm-3"), ("two-stage", "two-stage")):
+        out = tmp_path / f"{name}.png"
+        assert main(["sample", str(vae_run), "--sampler", spec, "-n", "16", "-o", str(out)]) == 0
+        assert out.is_file() and (vae_run / "samplers" / f"{name}-best.safetensors").is_file()
+    # prior: today's samples, bit for bit
+    assert main(["sample", str(vae_run), "-n", "16", "-o", str(tmp_path / "default.png")]) == 0
+    assert main(["sample", str(vae_run), "--sampler", "prior", "-n", "16", "-o", str(tmp_path / "prior.png")]) == 0
+    model = vaelab.load(vae_run)
+    torch.manual_seed(0)
+    want = model.sample(16)
+    from vaelab.images import save_grid
+    save_grid(want, tmp_path / "want.png")
+    assert (tmp_path / "prior.png").read_bytes() == (tmp_path / "default.png").read_bytes() == \
+        (tmp_path / "want.png").read_bytes()
+    assert (tmp_path / "gmm-3.png").read_bytes() != (tmp_path / "prior.png").read_bytes()
+
+
+def test_eval_scores_a_fitted_sampler(vae_run, capsys):
+    assert main(["eval", str(vae_run), "-k", "2", "--samples", "300", "--sampler", "gmm:3"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    saved = json.loads((vae_run / "eval-test-gmm-3.json").read_text())
+    assert res == saved and res["sampler"] == "gmm:3" and res["parzen_samples"] == 300 and res["frechet"] > 0
+    assert "nll" in res
+
+
+def test_an_autoencoder_samples_through_a_mixture_of_its_codes(tmp_path, capsys):
+    ae = _run(tmp_path / "ae", model="ae")
+    _fails(capsys, ["sample", str(ae)], "no prior to sample from", "--sampler gmm:K")
+    assert main(["sample", str(ae), "--sampler", "gmm:2", "-n", "4", "-o", str(tmp_path / "ae.png")]) == 0
+    assert (tmp_path / "ae.png").is_file()
