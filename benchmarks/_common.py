@@ -37,3 +37,13 @@ def machine(threads: int) -> dict:
         pass
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     return {"cpu": model, "cpu_flags": flags, "torch": torch.__version__, "threads": threads, "load_1min": load}
+
+
+def iwae_net():
+    """The IWAE paper's MNIST net, 784-200-200-50 tanh, Bernoulli: vaelab's VAE at ``--preset
+    iwae`` (its net; the preset's training settings are not the module's)."""
+    import dataclasses
+
+    from vaelab.models.vae import VAE, VAEConfig
+    fields = {f.name for f in dataclasses.fields(VAEConfig)}
+    return VAE(VAEConfig(shape=(1, 28, 28), **{k: v for k, v in VAE.presets["iwae"].items() if k in fields}))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal
 
-from _common import RESULTS, emit, machine
+from _common import RESULTS, emit, iwae_net, machine
 
 DEFAULT_WEIGHTS = "runs/bench-time-to-quality/snapshots/vaelab-20.safetensors"
 
@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                    help="vaelab's chunk compiled: auto (from 2,000,000 samples), on, off")
     ap.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA"))
     ap.add_argument("--results", default=str(RESULTS / "nll_speed.jsonl"))
     a = ap.parse_args()
@@ -66,7 +68,7 @@ def main() -> None:
     from vaelab.models.vae import VAE, VAEConfig
     ds = load_dataset("mnist", a.data_dir)
     x = eval_inputs(ds.test.x, ds.spec.levels, "dynamic")[:a.n]  # the fixed binarized test set
-    net = VAE(VAEConfig(shape=(1, 28, 28), **VAE.presets["iwae"]))
+    net = iwae_net()
     load_weights(net, a.weights)
     net.eval()
     lines = []
@@ -77,7 +79,8 @@ def main() -> None:
         plain = plain_nll(net, x, a.k)
         plain_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        fast = evaluate_likelihood(net, x, a.k, batch_size=100, precision=a.precision, seed=rep, log=lines.append)
+        fast = evaluate_likelihood(net, x, a.k, batch_size=100, precision=a.precision, seed=rep,
+                                    compile={"auto": None, "on": True, "off": False}[a.compile], log=lines.append)
         fast_s.append(time.perf_counter() - t0)
         emit(a.results, {"benchmark": "nll_speed", **machine(a.threads), "repeat": rep, "k": a.k, "n": len(x),
                          "path": fast["nll_path"], "vaelab_seconds": round(fast_s[-1], 1),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, emit, machine
+from _common import RESULTS, emit, iwae_net, machine
 
 MARKS = (2, 5, 10, 20, 30, 60)
 PAPER_VAE = 86.76
@@ -84,7 +84,7 @@ def train_plain(a, snaps: Path) -> None:
     ds = load_dataset("mnist", a.data_dir)
     x = ds.train.x.float().div(255).flatten(1)  # all 60,000
     torch.manual_seed(0)
-    net = VAE(VAEConfig(shape=(1, 28, 28), **VAE.presets["iwae"]))
+    net = iwae_net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     spent, marks, epochs = 0.0, [m for m in MARKS if m <= a.minutes], 0
     while spent < 60 * a.minutes:
@@ -119,7 +119,7 @@ def nll(a, recipe: str, mark: int, snaps: Path, k: int) -> dict:
     from vaelab.models.vae import VAE, VAEConfig
     ds = load_dataset("mnist", a.data_dir)
     x = eval_inputs(ds.test.x, ds.spec.levels, "dynamic")  # the fixed binarized test set, all 10,000
-    net = VAE(VAEConfig(shape=(1, 28, 28), **VAE.presets["iwae"]))
+    net = iwae_net()
     if recipe == "plain":
         net.load_state_dict(torch.load(snaps / f"plain-{mark}.pt"))
     else:  # the IWAE's nets are the VAE's: its weights load into the same module

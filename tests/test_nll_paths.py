@@ -42,7 +42,8 @@ def _plain(net, x, k, seed, chunk):
 @torch.no_grad()
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_the_fast_path_equals_a_plain_estimator_on_the_same_seed(compiled, monkeypatch):
-    monkeypatch.setattr(lk, "CHUNK_ELEMENTS", 40 * 64 * 64)  # chunks of 64 draws for 40 8x8 images
+    for name in ("CHUNK_ELEMENTS", "COMPILED_CHUNK_ELEMENTS"):  # chunks of 64 draws for 40 8x8 images
+        monkeypatch.setattr(lk, name, 40 * 64 * 64)
     net = _model()
     x = (torch.rand(40, 1, 8, 8) < 0.4).float()
     k = 300
