@@ -4,8 +4,8 @@ the IWAE paper's MNIST net (784-200-200-50 tanh, Bernoulli) and all 10,000 test 
 
 The plain estimator is what a user writes with torch.distributions: encode a batch once, draw
 the K samples in chunks (the same memory per chunk as vaelab's), score them, and take the
-logsumexp over all K. Both must agree to within 0.05 nats (issue 14). vaelab's time includes
-its one-off compile, reported on its own as well. One JSON line per repeat, with the machine.
+logsumexp over all K. Both must agree to within 0.05 nats (issue 14). vaelab's time on the first
+repeat includes its one-off compile (seconds). One JSON line per repeat, with the machine.
 
     python benchmarks/time_to_quality.py ...   # writes the snapshot weights used by default
     python benchmarks/nll_speed.py --k 5000 --threads 2 --data-dir ../shared/data

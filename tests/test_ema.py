@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 import vaelab
 from vaelab.errors import VaelabError
 from vaelab.training.ema import EMA
+from vaelab.training.trainer import learning_rate
 
 TINY = dict(data="digits", hidden=(16,), latent_dim=2, batch_size=64, nll_samples=0, progress=False, device="cpu")
 
@@ -55,7 +56,10 @@ def test_a_decay_outside_0_1_is_refused():
 def test_the_iwae_preset_carries_the_time_to_quality_recipe_and_flags_win():
     cfg = vaelab.make_config(data="mnist", preset="iwae")
     t = cfg.train
-    assert (t.batch_size, t.lr, t.lr_schedule, t.lr_final, t.ema) == (100, 1e-3, "cosine", 1e-4, 0.999)
+    assert (t.batch_size, t.lr, t.lr_schedule, t.lr_final, t.ema) == (100, 1e-3, "cosine", None, 0.999)
+    ten = vaelab.make_config(data="mnist", preset="iwae", epochs=10).train
+    assert learning_rate(ten, 9) == pytest.approx(1e-4) and learning_rate(ten, 0) == 1e-3  # cosine to lr/10
+    assert vaelab.make_config(data="mnist", preset="iwae", lr=5e-5, epochs=10).train.lr_final is None
     assert cfg.model.binarize == "dynamic" and cfg.model.hidden == (200, 200) and cfg.model.latent_dim == 50
     iwae = vaelab.make_config(model="iwae", data="mnist", preset="iwae", k=5)
     assert (iwae.train.ema, iwae.train.lr_schedule, iwae.model.k) == (0.999, "cosine", 5)

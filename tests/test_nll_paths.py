@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal
 
 from vaelab.cli import main
+from vaelab.errors import VaelabError
 from vaelab.evaluation import likelihood as lk
 from vaelab.evaluation.likelihood import NLLPath, choose_path, evaluate_likelihood
 from vaelab.models.vae import VAE, VAEConfig
@@ -58,16 +59,16 @@ def test_the_fast_path_equals_a_plain_estimator_on_the_same_seed(compiled, monke
 
 
 @torch.no_grad()
-def test_bf16_products_agree_with_fp32_within_a_tenth_of_a_nat():
+def test_bf16_products_agree_with_fp32_within_the_issues_tolerance():
     """bf16 matrix products, fp32 log-likelihoods and logsumexp: on a fixed 784-64-64-8 net
-    (weights x3) the mean NLL over 64 images moves by less than 0.1 nats (measured: 0.006),
-    and it does move, so the bf16 path really ran."""
+    (weights x3) the mean NLL over 64 images moves by less than 0.05 nats, the issue's bound
+    (measured: 0.006), and it does move, so the bf16 path really ran."""
     net = _model(shape=(1, 28, 28), hidden=(64, 64), latent=8)
     x = (torch.rand(64, 1, 28, 28) < 0.3).float()
     fp32 = evaluate_likelihood(net, x, 50, batch_size=64, compile=False, precision="fp32", seed=0)
     bf16 = evaluate_likelihood(net, x, 50, batch_size=64, compile=False, precision="bf16", seed=0)
     assert "bf16" in bf16["nll_path"] and "fp32" in fp32["nll_path"]
-    assert 0 < abs(bf16["nll"] - fp32["nll"]) < 0.1, (bf16["nll"], fp32["nll"])
+    assert 0 < abs(bf16["nll"] - fp32["nll"]) < 0.05, (bf16["nll"], fp32["nll"])
 
 
 def test_the_path_follows_the_cpu_flags_and_the_work(monkeypatch):
@@ -83,6 +84,26 @@ def test_the_path_follows_the_cpu_flags_and_the_work(monkeypatch):
     assert not choose_path("cpu", 10 ** 9, compile=False).compiled
 
 
+def test_a_path_that_cannot_be_taken_is_refused_or_said():
+    with pytest.raises(VaelabError, match="--nll-precision must be auto, fp32 or bf16"):
+        choose_path("cpu", 10, precision="fp16")
+
+
+def test_a_failed_compile_falls_back_to_eager_and_says_so(monkeypatch):
+    from torch._dynamo.exc import TorchDynamoException
+
+    def broken(*a, **k):
+        raise TorchDynamoException("no compiler here")
+    monkeypatch.setattr(lk, "_compiled_chunk", lambda: broken)
+    monkeypatch.setattr(lk, "_COMPILE_FAILED", set())
+    net, x, said = _model(), (torch.rand(4, 1, 8, 8) < 0.5).float(), []
+    got = evaluate_likelihood(net, x, 10, compile=True, precision="fp32", log=said.append)
+    want = evaluate_likelihood(net, x, 10, compile=False, precision="fp32")
+    assert got["nll"] == want["nll"] and "eager" in got["nll_path"] and "failed" in said[-1]
+    again = evaluate_likelihood(net, x, 10, compile=True, precision="fp32")  # not tried again
+    assert "failed before" in again["nll_path"]
+
+
 def test_bf16_units_reads_torch_cpu_flags(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
@@ -91,7 +112,8 @@ def test_bf16_units_reads_torch_cpu_flags(monkeypatch):
     assert lk.bf16_units() is None
 
 
-def test_eval_is_seeded_and_names_its_path(tmp_path, capsys):
+def test_eval_is_seeded_and_names_its_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(lk, "bf16_units", lambda: None)  # the fp32 path, whatever this CPU has
     out = tmp_path / "run"
     assert main(["train", "--data", "digits", "--hidden", "16", "--latent-dim", "2", "--epochs", "1",
                  "--nll-samples", "0", "--no-progress", "--out", str(out)]) == 0

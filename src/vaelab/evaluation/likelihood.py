@@ -9,6 +9,7 @@ and for as many samples as fit a memory budget at a time, never one point at a t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributions import DiagonalGaussian
+from ..errors import VaelabError
 from ..nets import full_precision
 from ..models.base import HasLikelihood
 
@@ -45,8 +47,9 @@ def _compiled_chunk():
     """:func:`_chunk` through torch.compile, made on first use (importing vaelab stays cheap).
     The decoder's log-probability, the prior and posterior terms and both reductions fuse into a
     few loops over the samples instead of a pass each. ``fallback_random``: its normal draws are
-    eager's own, so a seed gives the same samples on either path and the two estimates differ
-    only by rounding."""
+    eager's own, so with the same seed and the same chunks both paths draw the same samples and
+    their estimates differ only by rounding (the compiled path's larger chunks draw other
+    normals: the same distribution)."""
     return torch.compile(_chunk, dynamic=True, options={"fallback_random": True})
 
 
@@ -79,6 +82,8 @@ def bf16_units() -> str | None:
     return None
 
 
+_COMPILE_FAILED: set[type] = set()  # models whose chunk torch.compile could not take, evaluated eagerly
+
 # importance samples (images x K) from which compiling the chunk pays for its one-off compile
 # (seconds to tens of seconds): a K = 1000 evaluation of 10,000 test images is 10^7
 COMPILE_MIN_SAMPLES = 2_000_000
@@ -105,6 +110,8 @@ def choose_path(device: torch.device | str, samples: int, precision: str = "auto
     ``precision``: ``"auto"`` takes bf16 where the CPU has bf16 units (:func:`bf16_units`) and
     fp32 elsewhere (CUDA included); ``"fp32"``/``"bf16"`` force one. ``compile``: None compiles
     when there are at least :data:`COMPILE_MIN_SAMPLES` samples."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise VaelabError(f"--nll-precision must be auto, fp32 or bf16, got {precision!r}.")
     device = torch.device(device)
     units = bf16_units() if device.type == "cpu" else None
     if precision == "auto":
@@ -113,6 +120,8 @@ def choose_path(device: torch.device | str, samples: int, precision: str = "auto
             "no bf16 units on this CPU" if device.type == "cpu" else f"on {device.type}")
     else:
         why = f"--nll-precision {precision}"
+        if precision == "bf16" and device.type == "cpu" and not units:
+            why += ", emulated: this CPU has no bf16 units"
     if compile is None:
         compile = samples >= COMPILE_MIN_SAMPLES
         why += f"; {'compiled' if compile else 'eager'} for {samples:,} samples"
@@ -143,6 +152,8 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
         (log_px [B], elbo [B]).
     """
     path = path or NLLPath("fp32", compile)
+    if path.compiled and type(model) in _COMPILE_FAILED:
+        path = dataclasses.replace(path, compiled=False)
     q = model.encode(x) if q is None else q
     chunk = chunk_size(model, x, k, COMPILED_CHUNK_ELEMENTS if path.compiled else None)
     lse, total = [], 0.0
@@ -154,7 +165,10 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
             except Exception as e:
                 if fn is _chunk or not isinstance(e, _dynamo_errors()):
                     raise
-                fn = _chunk  # a model torch.compile cannot take: eager
+                # a model (or a machine) torch.compile cannot take: eager from here on
+                _COMPILE_FAILED.add(type(model))
+                path = dataclasses.replace(path, compiled=False)
+                fn = _chunk
                 chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
         lse.append(full_precision(chunk_lse))
         total += full_precision(chunk_sum)
@@ -187,6 +201,8 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, batch_siz
     """
     model.eval()
     path = choose_path(x.device, x.shape[0] * k, precision, compile)
+    if path.compiled and type(model) in _COMPILE_FAILED:
+        path = dataclasses.replace(path, compiled=False, reason=path.reason + "; torch.compile failed before")
     if log:
         log(f"NLL path: {path.describe()}")
     devices = [x.device] if x.device.type == "cuda" else []
@@ -202,6 +218,10 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, batch_siz
             nll_sum -= log_px.sum().item()
             elbo_sum += elbo.sum().item()
             kl_sum += model.kl(xb, q).sum().item()
+    if path.compiled and type(model) in _COMPILE_FAILED:  # it failed during this evaluation
+        path = dataclasses.replace(path, compiled=False, reason=path.reason + "; torch.compile failed: eager")
+        if log:
+            log(f"NLL path: {path.describe()}")
     n = x.shape[0]
     nll = nll_sum / n + offset
     return {"elbo": elbo_sum / n - offset, "nll": nll, "bpd": bits_per_dim(nll, x[0].numel()) if discrete else None,
