@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 import vaelab
 from vaelab.models import MODELS
 from vaelab.models.base import ENCODE, LIKELIHOOD, SAMPLE, StepInfo
+from vaelab.training.trainer import train as train_loop
 from vaelab.training.update import FastPaths, take_step
 
 NAMES = sorted(MODELS)
@@ -31,11 +32,17 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _trained(name: str, path, **over):
+    """The training loop alone: the final evaluation and pictures (the same for a resumed run;
+    every model's are exercised by test_cli) would cost more than the epochs here."""
+    return train_loop(vaelab.make_config(**tiny(name, **over), out=str(path)), log=lambda m: None)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_is_exact_for_every_model(name, tmp_path):
-    full = vaelab.train(vaelab.make_config(**tiny(name, epochs=3), out=str(tmp_path / "full")), log=lambda m: None)
-    half = vaelab.train(vaelab.make_config(**tiny(name, epochs=1), out=str(tmp_path / "half")), log=lambda m: None)
-    vaelab.train(vaelab.make_config(**tiny(name, epochs=3)), resume=half, log=lambda m: None)
+    full = _trained(name, tmp_path / "full", epochs=3)
+    half = _trained(name, tmp_path / "half", epochs=1)
+    train_loop(vaelab.make_config(**tiny(name, epochs=3)), resume=half, log=lambda m: None)
     assert _same(_weights(full), _weights(half))
     lines = lambda r: [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [h["train_loss"] for h in lines(full)] == [h["train_loss"] for h in lines(half)]
@@ -43,8 +50,7 @@ def test_resume_is_exact_for_every_model(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_weights_and_checkpoint_round_trip(name, tmp_path):
-    a = vaelab.train(vaelab.make_config(**tiny(name, epochs=1), out=str(tmp_path / "a")), log=lambda m: None)
-    b = vaelab.train(vaelab.make_config(**tiny(name, epochs=1), out=str(tmp_path / "b")), log=lambda m: None)
+    a, b = (_trained(name, tmp_path / n, epochs=1) for n in "ab")
     assert _same(_weights(a), _weights(b))
     model = vaelab.load(a, "last", device="cpu")
     assert _same({k: v for k, v in model.state_dict().items()}, _weights(a))

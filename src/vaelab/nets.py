@@ -43,14 +43,20 @@ class NetConfig(ModelConfig):
     latent_dim: int = opt(20, "dimension of z")
 
     def check(self) -> None:
-        if self.latent_dim < 1:
-            raise VaelabError(f"--latent-dim must be at least 1, got {self.latent_dim}.")
-        if self.arch == "mlp" and not self.hidden:
-            raise VaelabError(f"--hidden must list at least one layer size, such as "
-                              f"{','.join(map(str, type(self)().hidden))}; for none, use --arch linear.")
+        check_latent_and_hidden(self, "; for none, use --arch linear")
         if self.arch == "conv" and not self.channels:
             raise VaelabError("--channels must list at least one channel count for --arch conv, e.g. 32,32,64,64.")
 
+
+
+def check_latent_and_hidden(cfg, no_hidden_hint: str = "") -> None:
+    """The --latent-dim and --hidden checks of every config with an mlp (``cfg.arch``): a code
+    of at least one dimension, an mlp of at least one hidden layer."""
+    if cfg.latent_dim < 1:
+        raise VaelabError(f"--latent-dim must be at least 1, got {cfg.latent_dim}.")
+    if cfg.arch == "mlp" and not cfg.hidden:
+        raise VaelabError(f"--hidden must list at least one layer size, such as "
+                          f"{','.join(map(str, type(cfg)().hidden))}{no_hidden_hint}.")
 
 
 def full_precision(t: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from ..config import ModelConfig, opt
 from ..errors import VaelabError
 from ..images import plot_game, progress_strip, save_grid
 from ..losses import discriminator_loss, generator_loss
-from ..nets import full_precision
+from ..nets import check_latent_and_hidden, full_precision
 from ..registry import register
 from .base import SAMPLE, Model, StepInfo, Update, adam, with_base_lr
 
@@ -58,11 +58,7 @@ class GANConfig(ModelConfig):
                         ("none", "static", "dynamic"))
 
     def check(self) -> None:
-        if self.latent_dim < 1:
-            raise VaelabError(f"--latent-dim must be at least 1, got {self.latent_dim}.")
-        if self.arch == "mlp" and not self.hidden:
-            raise VaelabError(f"--hidden must list at least one layer size, such as "
-                              f"{','.join(map(str, type(self)().hidden))}.")
+        check_latent_and_hidden(self)
         if self.k < 1:
             raise VaelabError(f"--k must be at least 1 (discriminator steps per generator step), got {self.k}.")
         if self.width < 1:
