@@ -26,6 +26,7 @@ from ..errors import VaelabError
 from ..nets import full_precision, mlp
 from ..registry import register
 from .iwae import IWAE, IWAEConfig
+from .vae import IWAE_RECIPE
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class HVAE(IWAE):
     presets = {
         # Burda et al. 2016, 2 stochastic layers: 784-(200-200)-100-(100-100)-50, tanh
         "iwae": {"arch": "mlp", "hidden": (200, 200), "latent_dim": 100, "top_hidden": (100, 100),
-                 "top_latent_dim": 50, "activation": "tanh", "likelihood": "bernoulli"},
+                 "top_latent_dim": 50, "activation": "tanh", "likelihood": "bernoulli", **IWAE_RECIPE},
     }
 
     def __init__(self, cfg: HVAEConfig):
