@@ -89,6 +89,16 @@ def block_seed(seed: int, block: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # 63 bits: any torch.manual_seed takes it
 
 
+def seed_block(seed: int, block: int, device: torch.device) -> None:
+    """Seed the CPU's generator and ``device``'s with :func:`block_seed` for a block's draws
+    (``torch.manual_seed`` seeds every backend's: 0.26 ms a call on this CPU, against 6 us)."""
+    s = block_seed(seed, block)
+    torch.default_generator.manual_seed(s)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(s)
+
+
 def gather(items: list) -> list:
     """Every rank's list of ``items`` (picklable: numbers, CPU tensors), concatenated in rank
     order, on every rank (with :func:`blocks`: in block order); ``items`` alone."""

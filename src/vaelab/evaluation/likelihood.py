@@ -226,7 +226,7 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, batch_siz
         for b in tqdm(distributed.blocks(n, NLL_BLOCK), desc=f"NLL (K={k})", leave=False,
                       disable=not (progress and distributed.is_main())):
             if seed is not None:
-                torch.manual_seed(distributed.block_seed(seed, b))
+                distributed.seed_block(seed, b, x.device)
             xb = x[b * NLL_BLOCK:(b + 1) * NLL_BLOCK]
             q = model.encode(xb)  # one encoder pass per image, in fp32
             log_px, elbo = log_likelihood_is(model, xb, k, q, path=path)

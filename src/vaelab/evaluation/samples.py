@@ -67,7 +67,7 @@ def draw_samples(model: Sampler, n: int, seed: int = 0, batch_size: int = SAMPLE
         t0 = time.perf_counter()
         out = []
         for b in mine:
-            torch.manual_seed(distributed.block_seed(seed, b))
+            distributed.seed_block(seed, b, dev)
             out.append(model.sample(min(batch_size, n - b * batch_size)))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
