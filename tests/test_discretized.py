@@ -8,7 +8,9 @@ import torch
 from scipy.special import expit, logsumexp
 
 import vaelab
+from vaelab.distributed import block_seed
 from vaelab.distributions import DiscretizedLogistic
+from vaelab.evaluation.likelihood import NLL_BLOCK
 from vaelab.models.vae import VAE, VAEConfig
 
 L = 256
@@ -141,17 +143,18 @@ def test_discretized_run_reports_bits_per_dim(tmp_path):
                                           hidden=(32,), latent_dim=2, epochs=2, batch_size=64, nll_samples=5,
                                           progress=False, out=str(tmp_path / "r")), log=lambda m: None)
     res = vaelab.evaluate(run, k=5, sample_metrics=False, device="cpu", seed=3)
-    # the same estimate recomputed here from the same draws (evaluate seeds its importance
-    # samples, then each batch's z ~ q(z|x) draws from the RNG): log-weights in float64 from
+    # the same estimate recomputed here from the same draws (evaluate seeds the importance samples
+    # of each block of NLL_BLOCK images with block_seed, then the block's z ~ q(z|x) draws from the
+    # RNG): log-weights in float64 from
     # torch's normals and the bins' masses, logsumexp minus log K, and bits/dim from its definition
     model = vaelab.load(run, device="cpu")
     x = vaelab.api.split_inputs(run)[0]
-    torch.manual_seed(3)
     levels = model.data_spec.levels
     assert levels == 17 and ((x * (levels - 1)).round() == x * (levels - 1)).all()  # on the data's bins
     log_px = []
     with torch.no_grad():
-        for xb in x.split(100):
+        for b, xb in enumerate(x.split(NLL_BLOCK)):
+            torch.manual_seed(block_seed(3, b))
             q = model.encode(xb)
             z = q.mu + q.std * torch.randn(5, *q.mu.shape)  # [K, B, 2]
             p = model.decode(z)

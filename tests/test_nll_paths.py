@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal
 
 from vaelab.cli import main
+from vaelab.distributed import block_seed
 from vaelab.errors import VaelabError
 from vaelab.evaluation import likelihood as lk
 from vaelab.evaluation.likelihood import NLLPath, choose_path, evaluate_likelihood
@@ -24,34 +25,40 @@ def _model(seed=0, shape=(1, 8, 8), hidden=(32, 32), latent=4):
     return net
 
 
-def _plain(net, x, k, seed, chunk):
-    """An independent estimator with torch.distributions: one encoder pass, chunks of ``chunk``
-    draws, log p(x|z) as minus the binary cross-entropy, one logsumexp over all K."""
-    torch.manual_seed(seed)
-    mu, logvar = net.encoder(x).chunk(2, -1)
-    q, prior = Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)
-    lws = []
-    for s in range(0, k, chunk):
-        z = q.sample((min(chunk, k - s),))
-        logits = net.decoder(z).flatten(2)
-        xf = x.flatten(1).expand_as(logits)
-        lp = -F.binary_cross_entropy_with_logits(logits, xf, reduction="none").sum(-1)
-        lws.append(lp + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
-    return -(torch.logsumexp(torch.cat(lws), 0) - math.log(k)).mean().item()
+def _plain(net, x, k, seed):
+    """An independent estimator with torch.distributions: blocks of NLL_BLOCK images, each with its
+    draws from its own seed (block_seed), one encoder pass, chunks of chunk_size draws, log p(x|z)
+    as minus the binary cross-entropy, one logsumexp over all K."""
+    nll = []
+    for b, i in enumerate(range(0, len(x), lk.NLL_BLOCK)):
+        xb = x[i:i + lk.NLL_BLOCK]
+        torch.manual_seed(block_seed(seed, b))
+        mu, logvar = net.encoder(xb).chunk(2, -1)
+        q, prior = Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)
+        lws, chunk = [], lk.chunk_size(net, xb, k)
+        for s in range(0, k, chunk):
+            z = q.sample((min(chunk, k - s),))
+            logits = net.decoder(z).flatten(2)
+            xf = xb.flatten(1).expand_as(logits)
+            lp = -F.binary_cross_entropy_with_logits(logits, xf, reduction="none").sum(-1)
+            lws.append(lp + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
+        nll.append(-(torch.logsumexp(torch.cat(lws), 0) - math.log(k)))
+    return torch.cat(nll).mean().item()
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_the_fast_path_equals_a_plain_estimator_on_the_same_seed(compiled, monkeypatch):
-    for name in ("CHUNK_ELEMENTS", "COMPILED_CHUNK_ELEMENTS"):  # chunks of 64 draws for 40 8x8 images
-        monkeypatch.setattr(lk, name, 40 * 64 * 64)
+    # blocks of 16 images (16, 16, 8 of the 40), chunks of 64 draws for 16 8x8 images, 128 for 8
+    monkeypatch.setattr(lk, "NLL_BLOCK", 16)
+    for name in ("CHUNK_ELEMENTS", "COMPILED_CHUNK_ELEMENTS"):
+        monkeypatch.setattr(lk, name, 16 * 64 * 64)
     net = _model()
     x = (torch.rand(40, 1, 8, 8) < 0.4).float()
     k = 300
-    chunk = lk.chunk_size(net, x, k)
-    assert chunk < k  # several chunks, so their combination is checked too
+    assert lk.chunk_size(net, x[32:], k) < k  # several chunks in every block: their combination is checked too
     got = evaluate_likelihood(net, x, k, batch_size=40, compile=compiled, precision="fp32", seed=7)
-    want = _plain(net, x, k, 7, chunk)
+    want = _plain(net, x, k, 7)
     assert got["nll"] == pytest.approx(want, abs=1e-4)  # the same draws: rounding apart
     assert ("compiled" in got["nll_path"]) == compiled
     other = evaluate_likelihood(net, x, k, batch_size=40, compile=compiled, precision="fp32", seed=8)

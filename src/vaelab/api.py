@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .io import read_metadata, write_json
 from .data.transforms import dequantize_fixed, from_dequantized_scale, to_dequantized_scale
 from .errors import VaelabError
@@ -22,7 +23,7 @@ from .images import interpolation_codes, manifold_codes, plot_curves, rows_inter
 from .evaluation.likelihood import evaluate_likelihood
 from .models.base import ENCODE, LIKELIHOOD, SAMPLE
 from .run import RunConfig
-from .rundir import load, split_inputs
+from .rundir import load, resolve_device, split_inputs
 from .samplers import resolve_sampler, sampler_for
 from .training.trainer import FINISHED
 from .training.trainer import train as _train_loop
@@ -47,14 +48,25 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     ``eval-<split>-<sampler>.json``. ``model`` and ``x`` may be passed when the caller has loaded
     them already. ``compile``, ``precision``: the importance-sampled NLL's path
     (:func:`vaelab.evaluation.likelihood.choose_path`; by default chosen from the CPU and the
-    work); ``seed``: its importance samples' seed."""
+    work); ``seed``: its importance samples' seed.
+
+    Under torchrun (``torchrun --nproc-per-node N -m vaelab eval``) the ranks share the work: the
+    test images of the reconstruction error and the NLL, the samples scored. Every rank returns
+    the one-process figures (the NLL, ELBO, bits/dim and error to the last bit; the Parzen
+    log-likelihood to float rounding), and rank 0 alone logs and writes the file."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
     if batch_size < 1:
         raise VaelabError(f"--batch-size must be at least 1, got {batch_size}.")
-    model = load(run_dir, checkpoint, device) if model is None else model
+    if model is None:  # under torchrun: join the group; a rank on CUDA takes cuda:LOCAL_RANK
+        model = load(run_dir, checkpoint, str(distributed.setup(resolve_device(device))))
+    log = log if distributed.is_main() else None
     run = model.run_config
     spec = None if sampler is None else resolve_sampler(sampler, type(model), run_dir)
+    scores_samples = (model.can(SAMPLE) or spec is not None) and sample_metrics is not False
+    if scores_samples and distributed.active():  # enough samples for the ranks? before the NLL's minutes
+        from .evaluation.samples import check_samples
+        check_samples(samples, model.data_spec.shape)
     x = (split_inputs(run_dir, split, data_dir)[0] if x is None else x).to(_device(model))
     levels = model.data_spec.levels
     deq = run.model.dequantizes  # a density on (k + u) / levels
@@ -75,13 +87,15 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
                                        precision, seed, log))
     else:
         res["n"] = len(x)
-    if (model.can(SAMPLE) or spec is not None) and sample_metrics is not False:
+    if scores_samples:
         from .evaluation.samples import sample_metrics as _sample_metrics
         spec = spec or resolve_sampler(None, type(model), run_dir)
-        drawer = sampler_for(run_dir, model, spec, checkpoint, data_dir, log)
+        # rank 0 fits a sampler (and caches it in the run directory) before the others read it
+        drawer = distributed.main_first(sampler_for, run_dir, model, spec, checkpoint, data_dir, log)
         res["sampler"] = str(spec)
         res.update(_sample_metrics(model, samples, data_dir, log=log, sampler=drawer))
-    if save:
+    res = distributed.broadcast_object(res)  # every rank returns rank 0's dict
+    if save and distributed.is_main():
         name = f"eval-{split}" if checkpoint == "best" else f"eval-{split}-{checkpoint}"
         if sampler is not None and str(spec) != type(model).default_sampler:
             name += f"-{spec.slug}"
@@ -94,18 +108,19 @@ def reconstruction_mse(model, x: torch.Tensor, batch_size: int = 500, dequantize
     """Mean squared error per pixel between x and its reconstruction (at the code / posterior mean).
     ``dequantized_levels``: the model is a density on dequantized pixels (k + u) / levels (its
     config's ``dequantizes``); it then reconstructs x on its own scale and the
-    reconstruction is mapped back to x's scale k / (levels - 1) before the comparison."""
+    reconstruction is mapped back to x's scale k / (levels - 1) before the comparison. Under
+    torchrun each rank takes whole batches and the batches' sums are added in order on every rank."""
     model.eval()
-    total = 0.0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+    sums = []
+    for b in distributed.blocks(len(x), batch_size):
+        xb = x[b * batch_size:(b + 1) * batch_size]
         if dequantized_levels is None:
             r = model.reconstruct(xb)
         else:
             r = from_dequantized_scale(model.reconstruct(to_dequantized_scale(xb, dequantized_levels)),
                                        dequantized_levels)
-        total += ((r - xb) ** 2).sum().item()
-    return total / x.numel()
+        sums.append(((r - xb) ** 2).sum().item())
+    return sum(distributed.gather(sums)) / x.numel()
 
 
 @torch.no_grad()

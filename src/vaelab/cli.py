@@ -8,6 +8,7 @@ import time
 import typing
 from pathlib import Path
 
+from . import distributed
 from .io import dumps, not_finite
 from .config import DataConfig, TrainConfig, _unwrap_optional, field_types, flag_name
 from .errors import VaelabError
@@ -154,6 +155,8 @@ def cmd_eval(a) -> int:
     res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
                        progress=True, sample_metrics=a.sample_metrics, samples=a.samples, log=_say,
                        compile=a.compile, precision=a.nll_precision, seed=a.seed, sampler=a.sampler)
+    if not distributed.is_main():  # under torchrun, rank 0 speaks for all
+        return 0
     print(dumps(res))
     bad = not_finite(res)
     if bad:  # null in the JSON; the exit status stays 0, as the evaluation itself did run
@@ -344,7 +347,10 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
     run_cmd("eval", "reconstruction error, ELBO, importance-sampled NLL, bits/dim, Parzen log-likelihood and "
                     "Fréchet distance of samples, as JSON", cmd_eval,
             **{"--nll-samples|-k": dict(type=int, default=1000, help="importance samples K (up to 5000 and more)"),
-               "--batch-size": dict(type=int, default=100), "--device": dict(default="auto"),
+               "--batch-size": dict(type=int, default=100,
+                                    help="images a pass of the reconstruction error (the NLL takes blocks of 100 "
+                                         "images, each with its own importance samples' seed, whatever this is)"),
+               "--device": dict(default="auto"),
                "--samples": dict(type=int, default=10_000,
                                  help="samples for the Parzen window and the Fréchet distance"),
                "--sample-metrics": dict(action=argparse.BooleanOptionalAction, default=True,

@@ -10,6 +10,7 @@ makes the others' next collective fail after ``timeout`` seconds instead of hang
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 
 import torch
@@ -71,6 +72,67 @@ def shard(n: int, r: int | None = None, world: int | None = None) -> slice:
     base, extra = divmod(n, world)
     start = r * base + min(r, extra)
     return slice(start, start + base + (1 if r < extra else 0))
+
+
+def blocks(n: int, size: int) -> range:
+    """The blocks of ``size`` items (the last one shorter) that this rank takes of ``n`` items:
+    whole blocks, a contiguous run of them; the ranks' runs in rank order are
+    ``range(ceil(n / size))``, so results gathered in rank order are in block order."""
+    s = shard(-(-n // size))
+    return range(s.start, s.stop)
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The seed of block ``block``'s random draws: it depends on the block alone, not on which
+    rank draws it or how many ranks there are, so a split evaluation draws what one process draws."""
+    digest = hashlib.blake2b(f"{seed}/{block}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # 63 bits: any torch.manual_seed takes it
+
+
+def seed_block(seed: int, block: int, device: torch.device) -> None:
+    """Seed the CPU's generator and ``device``'s with :func:`block_seed` for a block's draws
+    (``torch.manual_seed`` seeds every backend's: 0.26 ms a call on this CPU, against 6 us)."""
+    s = block_seed(seed, block)
+    torch.default_generator.manual_seed(s)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(s)
+
+
+def gather(items: list) -> list:
+    """Every rank's list of ``items`` (picklable: numbers, CPU tensors), concatenated in rank
+    order, on every rank (with :func:`blocks`: in block order); ``items`` alone."""
+    if not active():
+        return items
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
+
+
+def from_main(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` computed on rank 0 alone and sent to every rank (a picklable value);
+    a VaelabError raised there is raised on every rank, so none waits for a value that never comes."""
+    if not active():
+        return fn(*args, **kwargs)
+    out = err = None
+    if is_main():
+        try:
+            out = fn(*args, **kwargs)
+        except VaelabError as e:
+            err = e
+    out, err = broadcast_object((out, err))
+    if err is not None:
+        raise err
+    return out
+
+
+def main_first(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on rank 0, then on the other ranks once it has returned: rank 0 fills
+    a cache in a shared folder (a sampler fitted after training, in the run directory) that the
+    others then read, instead of each doing the work and racing to write the file."""
+    box = []
+    from_main(lambda: box.append(fn(*args, **kwargs)))
+    return box[0] if box else fn(*args, **kwargs)
 
 
 def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import VaelabError
 from ..io import load_weights, read_metadata, save_weights
 from .classify import train_classifier
@@ -241,10 +242,20 @@ def feature_classifier(name: str, x_train: torch.Tensor, y_train, shape: tuple[i
     return net
 
 
-def frechet_from_images(net: FeatureNet, x_real: torch.Tensor, x_fake: torch.Tensor, batch_size: int = 500) -> float:
-    """The Fréchet distance between two image sets [N, *shape] in ``net``'s feature space."""
+def frechet_from_images(net: FeatureNet, x_real: torch.Tensor, x_fake: torch.Tensor, batch_size: int = 500,
+                        ranks_share: bool = False) -> float:
+    """The Fréchet distance between two image sets [N, *shape] in ``net``'s feature space.
+    ``ranks_share`` (under torchrun): ``x_fake`` is this rank's part of the generated images and
+    each rank takes whole batches of ``x_real``; the features are gathered in order, so every
+    rank computes the one-process statistics from the same rows, to the last bit."""
     for x, what in ((x_real, "the real images"), (x_fake, "the generated images")):
         _check_images(x, net.shape, what)
     net.eval()
-    stats = [feature_stats(_batched(net.features, net, x, batch_size)) for x in (x_real, x_fake)]
+    if ranks_share:
+        mine = distributed.blocks(len(x_real), batch_size)
+        x_real = x_real[mine.start * batch_size:mine.stop * batch_size]
+    stats = []
+    for x in (x_real, x_fake):
+        f = _batched(net.features, net, x, batch_size).cpu() if len(x) else torch.zeros(0, FEATURES)
+        stats.append(feature_stats(torch.cat(distributed.gather([f])) if ranks_share else f))
     return frechet_distance(*stats[0], *stats[1])

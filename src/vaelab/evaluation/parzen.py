@@ -16,6 +16,10 @@ only under one fixed protocol.
 The squared distances come from one matmul per block, ||x||^2 + ||s||^2 - 2 x.s (float64,
 clamped at 0); they do not depend on sigma, so a whole grid is scored in one pass. Blocks of
 x rows and of samples bound the memory to about :data:`CHUNK_ELEMENTS` distances at a time.
+
+Under torchrun the samples may be shared among the ranks (``ranks_share``): each rank sums the
+kernels of its own samples for every test point, and the ranks' log-sums are merged by a
+logsumexp over the ranks, so every rank gets the one-process figures to float rounding.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import VaelabError
 
 DEFAULT_SIGMAS = tuple(float(s) for s in np.logspace(-1, 0, 10))  # parzen_ll.py's default grid
@@ -50,7 +55,7 @@ def _sigmas(sigmas) -> torch.Tensor:
 
 
 def parzen_log_likelihoods(samples, x, sigmas: Sequence[float], batch_size: int = 100,
-                           sample_chunk: int | None = None) -> torch.Tensor:
+                           sample_chunk: int | None = None, ranks_share: bool = False) -> torch.Tensor:
     """log p(x) under the Parzen window on ``samples`` for every sigma of a grid.
 
     Args:
@@ -59,6 +64,8 @@ def parzen_log_likelihoods(samples, x, sigmas: Sequence[float], batch_size: int 
         sigmas: kernel bandwidths [S], all positive.
         batch_size: rows of x per block.
         sample_chunk: samples per block (default: as many as keep a block at CHUNK_ELEMENTS).
+        ranks_share: ``samples`` are this rank's part of them (under torchrun); the kernels of
+            all the ranks' samples are summed, and every rank returns the same values.
     Returns:
         float64 [S, M] log-likelihoods in nats, on the samples' device.
     """
@@ -67,6 +74,8 @@ def parzen_log_likelihoods(samples, x, sigmas: Sequence[float], batch_size: int 
     if x.shape[1] != s.shape[1]:
         raise VaelabError(f"the Parzen samples have {s.shape[1]} dimensions but the data has {x.shape[1]}.")
     n, d = s.shape
+    if ranks_share:
+        n = sum(distributed.gather([n]))
     bx = max(1, int(batch_size))
     bs = max(1, int(sample_chunk) if sample_chunk else CHUNK_ELEMENTS // bx)
     sig = sig.to(s.device)
@@ -82,19 +91,22 @@ def parzen_log_likelihoods(samples, x, sigmas: Sequence[float], batch_size: int 
             d2 = (xx + ss[j:j + bs] - 2 * xb @ s[j:j + bs].T).clamp_min_(0)  # [b, bs]
             # one distance block serves every sigma; the running logsumexp merges sample blocks
             lse = torch.logaddexp(lse, torch.logsumexp(scale * d2, dim=2))    # [S, b]
-        out.append(lse - norm[:, None])
-    return torch.cat(out, dim=1)
+        out.append(lse)
+    out = torch.cat(out, dim=1)                                               # [S, M]
+    if ranks_share and distributed.active():  # this rank's log-sums merged with the others'
+        out = torch.logsumexp(torch.stack(distributed.gather([out.cpu()])), 0).to(s.device)
+    return out - norm[:, None]
 
 
 def parzen_log_likelihood(samples, x, sigma: float, batch_size: int = 100,
-                          sample_chunk: int | None = None) -> torch.Tensor:
+                          sample_chunk: int | None = None, ranks_share: bool = False) -> torch.Tensor:
     """log (1/N) sum_i N(x; s_i, sigma^2 I) for every row of x: float64 [M]. See
     :func:`parzen_log_likelihoods` for the arguments."""
-    return parzen_log_likelihoods(samples, x, [sigma], batch_size, sample_chunk)[0]
+    return parzen_log_likelihoods(samples, x, [sigma], batch_size, sample_chunk, ranks_share)[0]
 
 
 def parzen_evaluate(samples, x_val, x_test, sigmas: Sequence[float] | None = None,
-                    batch_size: int = 100) -> dict:
+                    batch_size: int = 100, ranks_share: bool = False) -> dict:
     """Goodfellow et al.'s protocol: choose sigma on ``x_val``, score ``x_test``.
 
     Args:
@@ -102,16 +114,18 @@ def parzen_evaluate(samples, x_val, x_test, sigmas: Sequence[float] | None = Non
         x_val: validation data [M_val, ...] choosing sigma (the paper: 1,000 images).
         x_test: test data [M, ...], on the same scale as the samples.
         sigmas: the grid (default :data:`DEFAULT_SIGMAS`, ``logspace(-1, 0, 10)``).
+        ranks_share: ``samples`` are this rank's part of them (under torchrun).
     Returns:
         ``parzen_ll`` (mean test log-likelihood, nats), ``parzen_se`` (its standard error),
         ``parzen_sigma`` (the chosen sigma), ``parzen_samples`` (N), ``parzen_n_test`` (M).
     """
     grid = _sigmas(DEFAULT_SIGMAS if sigmas is None else sigmas)
-    val = parzen_log_likelihoods(samples, x_val, grid, batch_size).mean(1)   # [S]
+    val = parzen_log_likelihoods(samples, x_val, grid, batch_size, ranks_share=ranks_share).mean(1)  # [S]
     sigma = float(grid[int(val.argmax())])
-    ll = parzen_log_likelihood(samples, x_test, sigma, batch_size)          # [M]
+    ll = parzen_log_likelihood(samples, x_test, sigma, batch_size, ranks_share=ranks_share)         # [M]
+    n = int(torch.as_tensor(samples).shape[0])
     return {"parzen_ll": float(ll.mean()),
             "parzen_se": float(ll.std(unbiased=False)) / math.sqrt(ll.numel()),
             "parzen_sigma": sigma,
-            "parzen_samples": int(torch.as_tensor(samples).shape[0]),
+            "parzen_samples": sum(distributed.gather([n])) if ranks_share else n,
             "parzen_n_test": int(ll.numel())}
