@@ -87,6 +87,20 @@ def test_shard_partitions():
             assert sizes == sorted(sizes, reverse=True) and sizes[0] - sizes[-1] <= 1
 
 
+def test_threads_per_rank_and_timeout_flag(monkeypatch):
+    """Under torchrun without --threads, the cores are shared by the machine's ranks (one each
+    on 2 cores); one process keeps torch's choice. --dist-timeout must be positive."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert dist.default_threads() is None
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    for local, threads in (("2", 1), ("1", 2), ("4", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert dist.default_threads() == threads
+    with pytest.raises(vaelab.VaelabError, match="--dist-timeout must be positive"):
+        vaelab.make_config(data="digits", dist_timeout=0)
+
+
 @pytest.mark.parametrize("binarize, dequantize", [("dynamic", False), ("none", True)])
 def test_ranks_parts_make_one_process_minibatch(binarize, dequantize):
     """The same permutation and noise for the global minibatch on every rank: the parts, in rank
