@@ -91,11 +91,13 @@ def _call(op, *args, **kwargs):
     try:
         return op(*args, **kwargs)
     except RuntimeError as e:
+        # torchrun's numbers: the group is not up when its own setup is what failed
+        r, world = os.environ.get("RANK", rank()), os.environ.get("WORLD_SIZE", world_size())
         err = VaelabError(
-            f"rank {rank()} of {world_size()}: no answer from the other ranks within --dist-timeout "
-            f"{_timeout_s:g} s ({str(e).splitlines()[0][:160]}): another rank stopped or hung; its own "
-            "output says why (or raise --dist-timeout if a rank is only slow).")
-        err.own = True
+            f"rank {r} of {world}: no answer from the other ranks within --dist-timeout {_timeout_s:g} s "
+            f"({str(e).splitlines()[0][:160]}): another rank stopped or hung; its own output says why "
+            "(or raise --dist-timeout if a rank is only slow).")
+        err.own = True  # said by this rank: it may be the only word of a hung peer (prints)
         raise err from None
 
 
