@@ -188,16 +188,23 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
     kw = {"log": log} if log else {}
     with contextlib.ExitStack() as hold:  # the run directory stays locked until its last file
         run_dir = _train_loop(config, resume=resume, hold=hold, **kw)
-        model = load(run_dir, "best", config.train.device)
+        # under torchrun every rank loads the model (onto its own GPU) and takes its part of the
+        # evaluation; rank 0 alone logs, draws the pictures and writes
+        main = distributed.is_main()
+        model = load(run_dir, "best", str(distributed.local_device(resolve_device(config.train.device))))
         run = model.run_config
         x = split_inputs(run_dir, "test", run.data.data_dir)[0]
         has_likelihood = model.can(LIKELIHOOD)
         if run.train.nll_samples > 0 or not has_likelihood:
             # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
             evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
-                     sample_metrics=not has_likelihood, log=log, compile=run.train.compile or None)
-        pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x, log=log)
-        # what lets --resume tell a finished run from one killed in the stages above
-        epochs = read_metadata(run_dir / "model.safetensors")["epoch"]
-        write_json(run_dir / FINISHED, {"epochs": epochs})
+                     sample_metrics=not has_likelihood, log=log if main else None,
+                     compile=run.train.compile or None)
+
+        def finish():
+            pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x, log=log)
+            # what lets --resume tell a finished run from one killed in the stages above
+            epochs = read_metadata(run_dir / "model.safetensors")["epoch"]
+            write_json(run_dir / FINISHED, {"epochs": epochs})
+        distributed.together(finish, main_only=True)  # and no rank leaves before rank 0 is done
     return run_dir

@@ -126,7 +126,8 @@ def cmd_train(a) -> int:
     else:
         run = make_config(a.config_file, **flags)
     run_dir = api.train(run, resume=a.resume, log=_say)
-    _report(run_dir)
+    if distributed.is_main():
+        _report(run_dir)
     return 0
 
 
@@ -411,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"vaelab {args.cmd} (see vaelab {args.cmd} --help).")
         return args.func(args)
     except VaelabError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if distributed.prints(e):  # under torchrun, one copy of what every rank raised alike
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -94,6 +94,8 @@ class TrainConfig:
                                "checkpoints are the same)")
     channels_last: bool | None = opt(None, "true or false: conv nets in NHWC memory layout (unset: true on CUDA, "
                                            "false on the CPU, where it measured slower)")
+    dist_timeout: float = opt(300.0, "under torchrun: seconds a rank waits for the others in a collective before "
+                                     "the run stops, naming the rank (a rank that died or hung)")
 
 
 @dataclass(frozen=True)

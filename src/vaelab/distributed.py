@@ -19,6 +19,8 @@ import torch.distributed as dist
 from .errors import VaelabError
 
 DEFAULT_TIMEOUT_S = 300  # a collective waits this long for a dead or stuck rank
+RANK_SEED_STRIDE = 1_000_003  # a prime: rank r's noise is seeded seed + r * this (+ the epoch on a resume)
+_timeout_s = DEFAULT_TIMEOUT_S  # what setup was given, for the message when a collective fails
 
 
 def launched() -> bool:
@@ -47,6 +49,13 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
 
 
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun, a CUDA ``device`` is this rank's GPU, ``cuda:LOCAL_RANK``."""
+    if device.type == "cuda" and launched():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
     """Join the process group torchrun describes (once), and return the device this rank uses:
     ``cuda:LOCAL_RANK`` when ``device`` is CUDA, else ``device``. A no-op without torchrun."""
@@ -54,12 +63,14 @@ def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.d
         return device
     if not dist.is_available():
         raise VaelabError("WORLD_SIZE > 1 was set (torchrun), but this torch has no torch.distributed.")
+    device = local_device(device)
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    global _timeout_s
+    _timeout_s = timeout_s
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+        _call(dist.init_process_group, backend, timeout=datetime.timedelta(seconds=timeout_s),
                                 **({"device_id": device} if device.type == "cuda" else {}))
     return device
 
@@ -102,28 +113,14 @@ def seed_block(seed: int, block: int, device: torch.device) -> None:
 def gather(items: list) -> list:
     """Every rank's list of ``items`` (picklable: numbers, CPU tensors), concatenated in rank
     order, on every rank (with :func:`blocks`: in block order); ``items`` alone."""
-    if not active():
-        return items
-    parts = [None] * world_size()
-    dist.all_gather_object(parts, items)
-    return [item for part in parts for item in part]
+    return [item for part in all_gather_object(items) for item in part]
 
 
 def from_main(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` computed on rank 0 alone and sent to every rank (a picklable value);
-    a VaelabError raised there is raised on every rank, so none waits for a value that never comes."""
-    if not active():
-        return fn(*args, **kwargs)
-    out = err = None
-    if is_main():
-        try:
-            out = fn(*args, **kwargs)
-        except VaelabError as e:
-            err = e
-    out, err = broadcast_object((out, err))
-    if err is not None:
-        raise err
-    return out
+    a failure there stops every rank with its message (:func:`together`), so none waits for a
+    value that never comes."""
+    return broadcast_object(together(lambda: fn(*args, **kwargs), main_only=True))
 
 
 def main_first(fn, *args, **kwargs):
@@ -135,10 +132,27 @@ def main_first(fn, *args, **kwargs):
     return box[0] if box else fn(*args, **kwargs)
 
 
+def _call(op, *args, **kwargs):
+    """A collective: one that fails (gloo raises once ``--dist-timeout`` passes without an
+    answer, or when a peer's connection closes) becomes one VaelabError that names this rank and
+    the timeout, instead of a traceback from deep inside torch."""
+    try:
+        return op(*args, **kwargs)
+    except RuntimeError as e:
+        # torchrun's numbers: the group is not up when its own setup is what failed
+        r, world = os.environ.get("RANK", rank()), os.environ.get("WORLD_SIZE", world_size())
+        err = VaelabError(
+            f"rank {r} of {world}: no answer from the other ranks within --dist-timeout {_timeout_s:g} s "
+            f"({str(e).splitlines()[0][:160]}): another rank stopped or hung; its own output says why "
+            "(or raise --dist-timeout if a rank is only slow).")
+        err.own = True  # said by this rank: it may be the only word of a hung peer (prints)
+        raise err from None
+
+
 def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """``t`` reduced over the ranks, in place (``sum``, ``max`` or ``min``); ``t`` itself alone."""
     if active():
-        dist.all_reduce(t, {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+        _call(dist.all_reduce, t, {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
     return t
 
 
@@ -147,10 +161,106 @@ def broadcast_object(obj, src: int = 0):
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src)
+    _call(dist.broadcast_object_list, box, src)
     return box[0]
 
 
 def barrier() -> None:
     if active():
-        dist.barrier()
+        _call(dist.barrier)
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (a picklable value)."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    _call(dist.all_gather_object, out, obj)
+    return out
+
+
+def _flat(ts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+@torch.no_grad()
+def _unflat_(ts: list[torch.Tensor], flat: torch.Tensor) -> None:
+    # element by element in logical order, so a channels_last tensor gets its own values back
+    i = 0
+    for t in ts:
+        t.copy_(flat[i:i + t.numel()].view(t.shape))
+        i += t.numel()
+
+
+@torch.no_grad()
+def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Rank ``src``'s values of ``tensors`` (weights, buffers) on every rank, in place: one
+    collective per dtype."""
+    if not active():
+        return
+    for dtype in sorted({t.dtype for t in tensors}, key=str):  # one order on every rank (a set's varies)
+        group = [t for t in tensors if t.dtype == dtype]
+        flat = _flat(group)
+        _call(dist.broadcast, flat, src)
+        _unflat_(group, flat)
+
+
+@torch.no_grad()
+def weighted_mean_(tensors: list[torch.Tensor], n: int, total: int,
+                   extra: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Each tensor becomes sum over ranks of ``n`` times its value, over ``total``, in place, in
+    one collective: with ``n`` the images this rank's value is a mean over and ``total`` their
+    sum, exactly the mean over the global minibatch, however unequal the shards. A rank with
+    ``n = 0`` adds zeros (its values may be NaN). ``extra`` (1-D) rides along, summed, and its
+    sum is returned."""
+    parts = [_flat(tensors).mul_(n) if n else _flat(tensors).zero_()] if tensors else []
+    flat = torch.cat(parts + ([extra] if extra is not None else []))
+    _call(dist.all_reduce, flat)
+    if tensors:
+        _unflat_(tensors, flat[:len(flat) - (0 if extra is None else len(extra))] / total)
+    return None if extra is None else flat[len(flat) - len(extra):]
+
+
+def together(fn, main_only: bool = False):
+    """``fn()`` on every rank (or on rank 0 alone), then a check that it went well everywhere:
+    a failure on any rank stops every rank with that rank's message, instead of leaving the
+    others waiting in their next collective. Returns this rank's result (None where it did not
+    run). Doubles as a barrier. One process: just ``fn()``."""
+    if not active():
+        return fn()
+    failure, result = None, None
+    if is_main() or not main_only:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 -- passed on below, and re-raised on this rank
+            failure = e
+    said = all_gather_object(None if failure is None else str(failure) if isinstance(failure, VaelabError)
+                             else f"{type(failure).__name__}: {failure}")
+    first = next((r for r, m in enumerate(said) if m is not None), None)
+    if first is None:
+        return result
+    if failure is not None and first == rank():
+        raise failure
+    raise VaelabError(said[first] if first == 0 else f"rank {first}: {said[first]}")
+
+
+def prints(err: VaelabError) -> bool:
+    """Whether this rank prints ``err``: under torchrun the ranks raise the same error alike (a
+    bad flag, a failure :func:`together` passed on), and rank 0 alone says it; a rank's own
+    failed collective is said where it happened, as it may be the only word of a hung peer."""
+    return os.environ.get("RANK", "0") == "0" or getattr(err, "own", False)  # before setup too (a bad flag)
+
+
+def rank_seed(seed: int, r: int, epoch: int = 0) -> int:
+    """The seed of rank ``r``'s own noise (rank 0 keeps ``seed``'s stream), and of a rank whose
+    state a resumed checkpoint lacks (``epoch``: where the run resumes)."""
+    return seed + RANK_SEED_STRIDE * r + epoch
+
+
+def default_threads() -> int | None:
+    """Under torchrun, the CPU's cores shared by the ranks on this machine (at least one
+    each); else None (torch's own choice)."""
+    if not launched():
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -142,7 +142,7 @@ def check(cfg: RunConfig) -> None:
     for name, v in positive.items():
         if v < 1:
             raise VaelabError(f"{flag_name(name)} must be at least 1, got {v}.")
-    for name in ("lr", "lr_final", "grad_clip", "time_budget"):
+    for name in ("lr", "lr_final", "grad_clip", "time_budget", "dist_timeout"):
         v = getattr(t, name)
         if v is not None and v <= 0:
             raise VaelabError(f"{flag_name(name)} must be positive, got {v}.")

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import torch
 
+from ..distributed import shard as rank_part
+
 BINARIZE_SEED = 1234  # fixed seed of every static/evaluation binarization
 
 
@@ -66,12 +68,20 @@ class Batches:
 
     The shuffling and dynamic binarization draw from ``generator`` (a CPU generator whose
     state is checkpointed for exact resume).
+
+    ``shard = (rank, world)`` (torchrun): ``batch_size`` is the global minibatch, and this rank
+    keeps its contiguous part of each (:func:`vaelab.distributed.shard`). Every rank draws the
+    same permutation and the same noise for the whole global minibatch, so the ranks' parts
+    together are exactly what one process sees, and the generator stays in step on every rank.
+    A rank whose part of a (last, small) minibatch is empty gets the minibatch's first image as
+    a stand-in, so it still takes the step and joins its collectives; :meth:`shares` says its
+    part counts for 0 images.
     """
 
     def __init__(self, x: torch.Tensor, levels: int, binarize: str, batch_size: int,
                  generator: torch.Generator, device: torch.device | str = "cpu", dequantize: bool = False,
-                 drop_last: bool = False):
-        self.dequantize, self.levels, self.drop_last = dequantize, levels, drop_last
+                 drop_last: bool = False, shard: tuple[int, int] | None = None):
+        self.dequantize, self.levels, self.drop_last, self.shard = dequantize, levels, drop_last, shard
         if dequantize:  # raw values 0..levels-1; each batch gets fresh uniform noise
             u = x.to(torch.float32)
         else:
@@ -87,16 +97,36 @@ class Batches:
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _sizes(self) -> list[int]:
+        """The global minibatches' sizes, in order."""
+        n = self.x.shape[0]
+        return [min(self.batch_size, n - i) for i in range(0, len(self) * self.batch_size, self.batch_size)]
+
+    def _part(self, size: int) -> slice:
+        """This rank's part of a global minibatch of ``size`` (its stand-in's, where empty)."""
+        if self.shard is None:
+            return slice(None)
+        part = rank_part(size, *self.shard)
+        return part if part.stop > part.start else slice(0, 1)
+
+    def shares(self) -> list[tuple[int, int]]:
+        """(images this rank's part holds, images of the global minibatch) of each minibatch."""
+        parts = [rank_part(size, *(self.shard or (0, 1))) for size in self._sizes()]
+        return [(part.stop - part.start, size) for part, size in zip(parts, self._sizes())]
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         n = self.x.shape[0]
         perm = torch.randperm(n, generator=self.generator).to(self.x.device)
         for i in range(0, len(self) * self.batch_size, self.batch_size):
-            xb = self.x[perm[i:i + self.batch_size]]
+            idx = perm[i:i + self.batch_size]
+            part = self._part(len(idx))
+            xb = self.x[idx[part]]
+            # noise for the whole global minibatch [len(idx), *shape], of which this rank keeps its part
             if self.dynamic:
                 # uniform noise from the checkpointed generator, so the draw is reproducible
-                u = torch.rand(xb.shape, generator=self.generator).to(xb.device)
+                u = torch.rand((len(idx), *xb.shape[1:]), generator=self.generator)[part].to(xb.device)
                 xb = (u < xb).to(xb.dtype)
             elif self.dequantize:
-                u = torch.rand(xb.shape, generator=self.generator).to(xb.device)
+                u = torch.rand((len(idx), *xb.shape[1:]), generator=self.generator)[part].to(xb.device)
                 xb = (xb + u) / self.levels
             yield xb

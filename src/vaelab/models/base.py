@@ -69,6 +69,9 @@ class StepInfo:
     steps_per_epoch: int
     dataset_size: int     # training images
     compile: Callable = lambda fn: fn  # torch.compile under --compile: wrap an objective in it
+    # under torchrun: (images of this rank's part, images of the global minibatch), which the
+    # update path weights this rank's gradients by; None in one process
+    shard: tuple[int, int] | None = None
 
 
 @dataclass

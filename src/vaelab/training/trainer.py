@@ -1,7 +1,13 @@
 """The training loop: data in, checkpoints, metrics and pictures out. It knows no model: it
 hands each step's minibatch(es) and a :class:`~vaelab.models.base.StepInfo` to the model's
 step protocol, applies the losses it yields through :mod:`vaelab.training.update`, and owns the
-schedule, validation, checkpoints and resume."""
+schedule, validation, checkpoints and resume.
+
+Under torchrun (``torchrun --nproc-per-node N -m vaelab train ...``) every rank runs this loop
+on its part of each global minibatch (:class:`~vaelab.data.transforms.Batches`), the update
+path averages the gradients (:mod:`vaelab.training.update`), the epoch's sums and validation
+scores are summed over the ranks, and rank 0 alone writes the run directory and the log; every
+decision (an epoch's best, a dropped step, divergence) is then the same on every rank."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed as dist
 from ..io import atomic_write, dumps, lock_run, remove_temporaries, save_weights, write_json
 from ..version import __version__
 from ..config import TrainConfig
@@ -36,7 +43,7 @@ RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png", "samplers/*.safe
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
 RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last",
-                       "max_bad_steps"),
+                       "max_bad_steps", "dist_timeout"),
              "data": ("data_dir", "data_path", "workers")}
 
 def uses_channels_last(t: TrainConfig, model: torch.nn.Module, device: torch.device) -> bool:
@@ -158,6 +165,56 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _validation_scores(measured, x: torch.Tensor) -> torch.Tensor:
+    """``measured.validation`` of each image of ``x``, [len(x)], in chunks of 1000."""
+    with torch.no_grad():
+        return torch.cat([measured.validation(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+
+
+def _sum_over_ranks(sums: dict[str, torch.Tensor], seconds: float, measured, x_val: torch.Tensor,
+                    n_val: int) -> tuple[dict[str, torch.Tensor], float, float | None]:
+    """Under torchrun: the epoch's training sums (each step's metrics weighted by this rank's
+    share of its minibatch), this rank's seconds and its part of the validation set's scores,
+    summed over the ranks in one collective, in float64. Returns the sums, the ranks' mean
+    seconds (one figure on every rank: a time budget and the schedule read it) and the mean
+    validation score over all ``n_val`` images (None without a validation set)."""
+    dev = next(iter(sums.values())).device
+    scores = _validation_scores(measured, x_val) if len(x_val) else torch.zeros(0, device=dev)
+    keys = sorted(sums)
+    packed = torch.stack([sums[k].double() for k in keys] +
+                         [torch.tensor(seconds, dtype=torch.float64, device=dev), scores.double().sum().to(dev)])
+    dist.all_reduce_(packed)
+    return (dict(zip(keys, packed[:len(keys)])), packed[len(keys)].item() / dist.world_size(),
+            packed[-1].item() / n_val if n_val else None)
+
+
+def _rng_states(device: torch.device, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """What resume restores of the random streams: the data generator (the same on every rank)
+    and each rank's torch (and CUDA) state, rank r > 0's under ``torch.rank<r>``, names a
+    single process ignores."""
+    own = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        own["cuda"] = torch.cuda.get_rng_state(device)
+    rng = {**own, "data": gen.get_state()}
+    if dist.active():
+        for r, states in enumerate(dist.all_gather_object(own)[1:], 1):
+            rng.update({f"{k}.rank{r}": v for k, v in states.items()})
+    return rng
+
+
+def _restore_rng(rng: dict[str, torch.Tensor], device: torch.device, seed: int, epoch: int) -> None:
+    """This rank's streams from a resume file; a rank the run did not have (a one-process run
+    resumed under torchrun) starts one derived from the seed and the epoch it resumes at."""
+    r = dist.rank()
+    own = "" if r == 0 else f".rank{r}"
+    if f"torch{own}" in rng:
+        torch.set_rng_state(rng[f"torch{own}"])
+    else:
+        torch.manual_seed(dist.rank_seed(seed, r, epoch))
+    if device.type == "cuda" and f"cuda{own}" in rng:
+        torch.cuda.set_rng_state(rng[f"cuda{own}"], device)
+
+
 def train(run: RunConfig, resume: str | Path | None = None, log=_log,
           hold: contextlib.ExitStack | None = None) -> Path:
     """Train ``run`` (or continue the run in ``resume``) and return its run directory.
@@ -175,21 +232,30 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     if hold is None:
         with contextlib.ExitStack() as hold:
             return train(run, resume, log, hold)
+    # under torchrun: join the ranks (the device and the timeout may change on a resume, so they are
+    # this call's); every rank computes, rank 0 alone writes and logs
+    device = dist.setup(resolve_device(run.train.device), run.train.dist_timeout)
+    if not dist.is_main():
+        log = lambda msg: None  # noqa: E731
     if resume is not None:
-        saved = read_run_config(Path(resume))
+        saved = dist.together(lambda: read_run_config(Path(resume)))
         old = RunConfig.from_dict(saved["run"], f"{resume}/config.json")
         run = dataclasses.replace(old, **{
             part: dataclasses.replace(getattr(old, part), **{f: getattr(getattr(run, part), f) for f in fields})
             for part, fields in RESUMABLE.items()})
     t, d = run.train, run.data
     model_cls = get_model(t.model)
-    device = resolve_device(t.device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    threads = t.threads or dist.default_threads()  # under torchrun: the cores shared by the ranks
+    if threads:
+        torch.set_num_threads(threads)
     if t.precision == "bf16" and device.type == "cuda" and not _has_bf16(device):
         raise VaelabError(f"--precision bf16 needs a GPU with bfloat16 support; {device} has none: use fp16.")
-    ds = load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download,
-                      defer_cache=True, **d.reader_options())
+
+    def load():
+        return load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download,
+                            defer_cache=True, **d.reader_options())
+    ds = dist.together(load, main_only=True)  # rank 0 first: what it downloads, the other ranks then find
+    ds = dist.together(lambda: load() if ds is None else ds)
     # what the model takes from the data: its image shape (and pixel levels, where it has them)
     from_data = {"shape": tuple(ds.spec.shape), "levels": ds.spec.levels}
     model_cfg = dataclasses.replace(run.model, **{k: v for k, v in from_data.items()
@@ -203,10 +269,15 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     run = dataclasses.replace(run, model=model_cfg)
     if t.batch_size > len(ds.train):
         raise VaelabError(f"--batch-size {t.batch_size} is larger than the training set ({len(ds.train)} images).")
+    if t.batch_size < dist.world_size():
+        raise VaelabError(f"--batch-size {t.batch_size} is the global minibatch, split across the {dist.world_size()} "
+                          f"ranks: it must be at least {dist.world_size()}.")
 
     check_model_size(t.model, model_cfg)
     torch.manual_seed(t.seed)
     model = model_cls(model_cfg).to(device)
+    if dist.rank():  # rank 0 keeps one process's noise; the others draw their own, reproducibly
+        torch.manual_seed(dist.rank_seed(t.seed, dist.rank()))
     channels_last = uses_channels_last(t, model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -218,10 +289,12 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     # how the model takes the data's pixels: its own binarization or dequantization
     binarize, deq = model_cfg.binarize, model_cfg.dequantizes
     batches = Batches(ds.train.x, ds.spec.levels, binarize, t.batch_size, gen, device, dequantize=deq,
-                      drop_last=model_cls.drop_last)
+                      drop_last=model_cls.drop_last, shard=(dist.rank(), dist.world_size()) if dist.active() else None)
+    shares = batches.shares()  # (this rank's images, the global minibatch's) of each minibatch
     x_val = eval_inputs(ds.val.x, ds.spec.levels, binarize).to(device)
     if deq:
         x_val = dequantize_fixed(x_val, ds.spec.levels)
+    x_val_part = x_val[dist.shard(len(x_val))]  # what this rank scores of it
     per_step = model.batches_per_step
     if len(batches) < per_step:
         raise VaelabError(f"--model {t.model} takes {per_step} minibatches a step, but the training set makes "
@@ -231,16 +304,20 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     start_epoch, step, history, best = 0, 0, [], -math.inf
     bad = _BadSteps(t.max_bad_steps)
     if resume is not None:
-        hold.enter_context(lock_run(out, "--resume"))
-        _remove_temporaries(out)
-        if not (out / "resume.safetensors").exists():
-            raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
-        rng, loop = ckpt.load_resume(out / "resume.safetensors", model, optimizers, measured if ema else None)
-        ckpt.check_loop(out / "resume.safetensors", loop)
-        torch.set_rng_state(rng["torch"])
+        def claim():
+            hold.enter_context(lock_run(out, "--resume"))
+            _remove_temporaries(out)
+            if not (out / "resume.safetensors").exists():
+                raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
+
+        def read():  # on every rank: the run directory is shared
+            rng, loop = ckpt.load_resume(out / "resume.safetensors", model, optimizers, measured if ema else None)
+            ckpt.check_loop(out / "resume.safetensors", loop)
+            return rng, loop
+        dist.together(claim, main_only=True)
+        rng, loop = dist.together(read)
+        _restore_rng(rng, device, t.seed, loop["epoch"])
         gen.set_state(rng["data"])
-        if device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], device)
         start_epoch, step, history, best = loop["epoch"], loop["global_step"], loop["history"], loop["best"]
         bad.run = loop.get("bad_run", 0)
         if ema:
@@ -255,11 +332,17 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
             return out
         log(f"resuming {out} at epoch {start_epoch + 1}/{t.epochs}")
     else:
-        _prepare_out(out, t.overwrite, hold)
-    ds.keep_cache()  # the arguments passed: a later run may skip the decoding
+        dist.together(lambda: _prepare_out(out, t.overwrite, hold), main_only=True)
     config_doc = {"format_version": FORMAT_VERSION, "vaelab_version": __version__,
                   "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": ds.source}
-    write_json(out / "config.json", config_doc)
+
+    def write_config():
+        ds.keep_cache()  # the arguments passed: a later run may skip the decoding
+        write_json(out / "config.json", config_doc)
+    dist.together(write_config, main_only=True)
+    if dist.active():  # one model on every rank from the start, whatever each built or read
+        dist.broadcast_([*model.parameters(), *model.buffers(), *(measured.parameters() if ema else ()),
+                         *(measured.buffers() if ema else ())])
 
     fast = FastPaths(precision=t.precision, device_type=device.type, compile=t.compile,
                      channels_last=channels_last, grad_clip=t.grad_clip, scalers=scalers)
@@ -273,7 +356,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
 
     if start_epoch == 0:
         log(f"training {t.model} ({n_params:,} parameters) on {d.data} "
-            f"({len(ds.train)} train / {len(ds.val)} val) on {device} -> {out}")
+            f"({len(ds.train)} train / {len(ds.val)} val) on "
+            f"{f'{dist.world_size()} ranks ({device.type})' if dist.active() else device} -> {out}")
     for epoch in range(start_epoch, t.epochs):
         elapsed = sum(h["seconds"] for h in history)
         if t.time_budget and elapsed >= 60 * t.time_budget:
@@ -291,15 +375,21 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         bad.new_epoch(n_steps, device, step)
         t0 = time.perf_counter()
         bar = tqdm(_steps(batches, per_step), total=n_steps, desc=f"epoch {epoch + 1}/{t.epochs}",
-                   leave=False, disable=not t.progress or None, file=sys.stderr)
+                   leave=False, disable=not t.progress or not dist.is_main() or None, file=sys.stderr)
         for i, xb in enumerate(bar):
-            m = take_step(model, optimizers, xb, StepInfo(epoch, step, n_steps, len(ds.train), fast.compiled), fast)
+            # a step of several minibatches (a GAN's k) takes its share from its last one: they are
+            # whole minibatches but where a model without drop_last ends an epoch in a step
+            share = shares[(i + 1) * per_step - 1] if dist.active() else None
+            m = take_step(model, optimizers, xb, StepInfo(epoch, step, n_steps, len(ds.train), fast.compiled, share),
+                          fast)
             step += 1
             dropped = m.pop("skipped").bool()
             if ema:
                 ema.update(dropped.float())
             bad.flags[i] = dropped
             for k, v in m.items():  # a dropped step's metrics (NaN, maybe) are left out
+                if share:  # this rank's part of the global minibatch's mean (none for a stand-in)
+                    v = v * (share[0] / share[1]) if share[0] else torch.zeros_like(v)
                 sums[k] = sums.get(k, 0.0) + torch.where(dropped, 0.0, v)
             if i % t.log_every == 0:
                 if not bar.disable:
@@ -309,14 +399,16 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         n_skipped = bad.skipped
         taken = n_steps - n_skipped
         seconds = time.perf_counter() - t0
+        model.eval()
+        if dist.active():
+            sums, seconds, val = _sum_over_ranks(sums, seconds, measured, x_val_part, len(x_val))
+        elif len(x_val):
+            val = _validation_scores(measured, x_val).mean().item()
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3), "skipped_steps": n_skipped,
                "train_loss": (sums["loss"] / taken).item() if taken else float("nan")}
         rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k != "loss"})
-        model.eval()
         if len(x_val):
-            with torch.no_grad():
-                scores = torch.cat([measured.validation(x_val[i:i + 1000]) for i in range(0, len(x_val), 1000)])
-            rec["val"] = scores.mean().item()
+            rec["val"] = val
             rec["val_name"] = model_cls.val_name
         # without a validation set, the training score of the same quantity (not the loss,
         # which carries beta and the warm-up weight)
@@ -339,18 +431,19 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         history.append(rec)
         improved = score > best
         best = max(best, score)
-        save_weights(measured, out / "model.safetensors", {"epoch": epoch + 1})
-        if improved:
-            save_weights(measured, out / "best.safetensors", {"epoch": epoch + 1})
-        rng = {"torch": torch.get_rng_state(), "data": gen.get_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
-                         {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
-                          "bad_run": bad.run, **({"ema_updates": ema.updates} if ema else {}),
-                          "scalers": {name: s.state_dict() for name, s in scalers.items()}},
-                         measured if ema else None)
-        atomic_write(out / "metrics.jsonl",
-                          lambda p: Path(p).write_text("".join(dumps(h) + "\n" for h in history)))
-        measured.epoch_pictures(out, epoch + 1)
+        rng = _rng_states(device, gen)
+
+        def write_epoch():
+            save_weights(measured, out / "model.safetensors", {"epoch": epoch + 1})
+            if improved:
+                save_weights(measured, out / "best.safetensors", {"epoch": epoch + 1})
+            ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
+                             {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
+                              "bad_run": bad.run, **({"ema_updates": ema.updates} if ema else {}),
+                              "scalers": {name: s.state_dict() for name, s in scalers.items()}},
+                             measured if ema else None)
+            atomic_write(out / "metrics.jsonl",
+                         lambda p: Path(p).write_text("".join(dumps(h) + "\n" for h in history)))
+            measured.epoch_pictures(out, epoch + 1)
+        dist.together(write_epoch, main_only=True)  # also keeps the others until the files are there
     return out

@@ -1,6 +1,16 @@
 """The one update path: every loss a model yields reaches its weights through
-:func:`apply_update` (backward, loss scaling, the non-finite guard, clipping), and a whole
-training step through :func:`take_step`. Nothing here knows a model.
+:func:`apply_update` (backward, loss scaling, the gradient's all-reduce under torchrun, the
+non-finite guard, clipping), and a whole training step through :func:`take_step`. Nothing here
+knows a model.
+
+Under torchrun the gradients are averaged here, not by wrapping the model in
+DistributedDataParallel: a model's ``step`` calls its sub-modules and parameters directly (a
+GAN's generator loss runs through the discriminator, the VAE's ``log_scale`` lives outside its
+sub-modules), which DDP's wrapper, hooked on one module's ``forward``, cannot follow without
+per-model code. So each update does what DDP does, once the loss's backward is done: one
+all-reduce of the optimizer's gradients in one flat buffer, weighted by each rank's share of the
+global minibatch, with the loss-is-finite flag riding in the same buffer so that every rank
+drops the same updates.
 """
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import distributed as dist
 from ..models.base import StepInfo
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,10 +71,18 @@ def make_scalers(precision: str, device_type: str, names) -> dict:
 
 
 def apply_update(loss: torch.Tensor, opt: torch.optim.Optimizer, grad_clip: float | None,
-                 scaler: torch.amp.GradScaler | None = None, skip: torch.Tensor | None = None) -> torch.Tensor:
+                 scaler: torch.amp.GradScaler | None = None, skip: torch.Tensor | None = None,
+                 shard: tuple[int, int] | None = None) -> torch.Tensor:
     """Backward and step, unless the loss or the gradient is NaN/Inf (or ``skip`` is set):
     then the update is dropped so a bad batch never reaches the weights. Returns a 0-dim
     tensor on the loss's device, 1.0 where the update was dropped.
+
+    ``shard`` (torchrun): (images this rank's loss is a mean over, images of the global
+    minibatch). The gradients are then the global minibatch's mean gradient on every rank
+    (:func:`vaelab.distributed.weighted_mean_`, one collective) before anything reads them, and
+    the update is dropped everywhere when a loss is non-finite on any rank, so the ranks' weights,
+    optimizer and loss-scale states stay the same. (The same parameters get a gradient on every
+    rank: which ones is the model's graph, not the data's.)
 
     The gradient reaches this optimizer's parameters only (``backward(inputs=...)``), so a GAN
     player's update leaves the other player's ``.grad`` untouched though its loss flows through
@@ -74,10 +93,16 @@ def apply_update(loss: torch.Tensor, opt: torch.optim.Optimizer, grad_clip: floa
     opt.zero_grad(set_to_none=True)
     (scaler.scale(loss) if scaler else loss).backward(inputs=params)
     params = [p for p in params if p.grad is not None]
+    finite = torch.isfinite(loss.detach().float())
+    if shard is not None:  # before unscale_: every rank's scaler then finds the same overflow
+        n, total = shard
+        bad_losses = dist.weighted_mean_([p.grad for p in params], n, total,
+                                         extra=(~finite).float().reshape(1) * (n > 0))
+        finite = bad_losses[0] == 0
     if scaler:
         scaler.unscale_(opt)
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    bad = ~(torch.isfinite(loss.detach().float()) & torch.isfinite(norm))
+    bad = ~(finite & torch.isfinite(norm))
     if skip is not None:
         bad = bad | skip
     if grad_clip:
@@ -118,22 +143,42 @@ def take_step(model, optimizers: dict, batch, info: StepInfo, fast: FastPaths) -
     updates = model.step(fast.inputs(batch), info)
     reported: dict[str, list[torch.Tensor]] = {}
     dead = None  # set from the first dropped update on
+    before = None  # the buffers as the step found them
     while True:
         saved = [(b, b.clone()) for b in model.buffers()]  # batch-norm statistics: small, cheap
+        before = saved if before is None else before
         with fast.autocast():
             update = next(updates, None)
         if update is None:
             break
         dead = apply_update(update.loss, optimizers[update.optimizer], fast.grad_clip,
-                            fast.scalers.get(update.optimizer), dead).bool()
+                            fast.scalers.get(update.optimizer), dead, info.shard).bool()
         _restore_if(dead, saved)
         for k, v in update.metrics.items():
             reported.setdefault(k, []).append(v.detach().float())
     if dead is None:
         raise RuntimeError(f"{type(model).__name__}.step yielded no update")
+    if info.shard is not None:
+        _average_moves(before, info.shard)
     out = {k: v[0] if len(v) == 1 else torch.stack(v).mean() for k, v in reported.items()}
     out["skipped"] = dead.float()
     return out
+
+
+@torch.no_grad()
+def _average_moves(before, shard: tuple[int, int]) -> None:
+    """Under torchrun, the floating buffers (batch-norm statistics, a VQ-VAE's EMA codebook),
+    which each rank's own images moved, become the step's value plus the ranks' mean move
+    (weighted as the gradients; one collective, none for a model without such buffers), so they
+    stay one model on every rank. The moves, not the values, are averaged, so a buffer the step
+    left alone (a mask) keeps its exact value. For a running mean this is the global minibatch's
+    update; for a non-linear one (the EMA codebook, a ratio of two averages) a close stand-in."""
+    moved = [(b, old) for b, old in before if b.is_floating_point()]
+    if moved:
+        deltas = [b - old for b, old in moved]
+        dist.weighted_mean_(deltas, *shard)
+        for (b, old), d in zip(moved, deltas):
+            b.copy_(old + d)
 
 
 @torch.no_grad()

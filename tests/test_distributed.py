@@ -1,0 +1,237 @@
+"""Training under torchrun (issue 16): 2 gloo ranks on 127.0.0.1, on the bundled digits.
+
+One torchrun launch (``ddp_cli.py``: the commands in turn, as ``python -m vaelab`` runs them)
+trains every run the tests below read, since each launch costs seconds of imports; the
+one-process references are trained in this process."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaelab
+from vaelab import distributed as dist
+from vaelab.data.transforms import Batches
+from vaelab.io import read_tensors
+from vaelab.training.trainer import train as train_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ["--data", "digits", "--no-progress", "--threads", "1"]
+VAE = ["train", "--model", "vae", "--nll-samples", "0", *BASE]
+# digits trains on 1317 images: at --batch-size 94 an epoch ends with a minibatch of 1 (rank 1's part
+# is empty), at 100 with one of 17 (9 and 8 images)
+AE = ["train", "--model", "ae", "--arch", "linear", "--epochs", "2", *BASE]
+
+
+def _env() -> dict:
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def _one(out: Path, epochs: int = 1, seed: int = 0, **kw) -> Path:
+    """A one-process VAE run (the trainer alone: no evaluation or pictures), as VAE's."""
+    cfg = vaelab.make_config(data="digits", model=kw.pop("model", "vae"), epochs=epochs, seed=seed, out=str(out),
+                             progress=False, threads=1, **kw)
+    return train_loop(cfg, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddp")
+    _one(d / "one-1")  # a one-process checkpoint, resumed below under torchrun
+    cmds = [
+        [*AE, "--batch-size", "94", "--out", str(d / "ae94")],
+        [*AE, "--batch-size", "100", "--out", str(d / "ae100")],
+        [*VAE, "--epochs", "2", "--out", str(d / "vae2")],
+        [*VAE, "--epochs", "1", "--out", str(d / "vae1")],
+        ["train", "--resume", str(d / "vae1"), "--epochs", "2"],
+        [*VAE, "--epochs", "1", "--out", str(d / "vae1-copy")],
+        ["train", "--resume", str(d / "one-1"), "--epochs", "2"],
+        ["train", "--model", "gan", "--k", "2", "--hidden", "64,64", "--epochs", "1", *BASE, "--out", str(d / "gan")],
+        [*AE, "--batch-size", "1", "--out", str(d / "refused")],
+        [*AE, "--out", str(d / "ae100")],  # holds a run: only rank 0 can tell (it locks and checks)
+    ]
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(ROOT / "tests" / "ddp_cli.py"), str(d), *map(json.dumps, cmds)],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    print(f"torchrun: {time.perf_counter() - t0:.1f}s")
+    assert p.returncode == 0, p.stdout + p.stderr
+    codes = [json.loads((d / f"codes-{r}.json").read_text()) for r in range(2)]
+    return d, p.stdout + p.stderr, codes
+
+
+def _weights(run: Path, name: str = "model.safetensors") -> dict:
+    return load_file(str(run / name))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_shard_partitions():
+    for n in range(0, 23):
+        for world in range(1, 6):
+            parts = [dist.shard(n, r, world) for r in range(world)]
+            assert [i for p in parts for i in range(n)[p]] == list(range(n))
+            sizes = [p.stop - p.start for p in parts]
+            assert sizes == sorted(sizes, reverse=True) and sizes[0] - sizes[-1] <= 1
+
+
+def test_threads_per_rank_and_timeout_flag(monkeypatch):
+    """Under torchrun without --threads, the cores are shared by the machine's ranks (one each
+    on 2 cores); one process keeps torch's choice. --dist-timeout must be positive."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert dist.default_threads() is None
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    for local, threads in (("2", 1), ("1", 2), ("4", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert dist.default_threads() == threads
+    with pytest.raises(vaelab.VaelabError, match="--dist-timeout must be positive"):
+        vaelab.make_config(data="digits", dist_timeout=0)
+
+
+@pytest.mark.parametrize("binarize, dequantize", [("dynamic", False), ("none", True)])
+def test_ranks_parts_make_one_process_minibatch(binarize, dequantize):
+    """The same permutation and noise for the global minibatch on every rank: the parts, in rank
+    order, are one process's minibatch, and the generator ends where one process's does."""
+    x = torch.randint(0, 17, (23, 1, 3, 3), dtype=torch.uint8)
+    make = lambda shard: Batches(x, 17, binarize, 10, torch.Generator().manual_seed(5), dequantize=dequantize,
+                                 shard=shard)  # noqa: E731
+    one, ranks = make(None), [make((r, 3)) for r in range(3)]
+    for epoch in range(2):
+        for whole, *parts in zip(one, *ranks):
+            assert torch.equal(torch.cat(parts), whole)
+        assert all(torch.equal(b.generator.get_state(), one.generator.get_state()) for b in ranks)
+    assert [b.shares() for b in ranks] == [[(4, 10), (4, 10), (1, 3)], [(3, 10), (3, 10), (1, 3)],
+                                          [(3, 10), (3, 10), (1, 3)]]
+    # a part left empty (a last minibatch of 1 image on 2 ranks) holds a stand-in, the minibatch's
+    # image, and counts for nothing
+    make = lambda shard: Batches(x[:21], 17, binarize, 10, torch.Generator().manual_seed(5),  # noqa: E731
+                                 dequantize=dequantize, shard=shard)
+    one, second = list(make(None)), make((1, 2))
+    assert second.shares()[-1] == (0, 1) and torch.equal(list(second)[-1], one[-1])
+
+
+@pytest.mark.parametrize("batch", [94, 100])
+def test_two_ranks_end_with_one_process_weights(runs, tmp_path, batch):
+    """--model ae --arch linear, fp32: 2 ranks with global batch B against 1 process with B, to
+    1e-5, with an epoch's last minibatch split unequally (94: 1 and 0 images; 100: 9 and 8)."""
+    d, _, _ = runs
+    one = _one(tmp_path / "one", epochs=2, model="ae", arch="linear", batch_size=batch)
+    assert _max_diff(_weights(d / f"ae{batch}"), _weights(one)) <= 1e-5
+
+
+def test_every_rank_holds_the_same_model(runs):
+    """At every epoch's end of every run (the GAN's batch-norm statistics too), the ranks agree."""
+    d, _, _ = runs
+    agree = [json.loads((d / f"agree-{r}.json").read_text()) for r in range(2)]
+    assert len(agree[0]) >= 10 and all(agree[0]) and agree[0] == agree[1]
+
+
+def test_resume_under_ddp_is_exact(runs):
+    d, _, _ = runs  # 2 epochs straight, against 1 and then 1 resumed: the same weights to the bit
+    assert _max_diff(_weights(d / "vae2"), _weights(d / "vae1")) == 0
+    rng = [k for k in read_tensors(d / "vae1" / "resume.safetensors") if k.startswith("rng.")]
+    assert sorted(rng) == ["rng.data", "rng.torch", "rng.torch.rank1"]
+
+
+def test_ddp_checkpoint_loads_and_resumes_in_one_process(runs, tmp_path):
+    d, _, _ = runs
+    run = shutil.copytree(d / "vae1-copy", tmp_path / "vae1")
+    model = vaelab.load(run)
+    assert torch.isfinite(model.sample(4)).all()
+    cfg = vaelab.make_config(data="digits", model="vae", epochs=2, progress=False, threads=1)
+    train_loop(cfg, resume=run, log=lambda m: None)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(torch.isfinite(w).all() for w in _weights(run).values())
+
+
+def test_one_process_checkpoint_resumes_under_ddp(runs):
+    d, _, _ = runs
+    history = [json.loads(line) for line in (d / "one-1" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert (d / "one-1" / "finished.json").exists()
+    assert "rng.torch.rank1" in read_tensors(d / "one-1" / "resume.safetensors")
+
+
+def test_only_rank_0_writes_and_logs(runs):
+    """The GAN (k = 2) and the VAE train; each log line, each error and each report comes once,
+    and an error only rank 0 can see (--out holds a run) stops both ranks with exit 2."""
+    d, out, codes = runs
+    assert codes[0] == codes[1] == [0, 0, 0, 0, 0, 0, 0, 0, 2, 2]
+    starts = lambda word: sum(line.startswith(word) for line in out.splitlines())  # noqa: E731
+    assert starts("training ") == 6 and starts("resuming ") == 2 and starts("run written to ") == 8
+    assert out.count("error: --batch-size 1 is the global minibatch, split across the 2 ranks") == 1
+    assert out.count(f"error: --out {d / 'ae100'} already holds a run") == 1
+    for run in ("gan", "vae2"):
+        lines = (d / run / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == list(range(1, len(lines) + 1))
+        assert out.count(f"-> {d / run}\n") == 1
+    assert (d / "gan" / "progress" / "epoch-0001.png").exists()
+    gan = json.loads((d / "gan" / "metrics.jsonl").read_text())
+    assert gan["skipped_steps"] == 0 and 0 < gan["train_d_real"] < 1
+
+
+def test_stochastic_model_within_seed_spread(runs, tmp_path):
+    """The 2-rank VAE's final validation ELBO against 1-process runs of seeds 0 to 3. Its own
+    noise (and data) are other draws than any one process's, so it is one more draw of the
+    same distribution: it must lie within the seeds' range widened by that range on each side
+    (with 4 seeds, an honest fifth draw falls outside the plain range 2 times in 5, outside the
+    widened one rarely; a gradient summed instead of averaged or one rank's data lost moves it
+    by several ranges)."""
+    d, _, _ = runs
+    last = lambda run: json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val"]  # noqa: E731
+    seeds = [last(_one(tmp_path / f"s{s}", epochs=2, seed=s)) for s in range(4)]
+    spread = max(seeds) - min(seeds)
+    assert min(seeds) - spread <= last(d / "vae2") <= max(seeds) + spread, (seeds, last(d / "vae2"))
+
+
+DEAD_RANK = textwrap.dedent("""
+    import os, sys, time, torch
+    from vaelab import distributed as dist
+    from vaelab.errors import VaelabError
+    dist.setup(torch.device("cpu"), timeout_s=3)
+    if dist.rank() == 1:
+        time.sleep(float(sys.argv[1]))
+        os._exit(1)
+    t0 = time.perf_counter()
+    try:
+        dist.all_reduce_(torch.ones(4))
+    except VaelabError as e:
+        print(f"{time.perf_counter() - t0:.1f}", e, dist.prints(e))
+""")
+
+
+def test_hung_rank_stops_the_others_within_timeout():
+    """Rank 1 joins, then stops answering (it sleeps, then exits): rank 0's collective gives up
+    after --dist-timeout (3 s) with the one clear message, which that rank prints. (A rank that
+    exits at once ends the same way, sooner: gloo sees its connection close.)"""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", DEAD_RANK, "30"], stdout=subprocess.PIPE, text=True,
+                              env={**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for r in range(2)]
+    try:
+        said = procs[0].communicate(timeout=60)[0]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    seconds, msg = said.split(" ", 1)
+    assert 3 <= float(seconds) < 3 + 5
+    assert msg.startswith("rank 0 of 2: no answer from the other ranks within --dist-timeout 3 s (")
+    assert "another rank stopped or hung" in msg and msg.strip().endswith("True")
