@@ -5,10 +5,13 @@ training and evaluation call them unconditionally and a single process pays noth
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`setup` reads them and joins the group (gloo on the CPU, nccl on CUDA). A rank that dies
-makes the others' next collective fail after ``timeout`` seconds instead of hanging.
+makes the others' next collective fail after ``timeout`` seconds instead of hanging; the waits
+for one rank's own work (:func:`together`: rank 0's download, its Fréchet classifier, a sampler it
+fits) take their own group, whose timeout is :data:`PATIENT_TIMEOUT_S`.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import hashlib
 import os
@@ -19,8 +22,14 @@ import torch.distributed as dist
 from .errors import VaelabError
 
 DEFAULT_TIMEOUT_S = 300  # a collective waits this long for a dead or stuck rank
+# together()'s waits for a rank's own work, which may take far longer than a collective (rank 0
+# trains a Fréchet classifier or a PixelCNN while the others wait): a backstop for a rank that
+# hangs there, not a limit on the work; a rank that dies is noticed at once (its connections close)
+PATIENT_TIMEOUT_S = 24 * 3600
 RANK_SEED_STRIDE = 1_000_003  # a prime: rank r's noise is seeded seed + r * this (+ the epoch on a resume)
 _timeout_s = DEFAULT_TIMEOUT_S  # what setup was given, for the message when a collective fails
+_patient = None  # the gloo group of together()'s waits (setup); None: the default group
+_joined = False  # setup has begun: from then on a rank's errors may be its own (prints)
 
 
 def launched() -> bool:
@@ -45,10 +54,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
-
-
 def local_device(device: torch.device) -> torch.device:
     """Under torchrun, a CUDA ``device`` is this rank's GPU, ``cuda:LOCAL_RANK``."""
     if device.type == "cuda" and launched():
@@ -56,23 +61,46 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
+def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, threads: int | None = None) -> torch.device:
     """Join the process group torchrun describes (once), and return the device this rank uses:
-    ``cuda:LOCAL_RANK`` when ``device`` is CUDA, else ``device``. A no-op without torchrun."""
+    ``cuda:LOCAL_RANK`` when ``device`` is CUDA, else ``device``. Sets torch's CPU threads to
+    ``threads`` (--threads), else under torchrun to :func:`default_threads` (torchrun's own
+    OMP_NUM_THREADS=1 would leave all but one core of a rank idle). Without torchrun, only
+    ``threads``."""
+    threads = threads or default_threads()
+    if threads:
+        torch.set_num_threads(threads)
     if not launched():
         return device
+    global _timeout_s, _patient, _joined
+    _joined = True
     if not dist.is_available():
         raise VaelabError("WORLD_SIZE > 1 was set (torchrun), but this torch has no torch.distributed.")
     device = local_device(device)
     if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if device.index >= gpus:  # else torch's "invalid device ordinal", deep in set_device
+            raise VaelabError(f"LOCAL_RANK {device.index}: torchrun started more ranks on this machine "
+                              f"({os.environ.get('LOCAL_WORLD_SIZE', '?')}) than it has GPUs ({gpus}): give "
+                              f"--nproc-per-node {gpus} or fewer, or --device cpu.")
         torch.cuda.set_device(device)
-    global _timeout_s
     _timeout_s = timeout_s
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         _call(dist.init_process_group, backend, timeout=datetime.timedelta(seconds=timeout_s),
                                 **({"device_id": device} if device.type == "cuda" else {}))
+        _patient = _call(dist.new_group, backend="gloo",
+                         timeout=datetime.timedelta(seconds=max(timeout_s, PATIENT_TIMEOUT_S)))
+        atexit.register(_leave)
     return device
+
+
+def _leave() -> None:
+    """At exit: leave the group (nccl warns of one never destroyed)."""
+    global _patient
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _patient = None
 
 
 def shard(n: int, r: int | None = None, world: int | None = None) -> slice:
@@ -126,27 +154,35 @@ def from_main(fn, *args, **kwargs):
 def main_first(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` on rank 0, then on the other ranks once it has returned: rank 0 fills
     a cache in a shared folder (a sampler fitted after training, in the run directory) that the
-    others then read, instead of each doing the work and racing to write the file."""
+    others then read, instead of each doing the work and racing to write the file. A failure
+    anywhere stops every rank (:func:`together`, both times)."""
     box = []
     from_main(lambda: box.append(fn(*args, **kwargs)))
-    return box[0] if box else fn(*args, **kwargs)
+    return together(lambda: box[0] if box else fn(*args, **kwargs))
+
+
+# how gloo (and the rendezvous) say that a peer is gone: it timed out, or its connection closed
+_LOST = ("timed out", "timeout", "connection closed", "connection reset", "read error", "broken pipe")
 
 
 def _call(op, *args, **kwargs):
     """A collective: one that fails (gloo raises once ``--dist-timeout`` passes without an
     answer, or when a peer's connection closes) becomes one VaelabError that names this rank and
-    the timeout, instead of a traceback from deep inside torch."""
+    the timeout, instead of a traceback from deep inside torch; any other failure, one that
+    names this rank and quotes torch."""
     try:
         return op(*args, **kwargs)
     except RuntimeError as e:
         # torchrun's numbers: the group is not up when its own setup is what failed
         r, world = os.environ.get("RANK", rank()), os.environ.get("WORLD_SIZE", world_size())
-        err = VaelabError(
-            f"rank {r} of {world}: no answer from the other ranks within --dist-timeout {_timeout_s:g} s "
-            f"({str(e).splitlines()[0][:160]}): another rank stopped or hung; its own output says why "
-            "(or raise --dist-timeout if a rank is only slow).")
-        err.own = True  # said by this rank: it may be the only word of a hung peer (prints)
-        raise err from None
+        said = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        if any(word in said.lower() for word in _LOST):
+            msg = (f"rank {r} of {world}: no answer from the other ranks within --dist-timeout {_timeout_s:g} s "
+                   f"({said}): another rank stopped or hung; its own output says why "
+                   "(or raise --dist-timeout if a rank is only slow).")
+        else:
+            msg = f"rank {r} of {world}: a collective between the ranks failed in torch.distributed ({said})."
+        raise VaelabError(msg) from None
 
 
 def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -165,17 +201,12 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def barrier() -> None:
-    if active():
-        _call(dist.barrier)
-
-
-def all_gather_object(obj) -> list:
+def all_gather_object(obj, group=None) -> list:
     """Every rank's ``obj``, in rank order (a picklable value)."""
     if not active():
         return [obj]
     out = [None] * world_size()
-    _call(dist.all_gather_object, out, obj)
+    _call(dist.all_gather_object, out, obj, group)
     return out
 
 
@@ -223,9 +254,10 @@ def weighted_mean_(tensors: list[torch.Tensor], n: int, total: int,
 
 def together(fn, main_only: bool = False):
     """``fn()`` on every rank (or on rank 0 alone), then a check that it went well everywhere:
-    a failure on any rank stops every rank with that rank's message, instead of leaving the
-    others waiting in their next collective. Returns this rank's result (None where it did not
-    run). Doubles as a barrier. One process: just ``fn()``."""
+    a failure on any rank stops every rank with that rank's message (rank 0 prints it, once),
+    instead of leaving the others waiting in their next collective. Returns this rank's result
+    (None where it did not run). Doubles as a barrier, one that waits for the slowest rank's
+    ``fn`` up to :data:`PATIENT_TIMEOUT_S`, not ``--dist-timeout``. One process: just ``fn()``."""
     if not active():
         return fn()
     failure, result = None, None
@@ -235,20 +267,30 @@ def together(fn, main_only: bool = False):
         except Exception as e:  # noqa: BLE001 -- passed on below, and re-raised on this rank
             failure = e
     said = all_gather_object(None if failure is None else str(failure) if isinstance(failure, VaelabError)
-                             else f"{type(failure).__name__}: {failure}")
+                             else f"{type(failure).__name__}: {failure}", _patient)
     first = next((r for r, m in enumerate(said) if m is not None), None)
     if first is None:
         return result
     if failure is not None and first == rank():
-        raise failure
-    raise VaelabError(said[first] if first == 0 else f"rank {first}: {said[first]}")
+        raise alike(failure)  # rank 0 says it, as "rank r: ..." if it is another's
+    if failure is not None and said[rank()] != said[first]:
+        raise failure  # a failure of this rank's own besides the first one: this rank says it
+    raise alike(VaelabError(said[first] if first == 0 else f"rank {first}: {said[first]}"))
+
+
+def alike(err: Exception) -> Exception:
+    """``err``, marked as one that rank 0 raises too (the ranks' checks of the same flags and
+    data, decisions on figures summed over the ranks, what :func:`together` passed on): rank 0
+    alone prints it (:func:`prints`)."""
+    err.alike = True
+    return err
 
 
 def prints(err: VaelabError) -> bool:
-    """Whether this rank prints ``err``: under torchrun the ranks raise the same error alike (a
-    bad flag, a failure :func:`together` passed on), and rank 0 alone says it; a rank's own
-    failed collective is said where it happened, as it may be the only word of a hung peer."""
-    return os.environ.get("RANK", "0") == "0" or getattr(err, "own", False)  # before setup too (a bad flag)
+    """Whether this rank prints ``err``: rank 0 always; another rank, unless rank 0 says the
+    same (:func:`alike`) or the error came before the ranks met (a bad flag, raised alike).
+    Any other error of a rank is its own, perhaps the only word of what stopped the run."""
+    return os.environ.get("RANK", "0") == "0" or (_joined and not getattr(err, "alike", False))
 
 
 def rank_seed(seed: int, r: int, epoch: int = 0) -> int:
