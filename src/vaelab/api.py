@@ -36,7 +36,8 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
              data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True,
              model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
              sample_metrics: bool | None = None, samples: int = 10_000, log=None, compile: bool | None = None,
-             precision: str = "auto", seed: int | None = 0, sampler: str | None = None) -> dict:
+             precision: str = "auto", seed: int | None = 0, sampler: str | None = None,
+             threads: int | None = None, dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict:
     """Metrics of a run on a split, saved as ``eval-<split>.json`` (``eval-<split>-last.json``
     for the last checkpoint): the reconstruction error of every model (``mse``, per pixel), and
     for models with a likelihood the ELBO, importance-sampled NLL (``k`` samples) and bits/dim in
@@ -53,38 +54,48 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     Under torchrun (``torchrun --nproc-per-node N -m vaelab eval``) the ranks share the work: the
     test images of the reconstruction error and the NLL, the samples scored. Every rank returns
     the one-process figures (the NLL, ELBO, bits/dim and error to the last bit; the Parzen
-    log-likelihood to float rounding), and rank 0 alone logs and writes the file."""
+    log-likelihood to float rounding), and rank 0 alone logs and writes the file. ``threads``: torch's
+    CPU threads (default: torch's choice; under torchrun, the cores shared by the ranks);
+    ``dist_timeout``: seconds a collective waits for a rank that died or hung. Both apply where
+    ``model`` is not given (given, it is the caller's set-up)."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
     if batch_size < 1:
         raise VaelabError(f"--batch-size must be at least 1, got {batch_size}.")
+    if threads is not None and threads < 1:
+        raise VaelabError(f"--threads must be at least 1, got {threads}.")
+    if dist_timeout <= 0:
+        raise VaelabError(f"--dist-timeout must be positive, got {dist_timeout:g}.")
     if model is None:  # under torchrun: join the group; a rank on CUDA takes cuda:LOCAL_RANK
-        model = load(run_dir, checkpoint, str(distributed.setup(resolve_device(device))))
+        dev = str(distributed.setup(resolve_device(device), dist_timeout, threads))
+        model = distributed.together(lambda: load(run_dir, checkpoint, dev))  # a rank that cannot read it says so
     log = log if distributed.is_main() else None
     run = model.run_config
     spec = None if sampler is None else resolve_sampler(sampler, type(model), run_dir)
     scores_samples = (model.can(SAMPLE) or spec is not None) and sample_metrics is not False
     if scores_samples and distributed.active():  # enough samples for the ranks? before the NLL's minutes
         from .evaluation.samples import check_samples
-        check_samples(samples, model.data_spec.shape)
-    x = (split_inputs(run_dir, split, data_dir)[0] if x is None else x).to(_device(model))
+        distributed.together(lambda: check_samples(samples, model.data_spec.shape))
+    if x is None:
+        x = distributed.together(lambda: split_inputs(run_dir, split, data_dir)[0])
+    x = x.to(_device(model))
     levels = model.data_spec.levels
     deq = run.model.dequantizes  # a density on (k + u) / levels
     res = {"split": split, "checkpoint": checkpoint}
     if model.can(ENCODE):
         res["mse"] = reconstruction_mse(model, x, batch_size, levels if deq else None)
-    res.update(model.metrics(x))
+    res.update(distributed.from_main(model.metrics, x))  # whole-split figures: rank 0's, not every rank's
     if model.can(ENCODE) and not model.can(LIKELIHOOD) and getattr(run.model, "arch", None) == "linear":
         # the linear autoencoder against PCA fitted on the same training images
         from .evaluation.pca import pca_report
-        x_train = split_inputs(run_dir, "train", data_dir)[0]
-        res["pca"] = pca_report(model, x_train, x.cpu())
+        res["pca"] = distributed.from_main(lambda: pca_report(model, split_inputs(run_dir, "train", data_dir)[0],
+                                                              x.cpu()))
     if model.can(LIKELIHOOD):
         offset = 0.0
         if deq:
             x, offset = dequantize_fixed(x, levels), x[0].numel() * math.log(levels)
-        res.update(evaluate_likelihood(model, x, k, batch_size, model.discrete(levels), progress, offset, compile,
-                                       precision, seed, log))
+        res.update(evaluate_likelihood(model, x, k, discrete=model.discrete(levels), progress=progress, offset=offset,
+                                       compile=compile, precision=precision, seed=seed, log=log))
     else:
         res["n"] = len(x)
     if scores_samples:
@@ -189,17 +200,20 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
     with contextlib.ExitStack() as hold:  # the run directory stays locked until its last file
         run_dir = _train_loop(config, resume=resume, hold=hold, **kw)
         # under torchrun every rank loads the model (onto its own GPU) and takes its part of the
-        # evaluation; rank 0 alone logs, draws the pictures and writes
-        main = distributed.is_main()
-        model = load(run_dir, "best", str(distributed.local_device(resolve_device(config.train.device))))
+        # evaluation (a rank that cannot read the run says so: together); rank 0 alone logs, draws
+        # the pictures and writes
+        device = str(distributed.local_device(resolve_device(config.train.device)))
+
+        def read():
+            model = load(run_dir, "best", device)
+            return model, split_inputs(run_dir, "test", model.run_config.data.data_dir)[0]
+        model, x = distributed.together(read)
         run = model.run_config
-        x = split_inputs(run_dir, "test", run.data.data_dir)[0]
         has_likelihood = model.can(LIKELIHOOD)
         if run.train.nll_samples > 0 or not has_likelihood:
             # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
             evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
-                     sample_metrics=not has_likelihood, log=log if main else None,
-                     compile=run.train.compile or None)
+                     sample_metrics=not has_likelihood, log=log, compile=run.train.compile or None)
 
         def finish():
             pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x, log=log)

@@ -155,7 +155,8 @@ def cmd_eval(a) -> int:
         check_samples(a.samples, spec.shape)
     res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
                        progress=True, sample_metrics=a.sample_metrics, samples=a.samples, log=_say,
-                       compile=a.compile, precision=a.nll_precision, seed=a.seed, sampler=a.sampler)
+                       compile=a.compile, precision=a.nll_precision, seed=a.seed, sampler=a.sampler,
+                       threads=a.threads, dist_timeout=a.dist_timeout)
     if not distributed.is_main():  # under torchrun, rank 0 speaks for all
         return 0
     print(dumps(res))
@@ -303,6 +304,7 @@ def cmd_datasets(a) -> int:
 
 
 DEMO = Path(__file__).parent / "demo.toml"  # the main job's settings
+DATA_PARALLEL = ("train", "eval")  # the commands that run under torchrun, each rank taking its part
 
 
 def cmd_demo(a) -> int:
@@ -327,6 +329,13 @@ DATA_DIR_HELP = ("where the run's data is now, if not where it was found in trai
 
 
 def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser:
+    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+    def as_train(name: str, type_: type) -> dict:  # a flag eval shares with train: its help and default
+        f = train_fields[name]
+        return dict(type=type_, default=f.default, metavar=type_.__name__.upper(),
+                    help=f"{f.metadata['help']} [default: {'-' if f.default is None else f'{f.default:g}'}]")
+
     p = _Parser(prog="vaelab", description="Autoencoders, VAEs and GANs on real images, measured honestly.",
                 allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -364,7 +373,8 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                                             "has bf16 units (AMX, AVX512-BF16), fp32 elsewhere; the "
                                             "log-likelihoods and the logsumexp stay fp32"),
                "--seed": dict(type=int, default=0, help="seed of the importance samples"),
-               "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
+               "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP),
+               "--threads": as_train("threads", int), "--dist-timeout": as_train("dist_timeout", float)})
     run_cmd("sample", "a grid of samples", cmd_sample,
             **{"-n": dict(type=int, default=64), "-o": dict(default=None), "--nrow": dict(type=int, default=0),
                "--seed": dict(type=int, default=0), "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
@@ -410,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
             flag = next((e for e in extra if e.startswith("-")), extra[0])
             raise VaelabError(f"unknown {'flag' if flag.startswith('-') else 'argument'} {flag} for "
                               f"vaelab {args.cmd} (see vaelab {args.cmd} --help).")
+        if distributed.launched() and args.cmd not in DATA_PARALLEL:  # else N copies, all writing the same files
+            raise VaelabError(f"vaelab {args.cmd} runs in one process: under torchrun only "
+                              f"{' and '.join(DATA_PARALLEL)} share their work between the ranks; run it without "
+                              "torchrun.")
         return args.func(args)
     except VaelabError as e:
         if distributed.prints(e):  # under torchrun, one copy of what every rank raised alike

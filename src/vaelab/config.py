@@ -77,7 +77,8 @@ class TrainConfig:
     grad_clip: float | None = opt(None, "clip the gradient norm to this value")
     nll_samples: int = opt(100, "importance samples K for the test NLL at the end of training (0 = skip)")
     device: str = opt("auto", "device: auto, cpu, cuda, cuda:N", metavar="DEVICE")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice; under torchrun, the machine's "
+                                     "cores shared by its ranks)")
     out: str | None = opt(None, "run directory (default runs/<data>-<model>)", metavar="DIR")
     overwrite: bool = opt(False, "replace an existing run in --out")
     progress: bool = opt(True, "show a progress bar")

@@ -18,6 +18,8 @@ from typing import Callable, ClassVar, Iterator, Protocol
 import torch
 from torch import nn
 
+from ..errors import VaelabError
+
 # what a model can be asked for (:attr:`Model.capabilities`)
 ENCODE = "encode"          # codes(x), reconstruct(x): an encoder, so probes, interpolations of inputs
 SAMPLE = "sample"          # sample(n), prior(n), decode_mean(z): new images
@@ -89,6 +91,8 @@ class Model(nn.Module):
     val_name: ClassVar[str] = "loss"                 # what :meth:`validation` measures
     higher_is_better: ClassVar[bool | None] = False  # its direction; None: best = last epoch
     drop_last: ClassVar[bool] = False                # drop an epoch's last, smaller minibatch
+    min_part: ClassVar[int] = 1                      # the fewest images a step may compute over (each rank's)
+    min_part_why: ClassVar[str] = ""                 # why, for --batch-size's message (min_part > 1)
     train_defaults: ClassVar[dict] = {}              # this model's defaults for run-wide fields
     presets: ClassVar[dict[str, dict]] = {}          # --preset NAME: settings of a published net
     latent: ClassVar[str] = VECTOR                   # VECTOR or GRID: what a fitted sampler models
@@ -102,7 +106,24 @@ class Model(nn.Module):
 
     @classmethod
     def check_train(cls, train) -> None:
-        """Checks of the run's TrainConfig that this model needs (raised before any data loads)."""
+        """Checks of the run's TrainConfig that this model needs (raised before any data loads):
+        here, --batch-size in one process (:meth:`check_batch`; an override calls this too)."""
+        cls.check_batch(train.batch_size)
+
+    @classmethod
+    def check_batch(cls, batch_size: int, world: int = 1) -> None:
+        """--batch-size against :attr:`min_part`: under torchrun (``world`` ranks) the global
+        minibatch is split, and its smallest part, ``batch_size // world`` images, must hold that
+        many (a model with ``min_part > 1`` drops an epoch's last, smaller minibatch)."""
+        need = cls.min_part * world
+        if batch_size >= need:
+            return
+        a_rank = f"{cls.min_part} images a rank: " if world > 1 else ""
+        why = f" for {cls.name} ({a_rank}{cls.min_part_why})" if cls.min_part > 1 else ""
+        if world == 1:
+            raise VaelabError(f"--batch-size must be at least {need}{why}, got {batch_size}.")
+        raise VaelabError(f"--batch-size {batch_size} is the global minibatch, split across the {world} ranks: it "
+                          f"must be at least {need}{why}.")
 
     normal_prior: bool = False  # a model that samples draws z ~ N(0, I) (the manifold maps through its CDF)
 

@@ -161,6 +161,7 @@ class GAN(Model):
     # best = last: no held-out score ranks a GAN's epochs cheaply (D(x) on held-out data is logged)
     val_name, higher_is_better = "d_real", None
     drop_last = True  # batch norm fails on a one-image last minibatch
+    min_part, min_part_why = 2, "batch norm needs two images"
     train_defaults = {"lr": 2e-4}  # DCGAN's learning rate
 
     def __init__(self, cfg: GANConfig):
@@ -176,11 +177,6 @@ class GAN(Model):
     @property
     def normal_prior(self) -> bool:
         return self.cfg.prior == "normal"
-
-    @classmethod
-    def check_train(cls, train) -> None:
-        if train.batch_size < 2:
-            raise VaelabError("--batch-size must be at least 2 for a GAN (batch norm needs two images).")
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ p(z) on the model's device: [n, latent_dim]. ``generator`` (on the CPU)

@@ -41,11 +41,7 @@ def check_kernel(cfg) -> None:
                           f"got {','.join(map(str, cfg.kernel_scales)) or 'none'}.")
 
 
-def check_mmd_batch(name: str, train) -> None:
-    """A minibatch MMD compares pairs of codes: refuse minibatches of one."""
-    if train.batch_size < 2:
-        raise VaelabError(f"--batch-size must be at least 2 for {name} (the MMD compares pairs of codes), "
-                          f"got {train.batch_size}.")
+MMD_PART = 2, "the MMD compares pairs of codes"  # a minibatch MMD's min_part, min_part_why (WAE, InfoVAE)
 
 
 @dataclass(frozen=True)
@@ -78,15 +74,12 @@ class WAE(AE):
     capabilities = frozenset({ENCODE, SAMPLE})
     normal_prior = True
     drop_last = True  # the MMD of a one-code minibatch is undefined
+    min_part, min_part_why = MMD_PART
 
     # z ~ N(0, I) on the model's device, and G of such draws: the VAE's, which read only
     # cfg.latent_dim and decode_mean
     prior = LatentGaussianModel.prior
     sample = LatentGaussianModel.sample
-
-    @classmethod
-    def check_train(cls, train) -> None:
-        check_mmd_batch(cls.name, train)
 
     def penalties(self, out: AEOutput) -> dict[str, tuple[float, torch.Tensor]]:
         """lambda and the MMD between the minibatch's codes and as many draws of N(0, I)."""

@@ -134,7 +134,8 @@ def finished_epochs(out: Path) -> int | None:
 def _diverged(out: Path, what: str, lr: float, kept: int) -> VaelabError:
     keep = (f"{out} keeps the checkpoints of epoch {kept}, the last good one" if kept else
             f"no epoch ended with finite values, so {out} holds no checkpoint")
-    return VaelabError(f"training diverged: {what}; {keep}; try a lower --lr (the rate was {lr:g}).")
+    # decided on figures summed over the ranks: every rank raises it, rank 0 says it
+    return dist.alike(VaelabError(f"training diverged: {what}; {keep}; try a lower --lr (the rate was {lr:g})."))
 
 
 class _BadSteps:
@@ -232,24 +233,25 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     if hold is None:
         with contextlib.ExitStack() as hold:
             return train(run, resume, log, hold)
-    # under torchrun: join the ranks (the device and the timeout may change on a resume, so they are
-    # this call's); every rank computes, rank 0 alone writes and logs
-    device = dist.setup(resolve_device(run.train.device), run.train.dist_timeout)
+    # under torchrun: join the ranks (the device, the timeout and the threads may change on a
+    # resume, so they are this call's); every rank computes, rank 0 alone writes and logs
+    device = dist.setup(resolve_device(run.train.device), run.train.dist_timeout, run.train.threads)
     if not dist.is_main():
         log = lambda msg: None  # noqa: E731
     if resume is not None:
-        saved = dist.together(lambda: read_run_config(Path(resume)))
-        old = RunConfig.from_dict(saved["run"], f"{resume}/config.json")
+        old = dist.together(lambda: RunConfig.from_dict(read_run_config(Path(resume))["run"],
+                                                        f"{resume}/config.json"))
         run = dataclasses.replace(old, **{
             part: dataclasses.replace(getattr(old, part), **{f: getattr(getattr(run, part), f) for f in fields})
             for part, fields in RESUMABLE.items()})
     t, d = run.train, run.data
     model_cls = get_model(t.model)
-    threads = t.threads or dist.default_threads()  # under torchrun: the cores shared by the ranks
-    if threads:
-        torch.set_num_threads(threads)
-    if t.precision == "bf16" and device.type == "cuda" and not _has_bf16(device):
-        raise VaelabError(f"--precision bf16 needs a GPU with bfloat16 support; {device} has none: use fp16.")
+
+    def check_bf16():  # each rank its own GPU: together() says which fails, once
+        if not _has_bf16(device):
+            raise VaelabError(f"--precision bf16 needs a GPU with bfloat16 support; {device} has none: use fp16.")
+    if t.precision == "bf16" and device.type == "cuda":
+        dist.together(check_bf16)
 
     def load():
         return load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download,
@@ -260,20 +262,21 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     from_data = {"shape": tuple(ds.spec.shape), "levels": ds.spec.levels}
     model_cfg = dataclasses.replace(run.model, **{k: v for k, v in from_data.items()
                                                   if k in {f.name for f in dataclasses.fields(run.model)}})
-    if resume is not None and tuple(run.model.shape) != tuple(ds.spec.shape):
-        raise VaelabError(f"--resume {resume}: the run was trained on images of shape {run.model.shape}, "
-                          f"but {d.data} has {ds.spec.shape}.")
-    if resume is not None and getattr(run.model, "levels", ds.spec.levels) != ds.spec.levels:
-        raise VaelabError(f"--resume {resume}: the run was trained on {run.model.levels} pixel levels, "
-                          f"but {d.data} now has {ds.spec.levels}.")
-    run = dataclasses.replace(run, model=model_cfg)
-    if t.batch_size > len(ds.train):
-        raise VaelabError(f"--batch-size {t.batch_size} is larger than the training set ({len(ds.train)} images).")
-    if t.batch_size < dist.world_size():
-        raise VaelabError(f"--batch-size {t.batch_size} is the global minibatch, split across the {dist.world_size()} "
-                          f"ranks: it must be at least {dist.world_size()}.")
 
-    check_model_size(t.model, model_cfg)
+    def check_data():  # against the data each rank read: through together(), one message
+        if resume is not None and tuple(run.model.shape) != tuple(ds.spec.shape):
+            raise VaelabError(f"--resume {resume}: the run was trained on images of shape {run.model.shape}, "
+                              f"but {d.data} has {ds.spec.shape}.")
+        if resume is not None and getattr(run.model, "levels", ds.spec.levels) != ds.spec.levels:
+            raise VaelabError(f"--resume {resume}: the run was trained on {run.model.levels} pixel levels, "
+                              f"but {d.data} now has {ds.spec.levels}.")
+        if t.batch_size > len(ds.train):
+            raise VaelabError(f"--batch-size {t.batch_size} is larger than the training set "
+                              f"({len(ds.train)} images).")
+        model_cls.check_batch(t.batch_size, dist.world_size())  # each rank's part of it
+        check_model_size(t.model, model_cfg)
+    dist.together(check_data)
+    run = dataclasses.replace(run, model=model_cfg)
     torch.manual_seed(t.seed)
     model = model_cls(model_cfg).to(device)
     if dist.rank():  # rank 0 keeps one process's noise; the others draw their own, reproducibly
@@ -297,8 +300,11 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     x_val_part = x_val[dist.shard(len(x_val))]  # what this rank scores of it
     per_step = model.batches_per_step
     if len(batches) < per_step:
-        raise VaelabError(f"--model {t.model} takes {per_step} minibatches a step, but the training set makes "
-                          f"{len(batches)} of --batch-size {t.batch_size}.")
+        raise dist.alike(VaelabError(f"--model {t.model} takes {per_step} minibatches a step, but the training set "
+                                     f"makes {len(batches)} of --batch-size {t.batch_size}."))
+    # a step's minibatches take one share of the global minibatch (StepInfo.shard): whole ones
+    assert per_step == 1 or model_cls.drop_last, f"{model_cls.__name__} takes {per_step} minibatches a step: " \
+        "it must set drop_last, so that they are all whole"
 
     out = run_dir(run, resume)
     start_epoch, step, history, best = 0, 0, [], -math.inf
@@ -325,8 +331,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         for name, state in loop.get("scalers", {}).items():
             scalers[name].load_state_dict(state)
         if start_epoch >= t.epochs and finished_epochs(out) == start_epoch:
-            raise VaelabError(f"--resume {out}: the run already finished {start_epoch} epochs and its final "
-                              f"evaluation; pass --epochs larger than {start_epoch} to continue it.")
+            raise dist.alike(VaelabError(f"--resume {out}: the run already finished {start_epoch} epochs and its "
+                                         f"final evaluation; pass --epochs larger than {start_epoch} to continue it."))
         if start_epoch >= t.epochs:  # killed after its last epoch: vaelab.api.train finishes it
             log(f"resuming {out}: its {start_epoch} epochs are trained; finishing its evaluation and pictures")
             return out
@@ -377,8 +383,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         bar = tqdm(_steps(batches, per_step), total=n_steps, desc=f"epoch {epoch + 1}/{t.epochs}",
                    leave=False, disable=not t.progress or not dist.is_main() or None, file=sys.stderr)
         for i, xb in enumerate(bar):
-            # a step of several minibatches (a GAN's k) takes its share from its last one: they are
-            # whole minibatches but where a model without drop_last ends an epoch in a step
+            # a step of several minibatches (a GAN's k) takes its last one's share: all whole (drop_last)
             share = shares[(i + 1) * per_step - 1] if dist.active() else None
             m = take_step(model, optimizers, xb, StepInfo(epoch, step, n_steps, len(ds.train), fast.compiled, share),
                           fast)
