@@ -74,13 +74,10 @@ def parzen_log_likelihoods(samples, x, sigmas: Sequence[float], batch_size: int 
     if x.shape[1] != s.shape[1]:
         raise VaelabError(f"the Parzen samples have {s.shape[1]} dimensions but the data has {x.shape[1]}.")
     n, d = s.shape
-    if ranks_share:
-        n = sum(distributed.gather([n]))
     bx = max(1, int(batch_size))
     bs = max(1, int(sample_chunk) if sample_chunk else CHUNK_ELEMENTS // bx)
     sig = sig.to(s.device)
     scale = (-0.5 / sig ** 2)[:, None, None]                                  # [S, 1, 1]
-    norm = math.log(n) + d * torch.log(sig * math.sqrt(2 * math.pi))         # [S]
     ss = (s * s).sum(1)                                                       # [N]
     out = []
     for i in range(0, x.shape[0], bx):
@@ -93,8 +90,10 @@ def parzen_log_likelihoods(samples, x, sigmas: Sequence[float], batch_size: int 
             lse = torch.logaddexp(lse, torch.logsumexp(scale * d2, dim=2))    # [S, b]
         out.append(lse)
     out = torch.cat(out, dim=1)                                               # [S, M]
-    if ranks_share and distributed.active():  # this rank's log-sums merged with the others'
-        out = torch.logsumexp(torch.stack(distributed.gather([out.cpu()])), 0).to(s.device)
+    if ranks_share and distributed.active():  # this rank's log-sums merged with the others', and the counts
+        parts = distributed.gather([(n, out.cpu())])
+        n, out = sum(k for k, _ in parts), torch.logsumexp(torch.stack([o for _, o in parts]), 0).to(s.device)
+    norm = math.log(n) + d * torch.log(sig * math.sqrt(2 * math.pi))         # [S]
     return out - norm[:, None]
 
 
