@@ -4,6 +4,7 @@
 #
 #   sbatch scripts/slurm.sh --model vae --data mnist --epochs 50
 #   sbatch --nodes 4 --gpus-per-node 8 scripts/slurm.sh --model gan --data mnist --out /shared/runs/gan
+#   sbatch scripts/slurm.sh --resume /shared/runs/gan --epochs 100     # continue it (perhaps on other nodes)
 #
 # The arguments are `vaelab train`'s own (given after the defaults below, so --data-dir and --out
 # given here win). Activate the environment that has torch and vaelab before sbatch: the job
@@ -38,9 +39,16 @@ if [ -n "$VAELAB_SRC" ]; then export PYTHONPATH="$VAELAB_SRC/src${PYTHONPATH:+:$
 # the whole list: `head -n 1` would end scontrol by SIGPIPE, which pipefail makes fatal.)
 HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 
+# A resumed run keeps its folder: `--resume RUN_DIR` takes no --out (vaelab refuses one with it).
+# (${OUT[@]+...}: an empty array is "unbound" to set -u in bash before 4.4.)
+OUT=(--out "$RUNS_DIR/${SLURM_JOB_NAME:-vaelab}-$SLURM_JOB_ID")
+for arg in "$@"; do
+  if [[ "$arg" == --resume || "$arg" == --resume=* ]]; then OUT=(); fi
+done
+
 # --kill-on-bad-exit: a node whose launcher fails ends the job instead of leaving the others
 # waiting at a collective (they would stop at vaelab's collective timeout anyway).
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 \
   torchrun --nnodes "$SLURM_NNODES" --nproc-per-node "$NPROC_PER_NODE" \
     --rdzv-backend c10d --rdzv-endpoint "$HEAD:$PORT" --rdzv-id "$SLURM_JOB_ID" \
-    -m vaelab train --data-dir "$DATA_DIR" --out "$RUNS_DIR/${SLURM_JOB_NAME:-vaelab}-$SLURM_JOB_ID" "$@"
+    -m vaelab train --data-dir "$DATA_DIR" ${OUT[@]+"${OUT[@]}"} "$@"

@@ -49,3 +49,11 @@ def test_ranks_a_node_and_the_port_can_be_set(tmp_path):
     torchrun = _run(tmp_path, "--out", "/fs/runs/mine", NPROC_PER_NODE="2", PORT="29999")[1]
     assert "--nproc-per-node 2 " in torchrun and "--rdzv-endpoint gpu07:29999 " in torchrun
     assert torchrun.endswith("--out /fs/runs/mine")  # the user's --out comes last: argparse keeps it
+
+
+@pytest.mark.parametrize("resume", [["--resume", "/fs/runs/vaelab-4242"], ["--resume=/fs/runs/vaelab-4242"]])
+def test_a_resumed_run_gets_no_out(tmp_path, resume):
+    """--resume continues the run in its own folder, and vaelab refuses --out with it."""
+    torchrun = _run(tmp_path, *resume, "--epochs", "60", DATA_DIR="/fs/data")[1]
+    assert torchrun.endswith("-m vaelab train --data-dir /fs/data " + " ".join(resume) + " --epochs 60")
+    assert "--out" not in torchrun
