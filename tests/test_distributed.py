@@ -9,19 +9,24 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from test_vqvae import _model as vqvae
 
 import vaelab
 from vaelab import distributed as dist
 from vaelab.data.transforms import Batches
+from vaelab.errors import VaelabError
 from vaelab.io import read_tensors
+from vaelab.models.base import StepInfo
+from vaelab.models.vqvae import VQVAE
 from vaelab.training.trainer import train as train_loop
+from vaelab.training.update import FastPaths, take_step
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ["--data", "digits", "--no-progress", "--threads", "1"]
@@ -29,11 +34,20 @@ VAE = ["train", "--model", "vae", "--nll-samples", "0", *BASE]
 # digits trains on 1317 images: at --batch-size 94 an epoch ends with a minibatch of 1 (rank 1's part
 # is empty), at 100 with one of 17 (9 and 8 images)
 AE = ["train", "--model", "ae", "--arch", "linear", "--epochs", "2", *BASE]
+# the ranks talk over the loopback alone (gloo's device, and the address the ranks meet at)
+LOOPBACK = {"GLOO_SOCKET_IFNAME": next((n for _, n in socket.if_nameindex() if n in ("lo", "lo0")), "lo"),
+            "MASTER_ADDR": "127.0.0.1"}
 
 
 def _env() -> dict:
     path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **LOOPBACK}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _one(out: Path, epochs: int = 1, seed: int = 0, **kw) -> Path:
@@ -123,6 +137,50 @@ def test_ranks_parts_make_one_process_minibatch(binarize, dequantize):
     assert second.shares()[-1] == (0, 1) and torch.equal(list(second)[-1], one[-1])
 
 
+def _vqvae_steps(x: torch.Tensor) -> VQVAE:
+    """Two training steps of the EMA VQ-VAE: on the global minibatches x[:7] and x[7:] (one
+    image), each rank on its part (4 and 3 images, then 1 and a stand-in) under 2 ranks."""
+    model = vqvae(codebook_ema=True)
+    optimizers = model.optimizers(vaelab.make_config(model="vqvae", codebook_ema=True).train)
+    for xb in (x[:7], x[7:]):
+        part = dist.shard(len(xb))
+        share = (part.stop - part.start, len(xb)) if dist.active() else None
+        take_step(model, optimizers, xb[part] if share and share[0] else xb, StepInfo(0, 0, 2, len(x), shard=share),
+                  FastPaths())
+    return model
+
+
+def _as_rank(r: int, port: int) -> None:
+    """This process (forked: torch is imported already, where a new one would take seconds to
+    import it) as rank ``r`` of 2 on 127.0.0.1, as torchrun would start it."""
+    os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_PORT=str(port),
+                      **LOOPBACK)
+    torch.set_num_threads(1)
+
+
+def _vqvae_rank(r: int, port: int, x: torch.Tensor, out: str) -> None:
+    """One of 2 gloo ranks: its model after the two steps, saved as out/<r>.pt."""
+    _as_rank(r, port)
+    dist.setup(torch.device("cpu"), timeout_s=60)
+    torch.save(_vqvae_steps(x).state_dict(), f"{out}/{r}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ema_codebook_under_two_ranks_is_the_global_minibatchs(tmp_path):
+    """The VQ-VAE's EMA codebook moves by the counts and sums of the global minibatch (summed over
+    the ranks; a stand-in part adds nothing): after the steps, both ranks hold what one process
+    holds after the same steps on the whole minibatches, codebook, averages and weights (float
+    rounding apart: the sums are added in another order). Averaging each rank's own move instead
+    leaves the counts at a rank's scale and the codebook a mean of per-rank ratios."""
+    x = (torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    one = _vqvae_steps(x).state_dict()  # first: the forked ranks then find what it imported (seconds)
+    mp.start_processes(_vqvae_rank, args=(_free_port(), x, str(tmp_path)), nprocs=2, start_method="fork")
+    for r in range(2):
+        ranks = torch.load(tmp_path / f"{r}.pt")
+        for k in one:
+            torch.testing.assert_close(ranks[k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
 @pytest.mark.parametrize("batch", [94, 100])
 def test_two_ranks_end_with_one_process_weights(runs, tmp_path, batch):
     """--model ae --arch linear, fp32: 2 ranks with global batch B against 1 process with B, to
@@ -198,40 +256,35 @@ def test_stochastic_model_within_seed_spread(runs, tmp_path):
     assert min(seeds) - spread <= last(d / "vae2") <= max(seeds) + spread, (seeds, last(d / "vae2"))
 
 
-DEAD_RANK = textwrap.dedent("""
-    import os, sys, time, torch
-    from vaelab import distributed as dist
-    from vaelab.errors import VaelabError
+def _hung_rank(r: int, port: int, out: str) -> None:
+    """Rank 1 joins, then stops answering; rank 0 writes to ``out`` when and how its next
+    collective failed."""
+    _as_rank(r, port)
     dist.setup(torch.device("cpu"), timeout_s=3)
-    if dist.rank() == 1:
-        time.sleep(float(sys.argv[1]))
-        os._exit(1)
+    if r == 1:
+        time.sleep(60)  # killed once rank 0 is done
     t0 = time.perf_counter()
     try:
         dist.all_reduce_(torch.ones(4))
     except VaelabError as e:
-        print(f"{time.perf_counter() - t0:.1f}", e, dist.prints(e))
-""")
+        Path(out).write_text(json.dumps([time.perf_counter() - t0, str(e), dist.prints(e)]))
 
 
-def test_hung_rank_stops_the_others_within_timeout():
-    """Rank 1 joins, then stops answering (it sleeps, then exits): rank 0's collective gives up
-    after --dist-timeout (3 s) with the one clear message, which that rank prints. (A rank that
-    exits at once ends the same way, sooner: gloo sees its connection close.)"""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, "-c", DEAD_RANK, "30"], stdout=subprocess.PIPE, text=True,
-                              env={**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
-                                   "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-             for r in range(2)]
+def test_hung_rank_stops_the_others_within_timeout(tmp_path):
+    """Rank 1 joins, then stops answering: rank 0's collective gives up after --dist-timeout (3 s)
+    with the one clear message, which that rank prints. (A rank that exits ends the same way,
+    sooner: gloo sees its connection close; test_a_rank_dying_stops_the_launch.)"""
+    port = _free_port()
+    ranks = [mp.get_context("fork").Process(target=_hung_rank, args=(r, port, str(tmp_path / "said"))) for r in range(2)]
+    for p in ranks:
+        p.start()
     try:
-        said = procs[0].communicate(timeout=60)[0]
+        ranks[0].join(60)
     finally:
-        for p in procs:
+        for p in ranks:
             p.kill()
-            p.wait()
-    seconds, msg = said.split(" ", 1)
-    assert 3 <= float(seconds) < 3 + 5
+            p.join()
+    seconds, msg, printed = json.loads((tmp_path / "said").read_text())
+    assert 3 <= seconds < 3 + 5
     assert msg.startswith("rank 0 of 2: no answer from the other ranks within --dist-timeout 3 s (")
-    assert "another rank stopped or hung" in msg and msg.strip().endswith("True")
+    assert "another rank stopped or hung" in msg and printed
