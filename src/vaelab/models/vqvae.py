@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import distributed as dist
 from ..config import opt
 from ..errors import VaelabError
 from ..losses import reconstruction_error
@@ -169,18 +170,28 @@ class VQVAE(Model):
     def step(self, x: torch.Tensor, info: StepInfo):
         loss, metrics, z_e, c = info.compile(self.objective)(x)
         if self.cfg.codebook_ema:
-            # before the yield: a step the non-finite guard drops has its buffers restored
-            self.ema_update(z_e, c)
+            # before the yield: a step the non-finite guard drops has its buffers restored; a
+            # rank's stand-in part (an empty share under torchrun) counts for nothing
+            self.ema_update(z_e, c, counts=info.shard is None or info.shard[0] > 0)
         yield Update("model", loss, metrics)
 
     @torch.no_grad()
-    def ema_update(self, z_e: torch.Tensor, c: torch.Tensor) -> None:
+    def ema_update(self, z_e: torch.Tensor, c: torch.Tensor, counts: bool = True) -> None:
         """One step of the codebook's moving averages from a batch's z_e [B, D, h, w] and
-        their assignments c [B, h, w]."""
+        their assignments c [B, h, w]. Under torchrun the counts and sums are the global
+        minibatch's, summed over the ranks' parts (``counts`` False: this rank's part is a
+        stand-in and adds nothing): every rank then makes one process's update of the global
+        minibatch, the same move on all of them (which the update path's averaging of the
+        buffers' moves leaves as it is), where averaging each rank's own update would leave the
+        codebook a mean of per-rank ratios."""
         k, g = self.cfg.codebook_size, self.cfg.codebook_decay
         flat, c = z_e.float().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]), c.flatten()  # [N, D], [N]
         n = torch.bincount(c, minlength=k).to(flat.dtype)                    # vectors assigned to each, [K]
         sums = torch.zeros_like(self.ema_sum).index_add_(0, c, flat)         # their sum, [K, D]
+        if dist.active():  # one collective for both; one process does nothing more
+            both = torch.cat([n[:, None], sums], 1)
+            dist.all_reduce_(both if counts else both.zero_())
+            n, sums = both[:, 0], both[:, 1:]
         self.ema_count.mul_(g).add_(n, alpha=1 - g)
         self.ema_sum.mul_(g).add_(sums, alpha=1 - g)
         total = self.ema_count.sum()
