@@ -84,8 +84,8 @@ def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, threads: i
                               f"({os.environ.get('LOCAL_WORLD_SIZE', '?')}) than it has GPUs ({gpus}): give "
                               f"--nproc-per-node {gpus} or fewer, or --device cpu.")
         torch.cuda.set_device(device)
-    _timeout_s = timeout_s
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # the group's timeout is the first call's: the one the message names
+        _timeout_s = timeout_s
         backend = "nccl" if device.type == "cuda" else "gloo"
         _call(dist.init_process_group, backend, timeout=datetime.timedelta(seconds=timeout_s),
                                 **({"device_id": device} if device.type == "cuda" else {}))

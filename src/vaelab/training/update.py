@@ -172,7 +172,8 @@ def _average_moves(before, shard: tuple[int, int]) -> None:
     (weighted as the gradients; one collective, none for a model without such buffers), so they
     stay one model on every rank. The moves, not the values, are averaged, so a buffer the step
     left alone (a mask) keeps its exact value. For a running mean this is the global minibatch's
-    update; for a non-linear one (the EMA codebook, a ratio of two averages) a close stand-in."""
+    update; for batch norm's running variance a close stand-in. A VQ-VAE's EMA codebook sums its
+    counts over the ranks itself, so its moves are already the same on every rank."""
     moved = [(b, old) for b, old in before if b.is_floating_point()]
     if moved:
         deltas = [b - old for b, old in moved]
