@@ -3,10 +3,18 @@ results file as soon as the case ends."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 # where results and pictures go by default: beside this file, from whatever folder a script runs
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def shown(args) -> str:
+    """A command line as the results record it: absolute paths made relative to the project, so
+    a line names no path of the machine it ran on."""
+    root = RESULTS.parent.parent
+    return " ".join(os.path.relpath(a, root) if os.path.isabs(str(a)) else str(a) for a in args)
 
 
 def emit(path: str, row: dict) -> None:

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, emit, machine
+from _common import RESULTS, emit, machine, shown
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 CASES = {
@@ -65,7 +65,7 @@ def run_case(a, name: str, procs: int) -> dict:
             "threads_per_rank": None if a.gpus else a.threads, "batch_size": a.batch_size, "epochs": len(seconds),
             "train_images": n, "epoch_seconds": [round(s, 3) for s in seconds],
             "seconds_per_epoch": round(per_epoch, 3), "samples_per_s": round(n / per_epoch, 1),
-            "launch_to_exit_seconds": round(wall, 1), "command": " ".join(cmd[1:])}
+            "launch_to_exit_seconds": round(wall, 1), "command": shown(cmd[1:])}
 
 
 def main() -> None:

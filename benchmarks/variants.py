@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, emit, machine
+from _common import RESULTS, emit, machine, shown
 
 NLL_K = 5000        # the IWAE paper's protocol
 SAMPLES = 10_000    # for the Parzen window (Goodfellow et al.'s) and the Fréchet distance
@@ -149,7 +149,7 @@ def model_line(a, name: str, epochs: int, previous: dict) -> tuple[dict, Path]:
     row = {"benchmark": "variants", "model": name, "sampler": None, **machine(a.threads), "epochs": epochs,
            "settings": train_settings(name, epochs), **times, **score(a, name, run),
            "paper_metric": metric, "paper_figure": paper, "paper_source": source,
-           "command": commands(name, epochs, str(run)), "script": " ".join(sys.argv)}
+           "command": commands(name, epochs, shown([run])), "script": shown(sys.argv)}
     row["vaelab_figure"] = {"nll": row.get("test_nll"), "parzen": row.get("parzen_ll")}.get(metric)
     if name == "iaf" and "vae" in previous:  # the IAF paper's figure is this gain
         row["nll_gain_over_vae"] = previous["vae"]["test_nll"] - row["test_nll"]
@@ -160,7 +160,7 @@ def model_line(a, name: str, epochs: int, previous: dict) -> tuple[dict, Path]:
 def sampler_line(a, name: str, sampler: str, epochs: int, run: Path, prior: dict) -> dict:
     row = {"benchmark": "variants", "model": name, "sampler": sampler, **machine(a.threads), "epochs": epochs,
            **score(a, name, run, sampler), "prior_frechet": prior["frechet"],
-           "command": commands(name, epochs, str(run), sampler), "script": " ".join(sys.argv)}
+           "command": commands(name, epochs, shown([run]), sampler), "script": shown(sys.argv)}
     row["frechet_gain"] = prior["frechet"] - row["frechet"]  # positive: the sampler's samples are closer
     save_samples(run, sampler, grids(Path(a.results)) / _grid_name(row), a.data_dir)
     return row
