@@ -79,7 +79,7 @@ def main() -> None:
         plain = plain_nll(net, x, a.k)
         plain_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        fast = evaluate_likelihood(net, x, a.k, batch_size=100, precision=a.precision, seed=rep,
+        fast = evaluate_likelihood(net, x, a.k, precision=a.precision, seed=rep,
                                     compile={"auto": None, "on": True, "off": False}[a.compile], log=lines.append)
         fast_s.append(time.perf_counter() - t0)
         emit(a.results, {"benchmark": "nll_speed", **machine(a.threads), "repeat": rep, "k": a.k, "n": len(x),

@@ -126,7 +126,7 @@ def nll(a, recipe: str, mark: int, snaps: Path, k: int) -> dict:
         load_weights(net, snaps / f"{recipe}-{mark}.safetensors")
     epochs = json.loads((snaps / f"{recipe}-{mark}.json").read_text())["epochs"]
     t0 = time.perf_counter()
-    res = evaluate_likelihood(net.eval(), x, k, batch_size=100, seed=1, precision="fp32")  # the protocol's fp32
+    res = evaluate_likelihood(net.eval(), x, k, seed=1, precision="fp32")  # the protocol's fp32
     return {"nll": round(res["nll"], 3), "elbo": round(res["elbo"], 3), "k": k, "n": res["n"], "epochs": epochs,
             "eval_seconds": round(time.perf_counter() - t0, 1), "nll_path": res["nll_path"]}
 

@@ -403,7 +403,7 @@ def test_is_elbo_keeps_the_model_dtype():
 
 def test_evaluate_likelihood_consistent_with_is_and_bpd():
     model, x = _linear_gaussian_vae(), _xs(5)
-    res = ev.evaluate_likelihood(model, x, k=4, batch_size=2, discrete=True)
+    res = ev.evaluate_likelihood(model, x, k=4, discrete=True)
     ref = _exact_log_px(x)
     assert res["n"] == 5 and res["k"] == 4
     assert res["nll"] == pytest.approx(-ref.mean().item(), abs=1e-6)

@@ -57,11 +57,11 @@ def test_the_fast_path_equals_a_plain_estimator_on_the_same_seed(compiled, monke
     x = (torch.rand(40, 1, 8, 8) < 0.4).float()
     k = 300
     assert lk.chunk_size(net, x[32:], k) < k  # several chunks in every block: their combination is checked too
-    got = evaluate_likelihood(net, x, k, batch_size=40, compile=compiled, precision="fp32", seed=7)
+    got = evaluate_likelihood(net, x, k, compile=compiled, precision="fp32", seed=7)
     want = _plain(net, x, k, 7)
     assert got["nll"] == pytest.approx(want, abs=1e-4)  # the same draws: rounding apart
     assert ("compiled" in got["nll_path"]) == compiled
-    other = evaluate_likelihood(net, x, k, batch_size=40, compile=compiled, precision="fp32", seed=8)
+    other = evaluate_likelihood(net, x, k, compile=compiled, precision="fp32", seed=8)
     assert abs(other["nll"] - want) > 1e-4  # another seed, other draws: the check above can fail
 
 
@@ -72,8 +72,8 @@ def test_bf16_products_agree_with_fp32_within_the_issues_tolerance():
     (measured: 0.006), and it does move, so the bf16 path really ran."""
     net = _model(shape=(1, 28, 28), hidden=(64, 64), latent=8)
     x = (torch.rand(64, 1, 28, 28) < 0.3).float()
-    fp32 = evaluate_likelihood(net, x, 50, batch_size=64, compile=False, precision="fp32", seed=0)
-    bf16 = evaluate_likelihood(net, x, 50, batch_size=64, compile=False, precision="bf16", seed=0)
+    fp32 = evaluate_likelihood(net, x, 50, compile=False, precision="fp32", seed=0)
+    bf16 = evaluate_likelihood(net, x, 50, compile=False, precision="bf16", seed=0)
     assert "bf16" in bf16["nll_path"] and "fp32" in fp32["nll_path"]
     assert 0 < abs(bf16["nll"] - fp32["nll"]) < 0.05, (bf16["nll"], fp32["nll"])
 

@@ -183,7 +183,7 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
 
 
 @torch.no_grad()
-def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, batch_size: int = 100, discrete: bool = True,
+def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, discrete: bool = True,
                         progress: bool = False, offset: float = 0.0, compile: bool | None = None,
                         precision: str = "auto", seed: int | None = 0, log=None) -> dict:
     """ELBO, NLL (K importance samples) and bits/dim over a whole split.
@@ -196,7 +196,6 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, batch_siz
     Args:
         x: the split's inputs as the model sees them, [N, *shape] (on the model's device; the
             whole split on every rank).
-        batch_size: no longer used here (the blocks are fixed; kept for callers).
         discrete: whether the NLL is a code length of the data: p(x|z) a probability mass
             (binary data with a Bernoulli, a discretized logistic), or a density on dequantized
             pixels with ``offset`` = D log(levels) added. bits/dim is reported only then,
