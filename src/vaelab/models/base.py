@@ -126,6 +126,12 @@ class Model(nn.Module):
                           f"must be at least {need}{why}.")
 
     normal_prior: bool = False  # a model that samples draws z ~ N(0, I) (the manifold maps through its CDF)
+    data_init: int = 0  # training images the model starts from: a fresh run passes that many to init_from_data
+
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Set parameters from ``x`` [n, *shape], n = min(:attr:`data_init`, training images),
+        pixels in [0, 1]: a seeded draw of the training split, given once, before a fresh run's
+        first step (not on --resume). Called only when :attr:`data_init` > 0."""
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities

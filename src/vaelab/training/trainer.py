@@ -279,6 +279,9 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     run = dataclasses.replace(run, model=model_cfg)
     torch.manual_seed(t.seed)
     model = model_cls(model_cfg).to(device)
+    if resume is None and model.data_init:  # from its own generator: the batches' stream is untouched
+        pick = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(t.seed + 2))[:model.data_init]
+        model.init_from_data(eval_inputs(ds.train.x[pick], ds.spec.levels, "none").to(device))
     if dist.rank():  # rank 0 keeps one process's noise; the others draw their own, reproducibly
         torch.manual_seed(dist.rank_seed(t.seed, dist.rank()))
     channels_last = uses_channels_last(t, model, device)
