@@ -90,17 +90,29 @@ def done(path: Path) -> set:
     return {(r["model"], r.get("sampler"), r["epochs"]) for r in rows if r.get("benchmark") == "variants"}
 
 
+def same_settings(out: Path, cfg) -> bool:
+    """Whether the run in ``out`` was made with ``cfg``'s model settings and the same version of
+    each model field (a run from before a model gained a field is not reused)."""
+    try:
+        saved = json.loads((out / "config.json").read_text())["run"]
+    except (OSError, ValueError, KeyError):
+        return False
+    want = cfg.to_dict()
+    return saved.get("model_name") == want["model_name"] and saved.get("model") == want["model"]
+
+
 def trained(a, name: str, epochs: int) -> tuple[Path, dict]:
-    """The run of ``name`` at ``epochs``: reused if a finished one is in --out (a run stopped
-    after its model line, before its sampler lines), else trained afresh; and its timings."""
+    """The run of ``name`` at ``epochs``: reused if a finished one with the same model and
+    training settings is in --out (a run stopped after its model line, before its sampler
+    lines), else trained afresh; and its timings."""
     import vaelab
     from vaelab.training.trainer import FINISHED
     out = Path(a.out) / name
     finished = out / FINISHED
     t0 = time.perf_counter()
-    if not (finished.is_file() and json.loads(finished.read_text())["epochs"] == epochs):
-        cfg = vaelab.make_config(**train_settings(name, epochs), data_dir=a.data_dir, threads=a.threads,
-                                 out=str(out), overwrite=True, progress=False)
+    cfg = vaelab.make_config(**train_settings(name, epochs), data_dir=a.data_dir, threads=a.threads,
+                             out=str(out), overwrite=True, progress=False)
+    if not (finished.is_file() and json.loads(finished.read_text())["epochs"] == epochs and same_settings(out, cfg)):
         vaelab.train(cfg, log=lambda m: print(f"[{name}] {m}", file=sys.stderr, flush=True))
     hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return out, {"train_seconds": round(sum(h["seconds"] for h in hist), 1),

@@ -18,7 +18,7 @@ def _model(**over):
     torch.manual_seed(0)
     model = MODELS["vamp"](cfg).eval()
     with torch.no_grad():  # pseudo-inputs spread over [0, 1] (and a few outside, clipped by the hardtanh)
-        model.pseudo_inputs.uniform_(-0.2, 1.2)
+        model.pseudo_params.uniform_(-0.2, 1.2)
     return model
 
 
@@ -28,7 +28,7 @@ def _x():
 
 def _origin(model) -> torch.Tensor:
     """c: the mean of the encoder's means at the pseudo-inputs, the codes' origin, [D]."""
-    return model.encoder(model.pseudo_inputs.clamp(0, 1)).chunk(2, -1)[0].mean(0)
+    return model.encoder(model.pseudo_params.clamp(0, 1)).chunk(2, -1)[0].mean(0)
 
 
 def _q(model, x):
@@ -39,7 +39,7 @@ def _q(model, x):
 
 def _mixture(model) -> td.MixtureSameFamily:
     """p(z) = (1/K) sum_k N(z; mu(u_k) - c, sigma^2(u_k)), u_k the pseudo-inputs clipped to [0, 1]."""
-    mu, logvar = _q(model, model.pseudo_inputs.clamp(0, 1))  # [K, D] each
+    mu, logvar = _q(model, model.pseudo_params.clamp(0, 1))  # [K, D] each
     comp = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
     return td.MixtureSameFamily(td.Categorical(logits=torch.zeros(KC)), comp)
 
@@ -64,7 +64,7 @@ def test_prior_log_density_keeps_its_precision_at_sharp_components():
     with torch.no_grad():
         model.encoder.net[-1].bias[:D] += 3.0
         model.encoder.net[-1].bias[D:] = -10.0
-        mu, logvar = _q(model, model.pseudo_inputs.clamp(0, 1))
+        mu, logvar = _q(model, model.pseudo_params.clamp(0, 1))
         z = mu[:5] + torch.exp(0.5 * logvar[:5]) * torch.randn(5, D, generator=torch.Generator().manual_seed(4))
         got = model.prior_log_prob(z)
         comp = td.Independent(td.Normal(mu.double(), torch.exp(0.5 * logvar.double())), 1)
@@ -74,7 +74,7 @@ def test_prior_log_density_keeps_its_precision_at_sharp_components():
 
 
 def _mu_std(model, k):
-    mu, logvar = _q(model, model.pseudo_inputs[k:k + 1].clamp(0, 1))
+    mu, logvar = _q(model, model.pseudo_params[k:k + 1].clamp(0, 1))
     return mu[0], torch.exp(0.5 * logvar[0])
 
 
@@ -123,12 +123,12 @@ def test_prior_draws_have_the_mixtures_moments():
     assert ((mean.abs() > 10 * se) | ((var - 1).abs() > 0.2)).any()
 
 
-def test_the_pseudo_inputs_learn():
+def test_the_pseudo_params_learn():
     model, x = _model(), _x()
     model.train()
-    before = model.pseudo_inputs.detach().clone()
+    before = model.pseudo_params.detach().clone()
     _step(MODELS["vamp"], model, x)
-    assert not torch.equal(before, model.pseudo_inputs.detach())
+    assert not torch.equal(before, model.pseudo_params.detach())
     assert not model.normal_prior
 
 
@@ -156,7 +156,7 @@ def test_init_from_data_cycles_the_images_inside_the_hardtanh():
     x[1] = 1.0
     model.init_from_data(x)
     want = 0.01 + 0.98 * x[torch.arange(KC) % 3]
-    torch.testing.assert_close(model.pseudo_inputs.detach(), want)
+    torch.testing.assert_close(model.pseudo_params.detach(), want)
     assert model.data_init == KC and _model(pseudo_init="grey").data_init == 0
 
 
@@ -168,7 +168,7 @@ def _digits_run(tmp_path, **over):
     return train(vaelab.make_config(**{**cfg, **over}, out=str(tmp_path / "r")), log=lambda m: None)
 
 
-def test_a_fresh_run_starts_the_pseudo_inputs_at_seeded_training_images(tmp_path, monkeypatch):
+def test_a_fresh_run_starts_the_pseudo_params_at_seeded_training_images(tmp_path, monkeypatch):
     from vaelab.data.datasets import load_dataset
     from vaelab.models.vamp import VampPrior
     seen = []
@@ -193,3 +193,16 @@ def test_vamp_leaves_the_independent_pixel_plateau_on_digits(tmp_path):
     run = _digits_run(tmp_path, epochs=20)
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["train_kl"] > 0.5, last
+
+
+def test_a_checkpoint_of_the_uncentred_vamp_is_refused(tmp_path):
+    # its codes lived in other coordinates: read into this model it would score wrongly
+    import pytest
+    from safetensors.torch import save_file
+    from vaelab.errors import VaelabError
+    from vaelab.io import load_weights
+    model = _model()
+    old = {("pseudo_inputs" if k == "pseudo_params" else k): v.contiguous() for k, v in model.state_dict().items()}
+    save_file(old, str(tmp_path / "model.safetensors"))
+    with pytest.raises(VaelabError, match="pseudo_inputs"):
+        load_weights(model, tmp_path / "model.safetensors")

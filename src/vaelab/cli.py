@@ -320,6 +320,7 @@ def cmd_demo(a) -> int:
     return 0
 
 
+OUT_PNG = dict(default=None, metavar="PNG", help="where to write the picture (default: in the run directory)")
 SAMPLER_HELP = ("what draws the codes of the samples: prior (the model's own p(z)), gmm:K (a Gaussian mixture "
                 "fitted to the codes of the training images), two-stage (a second VAE trained on them, Dai & "
                 "Wipf 2019) or pixelcnn (over a VQ-VAE's grid of codebook indices); fitted once and cached in "
@@ -376,15 +377,18 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP),
                "--threads": as_train("threads", int), "--dist-timeout": as_train("dist_timeout", float)})
     run_cmd("sample", "a grid of samples", cmd_sample,
-            **{"-n": dict(type=int, default=64), "-o": dict(default=None), "--nrow": dict(type=int, default=0),
-               "--seed": dict(type=int, default=0), "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
+            **{"-n": dict(type=int, default=64, help="samples in the grid"), "-o": OUT_PNG,
+               "--nrow": dict(type=int, default=0, help="images a row (default: a square grid)"),
+               "--seed": dict(type=int, default=0, help="seed of the draws"), "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
     run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
-            **{"-n": dict(type=int, default=32), "-o": dict(default=None), "--nrow": dict(type=int, default=8)})
+            **{"-n": dict(type=int, default=32, help="images of --split"), "-o": OUT_PNG,
+               "--nrow": dict(type=int, default=8, help="images a row")})
     run_cmd("interpolate", "decoded straight lines between encoded test images (between prior draws for a GAN)",
-            cmd_interpolate, **{"--pairs": dict(type=int, default=8), "--steps": dict(type=int, default=10),
-                                "-o": dict(default=None), "--seed": dict(type=int, default=0)})
+            cmd_interpolate, **{"--pairs": dict(type=int, default=8, help="lines, one a row"),
+                                "--steps": dict(type=int, default=10, help="images along each line"),
+                                "-o": OUT_PNG, "--seed": dict(type=int, default=0, help="seed of the prior draws (a model without an encoder)")})
     run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
-            **{"-n": dict(type=int, default=20), "-o": dict(default=None)})
+            **{"-n": dict(type=int, default=20, help="images along each side of the grid"), "-o": OUT_PNG})
     for name, help_, func in (("probe", "linear probe (logistic regression) on the frozen codes", cmd_probe),
                               ("finetune", "linear probe, then encoder + head fine-tuned on the labels with early "
                                            "stopping, vs the same from random initialisation", cmd_finetune)):

@@ -14,11 +14,14 @@ Each player descends its own loss (the paper's Algorithm 1), one optimizer each,
 on one minibatch:
 
     encoder:        KL(q(z|x) || N(0, I)) + L_llike
-    decoder:        gamma * L_llike - L_GAN
+    decoder:        gamma * L_llike + L_GAN  (only its two fake terms depend on the decoder)
     discriminator:  -L_GAN  (the cross-entropy of real x against both kinds of fakes)
 
-The decoder's -L_GAN is the generator loss of ``gan.py`` (:mod:`vaelab.losses`) on both fakes:
-by default the non-saturating form, -log Dis(.), the paper's as written with --g-loss minimax.
+(With L_GAN the discriminator's log-likelihood as written here, the decoder descends its fake
+terms, so that it plays against the discriminator; a text that writes the decoder's term as
+-L_GAN takes L_GAN to be the discriminator's loss.) Its GAN term is the generator loss of
+:mod:`vaelab.losses` on both fakes: by default the non-saturating form, -log Dis(.); the
+minimax form, log(1 - Dis(.)), with --g-loss minimax.
 The GAN loss never reaches the encoder, nor L_llike the discriminator. The networks are the
 VAE's (``vae.py``): --arch, --hidden, --channels for the encoder, its mirror the decoder (its
 images the sigmoid of its output) and the discriminator (LeakyReLU(0.2) as in ``gan.py``, fed 2x
@@ -46,7 +49,7 @@ from .vae import LatentGaussianModel
 class VAEGANConfig(NetConfig):
     gamma: float = opt(1.0, "weight of the feature reconstruction error in the decoder's loss (the paper's gamma)")
     d_hidden: tuple[int, ...] | None = opt(None, "hidden layer sizes of the mlp discriminator (default: --hidden)")
-    g_loss: str = opt("non-saturating", "the decoder's GAN loss: descend log(1 - Dis(.)) (the paper's -L_GAN) "
+    g_loss: str = opt("non-saturating", "the decoder's GAN loss: descend log(1 - Dis(.)) (minimax, the paper's) "
                                         "or ascend log Dis(.)", ("minimax", "non-saturating"))
     d_lr: float | None = opt(None, "discriminator learning rate (default: --lr)")
     beta1: float = opt(0.5, "Adam's beta1 of the three optimizers (DCGAN: 0.5)")

@@ -70,7 +70,9 @@ class VampPrior(VAE):
 
     def __init__(self, cfg: VampConfig):
         super().__init__(cfg)
-        self.pseudo_inputs = nn.Parameter(self.PSEUDO_MEAN + self.PSEUDO_STD * torch.randn(cfg.components, *cfg.shape))
+        # v_k, [K, *shape]: named apart from the uncentred model's "pseudo_inputs", so that a
+        # checkpoint of that model is refused rather than read into these coordinates
+        self.pseudo_params = nn.Parameter(self.PSEUDO_MEAN + self.PSEUDO_STD * torch.randn(cfg.components, *cfg.shape))
         self.data_init = cfg.components if cfg.pseudo_init == "data" else 0
 
     @torch.no_grad()
@@ -79,12 +81,12 @@ class VampPrior(VAE):
         when n < K), pulled into [0.01, 0.99]."""
         k = torch.arange(self.cfg.components, device=x.device) % len(x)
         m = self.DATA_MARGIN
-        self.pseudo_inputs.copy_(m + (1 - 2 * m) * x[k].to(self.pseudo_inputs))
+        self.pseudo_params.copy_(m + (1 - 2 * m) * x[k].to(self.pseudo_params))
 
     def _components(self) -> tuple[DiagonalGaussian, torch.Tensor]:
         """The encoder's q(z|u_k) at the K pseudo-inputs, uncentred, [K, D], and c, the mean of
         their means, [D]: the origin of the codes."""
-        raw = super().encode(F.hardtanh(self.pseudo_inputs, 0.0, 1.0))
+        raw = super().encode(F.hardtanh(self.pseudo_params, 0.0, 1.0))
         return raw, raw.mu.mean(0)
 
     def mixture(self) -> DiagonalGaussian:
