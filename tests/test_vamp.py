@@ -19,6 +19,7 @@ def _model(**over):
     model = MODELS["vamp"](cfg).eval()
     with torch.no_grad():  # pseudo-inputs spread over [0, 1] (and a few outside, clipped by the hardtanh)
         model.pseudo_params.uniform_(-0.2, 1.2)
+        model.origin_image.uniform_(0, 1)  # an origin that is neither 0 nor a pseudo-input
     return model
 
 
@@ -27,18 +28,18 @@ def _x():
 
 
 def _origin(model) -> torch.Tensor:
-    """c: the mean of the encoder's means at the pseudo-inputs, the codes' origin, [D]."""
-    return model.encoder(model.pseudo_params.clamp(0, 1)).chunk(2, -1)[0].mean(0)
+    """mu(x0): the encoder's mean at the origin image, where the codes are measured from, [D]."""
+    return model.encoder(model.origin_image[None]).chunk(2, -1)[0][0]
 
 
 def _q(model, x):
-    """The centred posterior's (mu(x) - c, logvar(x)) from the raw encoder."""
+    """The posterior's (mu(x) - mu(x0), logvar(x)) from the raw encoder."""
     mu, logvar = model.encoder(x).chunk(2, -1)
     return mu - _origin(model), logvar
 
 
 def _mixture(model) -> td.MixtureSameFamily:
-    """p(z) = (1/K) sum_k N(z; mu(u_k) - c, sigma^2(u_k)), u_k the pseudo-inputs clipped to [0, 1]."""
+    """p(z) = (1/K) sum_k N(z; mu(u_k) - mu(x0), sigma^2(u_k)), u_k the pseudo-inputs clipped to [0, 1]."""
     mu, logvar = _q(model, model.pseudo_params.clamp(0, 1))  # [K, D] each
     comp = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1)
     return td.MixtureSameFamily(td.Categorical(logits=torch.zeros(KC)), comp)
@@ -134,8 +135,8 @@ def test_the_pseudo_params_learn():
 
 def test_the_codes_are_centred_so_a_shift_of_the_encoder_changes_nothing():
     # The VampPrior moves with the encoder: shifting every code by one vector leaves the ELBO as
-    # it was, so nothing held the codes near 0 and a tanh decoder's first units saturated. In
-    # the centred coordinates a shift of the encoder's mean output is no change of the model.
+    # it was, so nothing held the codes near 0 and a tanh decoder's first units saturated.
+    # Measured from mu(x0), a shift of the encoder's mean output is no change of the model.
     model, x = _model(), _x()
     with torch.no_grad():
         before = model.encode(x)
@@ -146,10 +147,11 @@ def test_the_codes_are_centred_so_a_shift_of_the_encoder_changes_nothing():
         torch.manual_seed(5)
         torch.testing.assert_close(model.log_weights(x, 3), lw)
     torch.testing.assert_close(after.mu, before.mu)
-    torch.testing.assert_close(model.mixture().mu.mean(0), torch.zeros(D), atol=1e-6, rtol=0)
+    # and the origin image's code is 0
+    torch.testing.assert_close(model.encode(model.origin_image[None]).mu[0], torch.zeros(D), atol=1e-6, rtol=0)
 
 
-def test_init_from_data_cycles_the_images_inside_the_hardtanh():
+def test_init_from_data_cycles_the_images_inside_the_hardtanh_and_sets_the_origin():
     model = _model()
     x = torch.rand(3, 1, 4, 4)
     x[0] = 0.0
@@ -157,7 +159,13 @@ def test_init_from_data_cycles_the_images_inside_the_hardtanh():
     model.init_from_data(x)
     want = 0.01 + 0.98 * x[torch.arange(KC) % 3]
     torch.testing.assert_close(model.pseudo_params.detach(), want)
-    assert model.data_init == KC and _model(pseudo_init="grey").data_init == 0
+    torch.testing.assert_close(model.origin_image, x.mean(0))
+    grey = _model(pseudo_init="grey")
+    before = grey.pseudo_params.detach().clone()
+    grey.init_from_data(x)  # the origin only
+    assert torch.equal(grey.pseudo_params.detach(), before)
+    torch.testing.assert_close(grey.origin_image, x.mean(0))
+    assert model.data_init == grey.data_init == KC
 
 
 def _digits_run(tmp_path, **over):
@@ -168,7 +176,8 @@ def _digits_run(tmp_path, **over):
     return train(vaelab.make_config(**{**cfg, **over}, out=str(tmp_path / "r")), log=lambda m: None)
 
 
-def test_a_fresh_run_starts_the_pseudo_params_at_seeded_training_images(tmp_path, monkeypatch):
+def test_a_fresh_run_starts_the_pseudo_inputs_and_the_origin_at_seeded_training_images(tmp_path, monkeypatch):
+    import vaelab
     from vaelab.data.datasets import load_dataset
     from vaelab.models.vamp import VampPrior
     seen = []
@@ -180,7 +189,8 @@ def test_a_fresh_run_starts_the_pseudo_params_at_seeded_training_images(tmp_path
     rows = {tuple(r.flatten().tolist()) for r in train}
     assert all(tuple(r.flatten().tolist()) in rows for r in seen[0])  # training images, as pixels in [0, 1]
     assert len({tuple(r.flatten().tolist()) for r in seen[0]}) > 40  # drawn, not one repeated
-    import vaelab
+    model = vaelab.load(run, "last", device="cpu")
+    torch.testing.assert_close(model.origin_image, seen[0].mean(0))  # a buffer: training leaves it
     from vaelab.training.trainer import train as train_loop
     train_loop(vaelab.make_config(model="vamp", data="digits", epochs=2), resume=run, log=lambda m: None)
     assert len(seen) == 1  # not on --resume
@@ -202,7 +212,8 @@ def test_a_checkpoint_of_the_uncentred_vamp_is_refused(tmp_path):
     from vaelab.errors import VaelabError
     from vaelab.io import load_weights
     model = _model()
-    old = {("pseudo_inputs" if k == "pseudo_params" else k): v.contiguous() for k, v in model.state_dict().items()}
+    old = {("pseudo_inputs" if k == "pseudo_params" else k): v.contiguous() for k, v in model.state_dict().items()
+           if k != "origin_image"}
     save_file(old, str(tmp_path / "model.safetensors"))
-    with pytest.raises(VaelabError, match="pseudo_inputs"):
+    with pytest.raises(VaelabError, match="does not fit the model"):
         load_weights(model, tmp_path / "model.safetensors")

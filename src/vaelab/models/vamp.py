@@ -12,19 +12,21 @@ The paper's test NLL for the one-layer VAE with a VampPrior (K = 500) on dynamic
 MNIST is 85.57 nats (Table 1; its nets are gated 300-300 MLPs with a 40-D z, warmed up over 100
 epochs).
 
-Two choices make it train from the first epoch with the VAE's nets (measured: MNIST, the IWAE
-paper's tanh 784-200-200-50 net, batch 100, Adam 1e-3: the training loss sat at ~206 nats,
-an independent-pixel model's, for three epochs without them, and at 138 after 1,500 steps with
-them, where the VAE is at 136):
+Two choices make it train from the first epoch with the VAE's nets (``benchmarks/vamp_start.py``:
+MNIST, the IWAE paper's tanh 784-200-200-50 net, batch 100, Adam 1e-3; without them the training
+loss sat at ~206 nats, an independent-pixel model's, for three epochs):
 
-* The codes are centred on the pseudo-inputs: the encoder's mean at x is mu(x) - c, with c the
-  mean of its means at the K pseudo-inputs. The VampPrior moves with the encoder, so the ELBO
-  does not change when every code shifts by the same vector (the decoder's first affine layer
-  takes the shift back): nothing holds the codes near 0, as N(0, I) does in the VAE. Without
-  the centring, the decoder's first steps, which learn the mean image while z is still noise,
-  shift the codes by ~2 in every dimension until 70% of a tanh decoder's first units saturate;
-  a saturated unit passes no noise and no signal, and the codes stay unused. The centring fixes
-  that shift (a choice of coordinates: the models it can represent are the same).
+* The codes are measured from a fixed image: the encoder's mean at x is mu(x) - mu(x0), with
+  x0 the mean of the K training images drawn when the run starts (a buffer; grey until then).
+  The VampPrior moves with the encoder, so the ELBO does not change when every code shifts by
+  the same vector (the decoder's first affine layer takes the shift back): nothing holds the
+  codes near 0, as N(0, I) does in the VAE. Without an origin, the decoder's first steps, which
+  learn the mean image while z is still noise, shift the codes by 2-3 in every dimension until
+  most of a tanh decoder's first units saturate; a saturated unit passes no noise and no
+  signal, and the codes stay unused. Measuring the codes from mu(x0) removes that freedom (a
+  choice of coordinates: the models it can represent are the same). An origin the optimizer
+  can move freely does not: centred on the mean code of the learned pseudo-inputs, the codes
+  drifted as before, the pseudo-inputs moving instead (measured).
 * ``--pseudo-init data`` (the default) starts the pseudo-inputs at K random training images (the
   paper's code has this as an option; their pixels are pulled to [0.01, 0.99], inside the
   hardtanh, so that every pixel keeps its gradient); ``grey`` is the paper's default start,
@@ -73,30 +75,37 @@ class VampPrior(VAE):
         # v_k, [K, *shape]: named apart from the uncentred model's "pseudo_inputs", so that a
         # checkpoint of that model is refused rather than read into these coordinates
         self.pseudo_params = nn.Parameter(self.PSEUDO_MEAN + self.PSEUDO_STD * torch.randn(cfg.components, *cfg.shape))
-        self.data_init = cfg.components if cfg.pseudo_init == "data" else 0
+        # x0, the image the codes are measured from: the training images' mean once a run starts
+        self.register_buffer("origin_image", torch.full(cfg.shape, self.PSEUDO_MEAN))
+        self.data_init = cfg.components  # for x0 always; for the pseudo-inputs under --pseudo-init data
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:
-        """Start the pseudo-inputs at training images x [n, *shape] (pixels in [0, 1]; cycled
-        when n < K), pulled into [0.01, 0.99]."""
-        k = torch.arange(self.cfg.components, device=x.device) % len(x)
-        m = self.DATA_MARGIN
-        self.pseudo_params.copy_(m + (1 - 2 * m) * x[k].to(self.pseudo_params))
+        """x0 = the mean of the training images x [n, *shape] (pixels in [0, 1]); under
+        --pseudo-init data the pseudo-inputs start at them too (cycled when n < K), pulled into
+        [0.01, 0.99]."""
+        self.origin_image.copy_(x.mean(0).to(self.origin_image))
+        if self.cfg.pseudo_init == "data":
+            k = torch.arange(self.cfg.components, device=x.device) % len(x)
+            m = self.DATA_MARGIN
+            self.pseudo_params.copy_(m + (1 - 2 * m) * x[k].to(self.pseudo_params))
 
     def _components(self) -> tuple[DiagonalGaussian, torch.Tensor]:
-        """The encoder's q(z|u_k) at the K pseudo-inputs, uncentred, [K, D], and c, the mean of
-        their means, [D]: the origin of the codes."""
-        raw = super().encode(F.hardtanh(self.pseudo_params, 0.0, 1.0))
-        return raw, raw.mu.mean(0)
+        """The encoder's q(z|u_k) at the K pseudo-inputs, uncentred, [K, D], and mu(x0), the
+        origin of the codes, [D]: one encoder pass."""
+        u = torch.cat([F.hardtanh(self.pseudo_params, 0.0, 1.0), self.origin_image[None].to(self.pseudo_params)])
+        both = super().encode(u)
+        k = self.cfg.components
+        return DiagonalGaussian(both.mu[:k], both.logvar[:k]), both.mu[k]
 
     def mixture(self) -> DiagonalGaussian:
-        """q(z|u_k) of the K pseudo-inputs, centred: [K, D]."""
+        """q(z|u_k) of the K pseudo-inputs, measured from mu(x0): [K, D]."""
         raw, c = self._components()
         return DiagonalGaussian(raw.mu - c, raw.logvar)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        """q(z|x) centred on the pseudo-inputs (mean mu(x) - c), carrying the mixture computed in
-        the same pass (``.components``), which :meth:`kl` then reuses."""
+        """q(z|x) with its mean measured from mu(x0), mu(x) - mu(x0), carrying the mixture
+        computed in the same pass (``.components``), which :meth:`kl` then reuses."""
         raw, c = self._components()
         q = super().encode(x)
         out = DiagonalGaussian(q.mu - c, q.logvar)
