@@ -90,15 +90,23 @@ def done(path: Path) -> set:
     return {(r["model"], r.get("sampler"), r["epochs"]) for r in rows if r.get("benchmark") == "variants"}
 
 
+# what may differ between a run and its reuse: where it ran and how it printed
+_WHERE = {"data": ("data_dir",), "train": ("out", "overwrite", "progress", "threads", "device", "log_every")}
+
+
 def same_settings(out: Path, cfg) -> bool:
-    """Whether the run in ``out`` was made with ``cfg``'s model settings and the same version of
-    each model field (a run from before a model gained a field is not reused)."""
+    """Whether the run in ``out`` was made with ``cfg``'s model, data and training settings, every
+    field alike (a run from before a model gained a field is not reused). It cannot see a change
+    of code under the same settings: delete the run then."""
     try:
         saved = json.loads((out / "config.json").read_text())["run"]
     except (OSError, ValueError, KeyError):
         return False
     want = cfg.to_dict()
-    return saved.get("model_name") == want["model_name"] and saved.get("model") == want["model"]
+    if saved.get("model_name") != want["model_name"] or saved.get("model") != want["model"]:
+        return False
+    return all({k: v for k, v in saved.get(part, {}).items() if k not in skip}
+               == {k: v for k, v in want[part].items() if k not in skip} for part, skip in _WHERE.items())
 
 
 def trained(a, name: str, epochs: int) -> tuple[Path, dict]:

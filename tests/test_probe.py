@@ -307,3 +307,15 @@ def test_finetune_flags(runs, capsys):
         assert main(["finetune", str(runs[PLAIN]), "--labels", "50", flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert flag in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_finetune_takes_a_vampprior_whose_codes_are_its_encoders_means_less_a_constant(runs):
+    # its codes are mu(x) - mu(x0): the classifier's standardisation takes the constant out
+    res = finetune(runs["vamp"], 20, epochs=1, patience=2, seed=1)
+    assert res["labels"] == 20 and 0.1 < res["accuracy"] <= 1 and 0.1 < res["probe_accuracy"] <= 1
+
+
+def test_finetune_refuses_codes_that_are_not_the_encoders_first_outputs(runs):
+    # the IAF's codes are the flow's image of the posterior mean, not a shift of it
+    with pytest.raises(VaelabError, match="--model iaf does not"):
+        finetune(runs["iaf"], 20, epochs=1, patience=2, seed=1)

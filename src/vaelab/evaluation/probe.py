@@ -301,9 +301,12 @@ class _Classifier(nn.Module):
 
 @torch.no_grad()
 def _check_features(clf: _Classifier, model: nn.Module, x: torch.Tensor, name: str) -> None:
-    # The fine-tuned classifier must start from exactly the features the probe sees.
+    # The fine-tuned classifier must start from exactly the features the probe sees, up to one
+    # constant vector, which its standardisation takes out (a VampPrior's codes are its
+    # encoder's means less the mean at a fixed image).
     clf.eval()
-    if not torch.allclose(clf.features(x), model.codes(x), atol=1e-5):
+    f, c = clf.features(x), model.codes(x)
+    if f.shape != c.shape or not torch.allclose(f - f.mean(0), c - c.mean(0), atol=1e-5):
         raise VaelabError(f"finetune needs a model whose encoder outputs its code first; --model {name} "
                           f"does not.")
 

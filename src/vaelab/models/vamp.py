@@ -21,9 +21,9 @@ loss sat at ~206 nats, an independent-pixel model's, for three epochs):
   The VampPrior moves with the encoder, so the ELBO does not change when every code shifts by
   the same vector (the decoder's first affine layer takes the shift back): nothing holds the
   codes near 0, as N(0, I) does in the VAE. Without an origin, the decoder's first steps, which
-  learn the mean image while z is still noise, shift the codes by 2-3 in every dimension until
-  most of a tanh decoder's first units saturate; a saturated unit passes no noise and no
-  signal, and the codes stay unused. Measuring the codes from mu(x0) removes that freedom (a
+  learn the mean image while z is still noise, shift the codes by 2-3 (averaged over the
+  dimensions) until most of a tanh decoder's first units saturate; a saturated unit passes
+  no noise and no signal, and the codes stay unused. Measuring the codes from mu(x0) removes that freedom (a
   choice of coordinates: the models it can represent are the same). An origin the optimizer
   can move freely does not: centred on the mean code of the learned pseudo-inputs, the codes
   drifted as before, the pseudo-inputs moving instead (measured).
