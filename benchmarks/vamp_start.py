@@ -35,10 +35,11 @@ CASES = ("vae", "vamp", "vamp-grey", "vamp-pseudo-centred", "vamp-uncentred", "v
 N_IMAGES, BATCH, LR = 20_000, 100, 1e-3
 
 
-def build(case: str, activation: str, x_all: torch.Tensor):
+def build(case: str, activation: str, x_uint8: torch.Tensor, levels: int):
     from vaelab.distributions import DiagonalGaussian
     from vaelab.models.vae import VAE, VAEConfig
     from vaelab.models.vamp import VampConfig, VampPrior
+    from vaelab.training.trainer import start_from_data
 
     class Uncentred(VampPrior):
         """The VampPrior as it was: the encoder's raw means, for posterior and prior alike."""
@@ -50,9 +51,10 @@ def build(case: str, activation: str, x_all: torch.Tensor):
 
     class PseudoCentred(VampPrior):
         """The codes measured from the mean code of the pseudo-inputs, which learn."""
-        def _components(self):
+        def _mixture_and_origin(self):
             raw = VAE.encode(self, F.hardtanh(self.pseudo_params, 0.0, 1.0))
-            return raw, raw.mu.mean(0)
+            c = raw.mu.mean(0)
+            return DiagonalGaussian(raw.mu - c, raw.logvar), c
 
     net = dict(arch="mlp", hidden=(200, 200), activation=activation, latent_dim=50, likelihood="bernoulli",
                shape=(1, 28, 28))
@@ -62,14 +64,14 @@ def build(case: str, activation: str, x_all: torch.Tensor):
     init = "grey" if case.endswith("grey") else "data"
     cls = Uncentred if "uncentred" in case else PseudoCentred if "pseudo-centred" in case else VampPrior
     model = cls(VampConfig(**net, pseudo_init=init))
-    # what the trainer does for a fresh run: K training images (x0 their mean; the pseudo-inputs under data)
-    pick = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(2))[:model.data_init]
-    model.init_from_data(x_all[pick])
+    start_from_data(model, x_uint8, levels, 0, torch.device("cpu"))  # as a fresh run with --seed 0 does
     return model
 
 
-def run_case(case: str, a, x_all: torch.Tensor) -> dict:
-    model = build(case, a.activation, x_all)
+def run_case(case: str, a, x_uint8: torch.Tensor, levels: int) -> dict:
+    from vaelab.data.transforms import eval_inputs
+    x_all = eval_inputs(x_uint8, levels, "none")
+    model = build(case, a.activation, x_uint8, levels)
     opt = torch.optim.Adam(model.parameters(), LR)
     g = torch.Generator().manual_seed(1)
     trace, t0 = [], time.perf_counter()
@@ -109,11 +111,9 @@ def main() -> None:
             ap.error(f"--cases: unknown case {c!r}; expected some of {', '.join(CASES)}")
     torch.set_num_threads(a.threads)
     from vaelab.data.datasets import load_dataset
-    from vaelab.data.transforms import eval_inputs
     ds = load_dataset("mnist", a.data_dir)
-    x_all = eval_inputs(ds.train.x[:N_IMAGES], ds.spec.levels, "none")
     for c in cases:
-        row = {"benchmark": "vamp_start", **machine(a.threads), **run_case(c, a, x_all),
+        row = {"benchmark": "vamp_start", **machine(a.threads), **run_case(c, a, ds.train.x[:N_IMAGES], ds.spec.levels),
                "command": shown(["python", "benchmarks/vamp_start.py", *sys.argv[1:]])}
         emit(a.results, row)
 

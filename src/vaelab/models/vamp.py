@@ -90,38 +90,37 @@ class VampPrior(VAE):
             m = self.DATA_MARGIN
             self.pseudo_params.copy_(m + (1 - 2 * m) * x[k].to(self.pseudo_params))
 
-    def _components(self) -> tuple[DiagonalGaussian, torch.Tensor]:
-        """The encoder's q(z|u_k) at the K pseudo-inputs, uncentred, [K, D], and mu(x0), the
-        origin of the codes, [D]: one encoder pass."""
+    def _mixture_and_origin(self) -> tuple[DiagonalGaussian, torch.Tensor]:
+        """q(z|u_k) at the K pseudo-inputs measured from mu(x0), [K, D], and mu(x0), the origin
+        of the codes in the encoder's own coordinates, [D]: one encoder pass."""
         u = torch.cat([F.hardtanh(self.pseudo_params, 0.0, 1.0), self.origin_image[None].to(self.pseudo_params)])
         both = super().encode(u)
-        k = self.cfg.components
-        return DiagonalGaussian(both.mu[:k], both.logvar[:k]), both.mu[k]
+        k, c = self.cfg.components, both.mu[-1]
+        return DiagonalGaussian(both.mu[:k] - c, both.logvar[:k]), c
 
     def mixture(self) -> DiagonalGaussian:
         """q(z|u_k) of the K pseudo-inputs, measured from mu(x0): [K, D]."""
-        raw, c = self._components()
-        return DiagonalGaussian(raw.mu - c, raw.logvar)
+        return self._mixture_and_origin()[0]
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """q(z|x) with its mean measured from mu(x0), mu(x) - mu(x0), carrying the mixture
         computed in the same pass (``.components``), which :meth:`kl` then reuses."""
-        raw, c = self._components()
+        mixture, c = self._mixture_and_origin()
         q = super().encode(x)
         out = DiagonalGaussian(q.mu - c, q.logvar)
-        out.components = DiagonalGaussian(raw.mu - c, raw.logvar)
+        out.components = mixture
         return out
 
-    def prior_log_prob(self, z: torch.Tensor, c: DiagonalGaussian | None = None) -> torch.Tensor:
+    def prior_log_prob(self, z: torch.Tensor, components: DiagonalGaussian | None = None) -> torch.Tensor:
         """log p(z) = logsumexp_k log q(z|u_k) - log K for z [..., D]: [...].
 
         Each component's quadratic form sum_d (z_d - mu_kd)^2 / s_kd^2 is expanded into two
         matrix products, z^2 @ (1 / s^2)^T - 2 z @ (mu / s^2)^T + sum_d mu_kd^2 / s_kd^2, instead
         of a [..., K, D] difference: 10x faster for the IS-NLL's [26, 100] draws with K = 500
         (measured, CPU). The expansion subtracts large terms where s is small, so it runs in
-        float64 (and outside autocast), exact to float32's precision. ``c``: the mixture, when
-        the caller has it (else computed)."""
-        c = self.mixture() if c is None else c
+        float64 (and outside autocast), exact to float32's precision. ``components``: the
+        mixture, when the caller has it (else computed)."""
+        c = self.mixture() if components is None else components
         with torch.autocast(z.device.type, enabled=False):
             zd, mu, logvar = z.double(), c.mu.double(), c.logvar.double()  # [..., D], [K, D], [K, D]
             prec = torch.exp(-logvar)

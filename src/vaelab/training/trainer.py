@@ -216,6 +216,15 @@ def _restore_rng(rng: dict[str, torch.Tensor], device: torch.device, seed: int, 
         torch.cuda.set_rng_state(rng[f"cuda{own}"], device)
 
 
+def start_from_data(model, x: torch.Tensor, levels: int, seed: int, device: torch.device) -> None:
+    """A fresh run's :meth:`~vaelab.models.base.Model.init_from_data`: min(``model.data_init``,
+    len(x)) of the images ``x`` (uint8, ``levels`` levels) as pixels in [0, 1], drawn by a
+    generator of their own (seed + 2), so the batches' stream is untouched; the same on every rank."""
+    if model.data_init:
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 2))[:model.data_init]
+        model.init_from_data(eval_inputs(x[pick], levels, "none").to(device))
+
+
 def train(run: RunConfig, resume: str | Path | None = None, log=_log,
           hold: contextlib.ExitStack | None = None) -> Path:
     """Train ``run`` (or continue the run in ``resume``) and return its run directory.
@@ -279,9 +288,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     run = dataclasses.replace(run, model=model_cfg)
     torch.manual_seed(t.seed)
     model = model_cls(model_cfg).to(device)
-    if resume is None and model.data_init:  # from its own generator: the batches' stream is untouched
-        pick = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(t.seed + 2))[:model.data_init]
-        model.init_from_data(eval_inputs(ds.train.x[pick], ds.spec.levels, "none").to(device))
+    if resume is None:
+        start_from_data(model, ds.train.x, ds.spec.levels, t.seed, device)
     if dist.rank():  # rank 0 keeps one process's noise; the others draw their own, reproducibly
         torch.manual_seed(dist.rank_seed(t.seed, dist.rank()))
     channels_last = uses_channels_last(t, model, device)
