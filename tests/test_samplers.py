@@ -3,14 +3,17 @@ which, the cache (reused, refitted when its checkpoint changes), the mixture's d
 mixture scikit-learn fitted, and `vaelab sample` / `vaelab eval` through them."""
 import contextlib
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+from torch import distributions as td
 
 import vaelab
 from vaelab import samplers
 from vaelab.cli import main
+from vaelab.distributions import DiagonalGaussian
 from vaelab.evaluation.probe import codes_of
 from vaelab.io import save_weights
 from vaelab.rundir import split_inputs
@@ -166,3 +169,96 @@ def test_an_autoencoder_samples_through_a_mixture_of_its_codes(tmp_path, capsys)
     _fails(capsys, ["sample", str(ae)], "no prior to sample from", "--sampler gmm:K")
     assert main(["sample", str(ae), "--sampler", "gmm:2", "-n", "4", "-o", str(tmp_path / "ae.png")]) == 0
     assert (tmp_path / "ae.png").is_file()
+
+
+# ---- the two-stage sampler is fitted to the aggregate posterior, not to the posterior's means ----
+
+class _Posterior(_Codes):
+    """A stand-in whose posterior q(z|x) = N(x, s^2 I) is wide: its codes (the means) are x."""
+
+    def __init__(self, d: int, s: float):
+        super().__init__(d)
+        self.s = s
+
+    def encode(self, x):
+        return DiagonalGaussian(x, torch.full_like(x, 2 * math.log(self.s)))
+
+
+def _fit_two_stage(model, x, monkeypatch, epochs=None):
+    """The two-stage stage fitted to model's posterior at x (seeded), and the data of each epoch
+    it was trained on, unstandardised: [epochs][N, D]."""
+    seen = []
+    real = samplers._train
+
+    def spy(stage, data, recipe):
+        if not callable(data):  # one tensor for every epoch, as it once was
+            seen.extend([data] * recipe["epochs"])
+            return real(stage, data, recipe)
+        return real(stage, lambda e: seen.append(data(e)) or seen[-1], recipe)
+    monkeypatch.setattr(samplers, "_train", spy)
+    if epochs is not None:
+        monkeypatch.setattr(samplers, "TWO_STAGE", {**samplers.TWO_STAGE, "epochs": epochs})
+    torch.manual_seed(0)
+    stage = samplers._fit(samplers.parse_sampler("two-stage"), model, x)[0]
+    return stage, [s * stage.std + stage.mean for s in seen]
+
+
+def test_two_stage_is_fitted_to_draws_of_the_posterior_redrawn_each_epoch(monkeypatch):
+    # means of spread (1, 2) and a posterior std of 2: Var_q[z] = Var[mu] + E[sigma^2] = (5, 8),
+    # where the means alone have (1, 4): the prior fitted to them was too narrow
+    mu = torch.randn(3000, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0])
+    stage, seen = _fit_two_stage(_Posterior(2, 2.0), mu, monkeypatch)
+    var_q = mu.var(0) + 4.0  # the law of total variance
+    torch.testing.assert_close(stage.std ** 2, var_q, rtol=1e-5, atol=0)
+    torch.testing.assert_close(stage.mean, mu.mean(0))
+    # an independent reference: many draws of N(mu, 4) by torch.distributions
+    torch.manual_seed(1)
+    ref = td.Normal(mu, 2.0).sample((20,)).reshape(-1, 2)
+    torch.testing.assert_close(stage.std ** 2, ref.var(0), rtol=0.03, atol=0)
+    # what it was trained on: one fresh draw per image each epoch, mu + 2 eps
+    assert len(seen) == samplers.TWO_STAGE["epochs"]
+    for data in seen:
+        eps = (data - mu) / 2
+        assert abs(float(eps.mean())) < 0.05 and abs(float(eps.std()) - 1) < 0.03
+    assert not torch.allclose(seen[0], seen[1])
+    # and the fitted density has the aggregate posterior's spread
+    torch.manual_seed(2)
+    with torch.no_grad():
+        draws = stage.eval().sample(20_000)
+    torch.testing.assert_close(draws.var(0), var_q, rtol=0.15, atol=0)
+
+
+def test_two_stage_keeps_the_codes_of_a_model_without_a_sigma(monkeypatch):
+    # an autoencoder's q(z|x) is a point at its code: every epoch trains on the codes themselves
+    z = torch.randn(500, 3, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    stage, seen = _fit_two_stage(_Codes(3), z, monkeypatch, epochs=2)
+    torch.testing.assert_close(stage.std, z.std(0))
+    assert all(torch.allclose(data, z, atol=1e-5, rtol=0) for data in seen)
+
+
+def test_two_stage_of_a_trained_vae_has_the_aggregate_posteriors_variance(vae_run, monkeypatch):
+    model = vaelab.load(vae_run, device="cpu").eval()
+    x = split_inputs(vae_run, "train")[0]
+    stage, seen = _fit_two_stage(model, x, monkeypatch, epochs=2)
+    with torch.no_grad():
+        q = model.encoder(x).chunk(2, -1)  # mu, log sigma^2 from the raw encoder
+        torch.manual_seed(3)
+        ref = td.Normal(q[0], torch.exp(0.5 * q[1])).sample((50,)).reshape(-1, q[0].shape[1])
+    torch.testing.assert_close(stage.std ** 2, ref.var(0), rtol=0.03, atol=0)
+    assert (q[0].var(0) / ref.var(0) < 0.9).any()  # the means' variance alone is measurably less
+    assert not torch.allclose(seen[0], seen[1])
+
+
+def test_two_stage_draws_an_iafs_codes_through_its_flow(monkeypatch):
+    from vaelab.models import MODELS
+    from vaelab.models.iaf import IAFConfig
+    torch.manual_seed(0)
+    model = MODELS["iaf"](IAFConfig(shape=(1, 4, 4), hidden=(8,), latent_dim=2, flow_steps=2, context_dim=4,
+                                    flow_hidden=(8,))).eval()
+    x = torch.bernoulli(torch.full((2000, 1, 4, 4), 0.5), generator=torch.Generator().manual_seed(1))
+    stage, seen = _fit_two_stage(model, x, monkeypatch, epochs=2)
+    with torch.no_grad():
+        torch.manual_seed(4)
+        ref = model.posterior_sample(x, 20)[0].reshape(-1, 2)  # z_T ~ q(z_T|x)
+    torch.testing.assert_close(stage.std ** 2, ref.var(0), rtol=0.05, atol=0)
+    assert not torch.allclose(seen[0], seen[1])
