@@ -1,4 +1,5 @@
-"""The project's promises about itself: the README's two commands and what CI runs."""
+"""The project's promises about itself: the README's two commands and what CI runs, and a README
+that is a user's guide: short, linked to docs/, and free of the project's own bookkeeping."""
 import re
 from pathlib import Path
 
@@ -22,3 +23,35 @@ def test_setup_pins_torch_first_and_the_range_admits_it():
     lo, hi = re.search(r'"torch>=([\d.]+),<([\d.]+)"', pyproject).groups()
     as_tuple = lambda v: tuple(int(p) for p in v.split("."))  # noqa: E731
     assert as_tuple(lo) <= (2, 13, 0) < as_tuple(hi)
+
+
+README_MAX_LINES = 300
+ISSUE_NUMBER = re.compile(r"\bissues? \d+", flags=re.I)
+
+
+def _user_docs() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_readme_is_a_short_guide_that_links_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES, "README.md grew past a user's guide: move detail to docs/"
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)", readme))
+    assert {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")} <= linked, "a page in docs/ the README does not link"
+
+
+def test_user_docs_name_no_issue_numbers():
+    # "issue 15" means something to the people who built vaelab, nothing to a user
+    found = [f"{p.relative_to(ROOT)}:{i}: {m.group(0)}"
+             for p in _user_docs() for i, line in enumerate(p.read_text().splitlines(), 1)
+             for m in ISSUE_NUMBER.finditer(line)]
+    assert not found, "\n".join(found)
+
+
+def test_user_docs_relative_links_and_images_exist():
+    missing = []
+    for p in _user_docs():
+        for target in re.findall(r"\]\(([^)\s#]+)(?:#[^)\s]*)?\)", p.read_text()):
+            if "://" not in target and not (p.parent / target).exists():
+                missing.append(f"{p.relative_to(ROOT)}: {target}")
+    assert not missing, "\n".join(missing)
