@@ -1,6 +1,7 @@
 """The VampPrior (Tomczak & Welling 2018): its log-density against an explicit mixture built with
 torch.distributions, the KL term and the importance weights against the same densities, prior
 draws against the mixture's moments, and the pseudo-inputs learning."""
+import contextlib
 import math
 
 import torch
@@ -216,3 +217,58 @@ def test_a_checkpoint_of_the_uncentred_vamp_is_refused(tmp_path):
     save_file(old, str(tmp_path / "model.safetensors"))  # even with an origin image beside it
     with pytest.raises(VaelabError, match="does not fit the model.*pseudo_inputs"):
         load_weights(model, tmp_path / "model.safetensors")
+
+
+# ---- the importance-sampled NLL computes the mixture once per evaluation ----
+
+def _pseudo_passes(model):
+    """A list that counts the encoder's passes over the pseudo-inputs (with the origin image: K + 1
+    rows), which every other pass here differs from in its number of rows."""
+    passes = []
+    model.encoder.register_forward_hook(lambda m, inp, out: passes.append(1) if len(inp[0]) == KC + 1 else None)
+    return passes
+
+
+def _eval_nll(model, x, **kw):
+    from vaelab.evaluation.likelihood import evaluate_likelihood
+    return evaluate_likelihood(model, x, 50, precision="fp32", compile=False, seed=0, **kw)
+
+
+def _images(n, seed=2):
+    return torch.bernoulli(torch.full((n, 1, 4, 4), 0.5), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_nll_encodes_the_pseudo_inputs_once_per_evaluation(monkeypatch):
+    from vaelab.evaluation import likelihood
+    # 10 samples a chunk of 100 images, 20 of 50: K = 50 in 5, 5 and 3 chunks over the 3 blocks
+    monkeypatch.setattr(likelihood, "CHUNK_ELEMENTS", 16 * 100 * 10)
+    model, x = _model(), _images(250)
+    passes = _pseudo_passes(model)
+    with torch.no_grad():
+        _eval_nll(model, x)
+        assert len(passes) == 1  # was a pass per block and per chunk: (1 + 5) + (1 + 5) + (1 + 3) = 16
+        likelihood.log_likelihood_is(model, x[:100], 50)
+        assert len(passes) == 2  # one for the call's 5 chunks
+        model.encode(x[:3])
+        assert len(passes) == 3  # outside an evaluation the mixture follows the weights, as in training
+    assert model._fixed is None
+
+
+def test_the_nll_with_the_mixture_computed_once_is_the_nll_computed_per_chunk(monkeypatch):
+    # the same seed, the same threads, one run: the figure to the last bit, and the ELBO and KL
+    from vaelab.evaluation import likelihood
+    from vaelab.models.vamp import VampPrior
+    monkeypatch.setattr(likelihood, "CHUNK_ELEMENTS", 16 * 100 * 10)
+    model, x = _model(), _images(250)
+    with torch.no_grad():
+        once = _eval_nll(model, x)
+        torch.manual_seed(5)
+        direct = likelihood.log_likelihood_is(model, x[:100], 50)
+        monkeypatch.setattr(VampPrior, "fixed_prior", lambda self: contextlib.nullcontext())  # as it was
+        passes = _pseudo_passes(model)
+        per_chunk = _eval_nll(model, x)
+        assert len(passes) == 16  # the old way, recomputed for every block and chunk
+        torch.manual_seed(5)
+        again = likelihood.log_likelihood_is(model, x[:100], 50)
+    assert once == per_chunk, (once, per_chunk)
+    assert all(torch.equal(a, b) for a, b in zip(direct, again))

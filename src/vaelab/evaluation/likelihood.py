@@ -42,6 +42,14 @@ def bits_per_dim(nll_nats: float, dims: int) -> float:
     return nll_nats / (dims * math.log(2))
 
 
+def fixed_prior(model: HasLikelihood):
+    """A context in which ``model``'s prior is computed once, where it has one to compute (the
+    VampPrior's mixture of its posteriors at the pseudo-inputs: its ``fixed_prior``), and not
+    again for every chunk of importance samples; else nothing to hold."""
+    hold = getattr(model, "fixed_prior", None)
+    return hold() if hold is not None else contextlib.nullcontext()
+
+
 def _chunk(model: HasLikelihood, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, c: int):
     """logsumexp and sum over c importance samples of the log-weights: [B] each."""
     lw = model.log_weights(x, c, DiagonalGaussian(mu, logvar))  # [c, B]
@@ -160,24 +168,27 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
     path = path or NLLPath("fp32", compile)
     if path.compiled and type(model) in _COMPILE_FAILED:
         path = dataclasses.replace(path, compiled=False)
-    q = model.encode(x) if q is None else q
-    chunk = chunk_size(model, x, k, COMPILED_CHUNK_ELEMENTS if path.compiled else None)
-    lse, total = [], 0.0
-    fn = _compiled_chunk() if path.compiled else _chunk
-    for start in range(0, k, chunk):
-        with _autocast(path, x):
-            try:
-                chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
-            except Exception as e:
-                if fn is _chunk or not isinstance(e, _dynamo_errors()):
-                    raise
-                # a model (or a machine) torch.compile cannot take: eager from here on
-                _COMPILE_FAILED.add(type(model))
-                path = dataclasses.replace(path, compiled=False)
-                fn = _chunk
-                chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
-        lse.append(full_precision(chunk_lse))
-        total += full_precision(chunk_sum)
+    # the prior computed once for all the chunks (inside evaluate_likelihood, which holds it for the
+    # whole split, this holds nothing more)
+    with fixed_prior(model):
+        q = model.encode(x) if q is None else q
+        chunk = chunk_size(model, x, k, COMPILED_CHUNK_ELEMENTS if path.compiled else None)
+        lse, total = [], 0.0
+        fn = _compiled_chunk() if path.compiled else _chunk
+        for start in range(0, k, chunk):
+            with _autocast(path, x):
+                try:
+                    chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
+                except Exception as e:
+                    if fn is _chunk or not isinstance(e, _dynamo_errors()):
+                        raise
+                    # a model (or a machine) torch.compile cannot take: eager from here on
+                    _COMPILE_FAILED.add(type(model))
+                    path = dataclasses.replace(path, compiled=False)
+                    fn = _chunk
+                    chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
+            lse.append(full_precision(chunk_lse))
+            total += full_precision(chunk_sum)
     log_px = torch.logsumexp(torch.stack(lse), 0) - math.log(k)
     return log_px, total / k
 
@@ -221,7 +232,8 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, discrete:
         log(f"NLL path: {path.describe()}")
     devices = [x.device] if x.device.type == "cuda" else []
     sums = []  # (-log p(x), mean log w, KL) summed over each of this rank's blocks
-    with torch.random.fork_rng(devices, enabled=seed is not None):
+    # the prior computed once for the whole split (it draws nothing: the seeds are as they were)
+    with torch.random.fork_rng(devices, enabled=seed is not None), fixed_prior(model):
         for b in tqdm(distributed.blocks(n, NLL_BLOCK), desc=f"NLL (K={k})", leave=False,
                       disable=not (progress and distributed.is_main())):
             if seed is not None:

@@ -34,6 +34,7 @@ loss sat at ~206 nats, an independent-pixel model's, for three epochs):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ class VampPrior(VAE):
         # x0, the image the codes are measured from: the training images' mean once a run starts
         self.register_buffer("origin_image", torch.full(cfg.shape, self.PSEUDO_MEAN))
         self.data_init = cfg.components  # for x0 always; for the pseudo-inputs under --pseudo-init data
+        self._fixed: tuple[DiagonalGaussian, torch.Tensor] | None = None  # held by fixed_prior()
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:
@@ -92,11 +94,31 @@ class VampPrior(VAE):
 
     def _mixture_and_origin(self) -> tuple[DiagonalGaussian, torch.Tensor]:
         """q(z|u_k) at the K pseudo-inputs measured from mu(x0), [K, D], and mu(x0), the origin
-        of the codes in the encoder's own coordinates, [D]: one encoder pass."""
+        of the codes in the encoder's own coordinates, [D]: one encoder pass (none inside
+        :meth:`fixed_prior`, which holds them)."""
+        if self._fixed is not None:
+            return self._fixed
         u = torch.cat([F.hardtanh(self.pseudo_params, 0.0, 1.0), self.origin_image[None].to(self.pseudo_params)])
         both = super().encode(u)
         k, c = self.cfg.components, both.mu[-1]
         return DiagonalGaussian(both.mu[:k] - c, both.logvar[:k]), c
+
+    @contextlib.contextmanager
+    def fixed_prior(self):
+        """Within: the mixture and the origin computed once, on entry, and read by every
+        :meth:`encode`, :meth:`prior_log_prob` and :meth:`prior` after, for an evaluation, whose
+        weights do not change. The importance-sampled NLL otherwise encodes the K pseudo-inputs
+        again for each chunk of samples. Computed without gradients and outside autocast (fp32, as
+        the posterior of the images is); nested, the outermost one's is kept."""
+        if self._fixed is not None:
+            yield
+            return
+        with torch.no_grad(), torch.autocast(self.pseudo_params.device.type, enabled=False):
+            self._fixed = self._mixture_and_origin()
+        try:
+            yield
+        finally:
+            self._fixed = None
 
     def mixture(self) -> DiagonalGaussian:
         """q(z|u_k) of the K pseudo-inputs, measured from mu(x0): [K, D]."""
