@@ -7,6 +7,7 @@ second each), each sharing its process group between the checks."""
 import atexit
 import json
 import os
+import signal
 import time
 from contextlib import redirect_stderr
 
@@ -193,11 +194,44 @@ def test_failed_collective_messages(monkeypatch):
         with pytest.raises(VaelabError) as e:
             distributed._call(op)
         return str(e.value)
-    for lost in ("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation",
-                 "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:62602"):
-        assert fails(lost).startswith("rank 1 of 2: no answer from the other ranks within --dist-timeout ")
+    assert fails("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation") \
+        .startswith("rank 1 of 2: no answer from the other ranks within --dist-timeout ")
+    for closed in ("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:62602",
+                   "[gloo/transport/tcp/pair.cc:598] Connection reset by peer"):
+        assert fails(closed).startswith("rank 1 of 2: another rank ended 0.0 s into a collective, its connection "
+                                        "closed (")
     assert fails("op.preamble.length <= op.nbytes. 8 vs 4") == \
         "rank 1 of 2: a collective between the ranks failed in torch.distributed (op.preamble.length <= op.nbytes. 8 vs 4)."
+
+
+def _killed_rank(r: int, port: int, out) -> None:
+    """Rank 1 is killed (SIGKILL) while rank 0 waits for it in a collective."""
+    _join(r, port)
+    distributed.setup(torch.device("cpu"), timeout_s=60)
+    distributed.all_reduce_(torch.ones(1))  # both are up
+    if r == 1:
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    t0 = time.perf_counter()
+    try:
+        distributed.all_reduce_(torch.ones(1))
+        said = None
+    except VaelabError as e:
+        said = str(e)
+    (out / "rank0.json").write_text(json.dumps([said, time.perf_counter() - t0]))
+    os._exit(0)  # without the group's exit handlers, which would wait for the dead rank
+
+
+def test_a_killed_rank_is_said_to_have_ended(tmp_path):
+    """A rank killed under torchrun was reported as "no answer within --dist-timeout 300 s" half a
+    second after the kill: the other rank's connection to it closed, and that is what it says."""
+    ctx = mp.start_processes(_killed_rank, args=(_free_port(), tmp_path), nprocs=2, start_method="fork", join=False)
+    for p in ctx.processes:
+        p.join(60)
+    assert [p.exitcode for p in ctx.processes] == [0, -signal.SIGKILL]
+    said, waited = json.loads((tmp_path / "rank0.json").read_text())
+    assert waited < 30 and said.startswith("rank 0 of 2: another rank ended "), said
+    assert "it was killed or crashed" in said and "--dist-timeout" not in said
 
 
 def test_several_minibatches_a_step_need_drop_last(monkeypatch, tmp_path):

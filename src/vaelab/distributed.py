@@ -5,7 +5,8 @@ training and evaluation call them unconditionally and a single process pays noth
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`setup` reads them and joins the group (gloo on the CPU, nccl on CUDA). A rank that dies
-makes the others' next collective fail after ``timeout`` seconds instead of hanging; the waits
+makes the others' next collective fail at once (its connection closes), and one that hangs, after
+``timeout`` seconds, each with a sentence that says which happened; the waits
 for one rank's own work (:func:`together`: rank 0's download, its Fréchet classifier, a sampler it
 fits) take their own group, whose timeout is :data:`PATIENT_TIMEOUT_S`.
 """
@@ -15,11 +16,12 @@ import atexit
 import datetime
 import hashlib
 import os
+import time
 
 import torch
 import torch.distributed as dist
 
-from .errors import VaelabError
+from .errors import VaelabError, quote
 
 DEFAULT_TIMEOUT_S = 300  # a collective waits this long for a dead or stuck rank
 # together()'s waits for a rank's own work, which may take far longer than a collective (rank 0
@@ -32,9 +34,23 @@ _patient = None  # the gloo group of together()'s waits (setup); None: the defau
 _joined = False  # setup has begun: from then on a rank's errors may be its own (prints)
 
 
+def env_int(name: str, default: int, low: int = 0) -> int:
+    """A whole number torchrun (or a launcher like it) sets in the environment: ``default`` when
+    unset, one sentence naming the variable when it is not a number of at least ``low``."""
+    raw = os.environ.get(name, "")
+    try:
+        value = int(raw) if raw.strip() else default
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise VaelabError(f"the environment variable {name} is {quote(raw)}: expected a whole number of at least "
+                          f"{low}, as torchrun sets it (unset it to run in one process).")
+    return value
+
+
 def launched() -> bool:
     """Started by torchrun (or any launcher setting its variables) with more than one rank."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return env_int("WORLD_SIZE", 1, low=1) > 1
 
 
 def active() -> bool:
@@ -57,7 +73,7 @@ def is_main() -> bool:
 def local_device(device: torch.device) -> torch.device:
     """Under torchrun, a CUDA ``device`` is this rank's GPU, ``cuda:LOCAL_RANK``."""
     if device.type == "cuda" and launched():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", env_int("LOCAL_RANK", 0))
     return device
 
 
@@ -72,6 +88,7 @@ def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, threads: i
         torch.set_num_threads(threads)
     if not launched():
         return device
+    env_int("RANK", 0)  # read by torch below, and by the messages: a sentence, not torch's ValueError
     global _timeout_s, _patient, _joined
     _joined = True
     if not dist.is_available():
@@ -161,22 +178,29 @@ def main_first(fn, *args, **kwargs):
     return together(lambda: box[0] if box else fn(*args, **kwargs))
 
 
-# how gloo (and the rendezvous) say that a peer is gone: it timed out, or its connection closed
-_LOST = ("timed out", "timeout", "connection closed", "connection reset", "read error", "broken pipe")
+# how gloo (and the rendezvous) say that a peer is gone: its connection closed (it ended: killed,
+# crashed or exited, noticed at once), or no answer came within the timeout (it hung, or is slow)
+_CLOSED = ("connection closed", "connection reset", "broken pipe", "read error", "end of file")
+_TIMED_OUT = ("timed out", "timeout")
 
 
 def _call(op, *args, **kwargs):
-    """A collective: one that fails (gloo raises once ``--dist-timeout`` passes without an
-    answer, or when a peer's connection closes) becomes one VaelabError that names this rank and
-    the timeout, instead of a traceback from deep inside torch; any other failure, one that
-    names this rank and quotes torch."""
+    """A collective: one that fails becomes one VaelabError that names this rank and what
+    happened (a rank's connection closed: it ended; or no answer within ``--dist-timeout``),
+    instead of a traceback from deep inside torch; any other failure, one that names this rank
+    and quotes torch."""
+    t0 = time.monotonic()
     try:
         return op(*args, **kwargs)
     except RuntimeError as e:
+        waited = time.monotonic() - t0
         # torchrun's numbers: the group is not up when its own setup is what failed
         r, world = os.environ.get("RANK", rank()), os.environ.get("WORLD_SIZE", world_size())
         said = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        if any(word in said.lower() for word in _LOST):
+        if any(word in said.lower() for word in _CLOSED):
+            msg = (f"rank {r} of {world}: another rank ended {waited:.1f} s into a collective, its connection closed "
+                   f"({said}): it was killed or crashed; its own output, or torchrun's, says which and why.")
+        elif any(word in said.lower() for word in _TIMED_OUT):
             msg = (f"rank {r} of {world}: no answer from the other ranks within --dist-timeout {_timeout_s:g} s "
                    f"({said}): another rank stopped or hung; its own output says why "
                    "(or raise --dist-timeout if a rank is only slow).")
@@ -305,4 +329,4 @@ def default_threads() -> int | None:
     if not launched():
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, cores // env_int("LOCAL_WORLD_SIZE", 1, low=1))

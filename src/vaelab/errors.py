@@ -8,3 +8,32 @@ bug and keeps its traceback.
 
 class VaelabError(Exception):
     """Bad input from the user: a flag, a file, a shape. The message is shown as is."""
+
+
+# A user's value can be anything a file holds (100 MB of it); a message shows its start only.
+QUOTE_LIMIT = 200
+
+
+def clip(text, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` as it is (a path, a name) for a message, or its start when longer than ``limit``."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def quote(value, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for a message, or the repr of its start when longer than ``limit``."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    return clip(repr(value), limit)
+
+
+def did_you_mean(word, options) -> str:
+    """' (did you mean 'x'?)', naming the option closest to a mistyped ``word`` (a flag bare:
+    ``--latent-dim``), else ''."""
+    import difflib
+    if not isinstance(word, str) or len(word) > QUOTE_LIMIT:  # no typo of a name is that long
+        return ""
+    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {close[0] if close[0].startswith('-') else repr(close[0])}?)"
