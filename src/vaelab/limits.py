@@ -2,9 +2,9 @@
 
 A count of samples or images, a network's widths, the shape an IDX or ``.npy`` header declares:
 each is turned into the bytes it would take and compared with :func:`memory_limit`, half the
-memory this machine (or its container) has, leaving the other half to everything else a run
-holds. A refused size ends in one sentence that names it, the bytes and the limit, before the
-allocation that would have met the out-of-memory killer.
+memory this machine (or its container, or this process under ``ulimit -v``) has, leaving the
+other half to everything else a run holds. A refused size ends in one sentence that names it,
+the bytes and the limit, before the allocation that would have met the out-of-memory killer.
 """
 from __future__ import annotations
 
@@ -28,14 +28,31 @@ def _cgroup_memory() -> int | None:
     return None
 
 
+def _process_memory() -> int | None:
+    """This process's own cap (``ulimit -v`` or ``-d``), which ends an allocation past it in a
+    MemoryError however much memory the machine has."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    caps = []
+    for name in ("RLIMIT_AS", "RLIMIT_DATA"):
+        try:
+            soft = resource.getrlimit(getattr(resource, name))[0]
+        except (AttributeError, ValueError, OSError):
+            continue
+        if soft != resource.RLIM_INFINITY:
+            caps.append(soft)
+    return min(caps, default=None)
+
+
 def memory_limit() -> int:
-    """Half of the physical memory, or of a smaller container limit, in bytes."""
+    """Half of the physical memory, or of a smaller container limit or process cap, in bytes."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not on a POSIX system
         total = FALLBACK_MEMORY
-    cgroup = _cgroup_memory()
-    return min(total, cgroup or total) // 2
+    return min(c for c in (total, _cgroup_memory(), _process_memory()) if c) // 2
 
 
 def fmt_bytes(n: int) -> str:
@@ -53,4 +70,4 @@ def check_bytes(what: str, nbytes: int) -> None:
     limit = memory_limit()
     if nbytes > limit:
         raise VaelabError(f"{what} would take {fmt_bytes(nbytes)} of memory, more than the limit of "
-                          f"{fmt_bytes(limit)} (half of this machine's).")
+                          f"{fmt_bytes(limit)} (half of the memory this process may use).")

@@ -32,10 +32,12 @@ Every problem raises :class:`VaelabError` in one sentence naming the file or fla
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -145,17 +147,33 @@ def _load(path: Path, key: str | None, label_key: str | None):
             _check_npy_header(path, f, os.fstat(f.fileno()).st_size)
         return _np_load(path, lambda: np.load(path, allow_pickle=False)), None
     if suffix == ".npz":
-        try:
-            archive = np.load(path, allow_pickle=False)
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-            raise VaelabError(f"{path} is not a readable .npz file ({e}).") from None
-        with archive:
+        with open_npz(path) as archive:
             key = _pick(path, list(archive.files), key, label_key)
             images = _npz_array(path, archive, key)
             return images, None if label_key is None else _npz_array(path, archive, label_key)
     variables = _loadmat(path)
     key = _pick(path, list(variables), key, label_key)
     return variables[key], None if label_key is None else variables[label_key]
+
+
+@contextlib.contextmanager
+def open_npz(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
+    """The archive ``path``, closed when the block ends, however it ends. The file is opened here,
+    not by np.load: given a name, np.load leaves its own handle open when the zip directory
+    cannot be read (a truncated file)."""
+    def unreadable(e: Exception) -> VaelabError:
+        return VaelabError(f"{path} is not a readable .npz file ({e}).")
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise unreadable(e) from None
+    with f:
+        try:
+            archive = np.load(f, allow_pickle=False)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            raise unreadable(e) from None
+        with archive:
+            yield archive
 
 
 def _pick(path: Path, found: list[str], key: str | None, label_key: str | None) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 from vaelab.errors import VaelabError
 
 from .archive import read_files
+from .arrays import open_npz
 from .imagefiles import check_transform, decode_images, is_image_name
 from .raw import RawData
 
@@ -174,7 +175,7 @@ def _load_cache(path: Path, meta: dict, say: Callable[[str], None]) -> RawData |
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:  # closes the file even when the archive is unreadable
             if json.loads(str(z["meta"])) != meta:
                 raise ValueError("it was made for another source or transform")
             raw = RawData(x_train=z["x"], y_train=z["y"], classes=[str(c) for c in z["classes"]])

@@ -6,6 +6,7 @@ the data, big-endian, row-major.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -47,8 +48,10 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     Every problem with the file raises :class:`VaelabError` naming it.
 
     A gzip stream is decompressed as it is read, and no further than the header says: the data
-    the header declares are checked against :func:`vaelab.limits.check_bytes` first, then at
-    most one byte more is read, so a gzip bomb costs neither memory nor the time to expand it.
+    the header declares are checked against :func:`vaelab.limits.check_bytes` first, then read
+    straight into the one array returned, a chunk at a time, and at most one byte more is read, so
+    a gzip bomb costs neither memory nor the time to expand it, and the bytes checked are all
+    the memory the loader takes (a bytes object converted into an array would be two copies).
     """
     path = Path(path)
     with _open(path) as f:
@@ -63,16 +66,34 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
         count = math.prod(shape)  # Python ints: a corrupt header cannot overflow this
         expected = count * dtype.itemsize
         check_bytes(f"{path}: the shape {shape} its IDX header declares", expected)
-        data = _read(path, f, expected + 1)
-    if len(data) != expected:
-        problem, found = ("is truncated", f"{len(data)} bytes") if len(data) < expected else \
-            ("has trailing bytes", "more")
+        flat = np.empty(count, dtype=dtype)
+        found = _read_into(path, f, memoryview(flat.view(np.uint8)))
+        if found == expected:
+            found += len(_read(path, f, 1))
+    if found != expected:
+        problem, follow = ("is truncated", f"{found} bytes") if found < expected else ("has trailing bytes", "more")
         raise VaelabError(f"{path} {problem}: its header declares shape {shape}, which is "
-                          f"{expected} bytes of data, but {found} follow the header.")
-    flat = np.frombuffer(data, dtype=dtype, count=count)
-    # Copy into native byte order: the result is writable and does not keep the whole
-    # decompressed file alive through a view.
-    return flat.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+                          f"{expected} bytes of data, but {follow} follow the header.")
+    # native byte order in place: the array the file was read into is the one returned
+    return flat.byteswap(inplace=True).view(dtype.newbyteorder("=")).reshape(shape) \
+        if dtype.byteorder == ">" else flat.reshape(shape)
+
+
+# At most this much is decompressed at once: gzip's readinto decompresses into a bytes object of
+# the size asked for and then copies it, so a large request would be a second copy of the data.
+_CHUNK = 1 << 20
+
+
+def _read_into(path: Path, f: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``f``; the bytes read (fewer at its end)."""
+    done = 0
+    while done < len(view):
+        with _reading(path):
+            n = f.readinto(view[done:done + _CHUNK])
+        if not n:
+            break
+        done += n
+    return done
 
 
 def _open(path: Path) -> BinaryIO:
@@ -93,8 +114,15 @@ def _open(path: Path) -> BinaryIO:
 
 def _read(path: Path, f: BinaryIO, n: int) -> bytes:
     """Up to ``n`` bytes of ``f`` (fewer at its end)."""
-    try:
+    with _reading(path):
         return f.read(n)
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Turn what a read of ``path`` raises into a sentence naming it."""
+    try:
+        yield
     except EOFError:
         raise VaelabError(f"{path} is a truncated gzip file: the compressed stream ends early "
                           f"(an interrupted download?); delete it and fetch it again.") from None
