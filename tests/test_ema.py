@@ -63,7 +63,7 @@ def test_the_iwae_preset_carries_the_time_to_quality_recipe_and_flags_win():
     assert cfg.model.binarize == "dynamic" and cfg.model.hidden == (200, 200) and cfg.model.latent_dim == 50
     iwae = vaelab.make_config(model="iwae", data="mnist", preset="iwae", k=5)
     assert (iwae.train.ema, iwae.train.lr_schedule, iwae.model.k) == (0.999, "cosine", 5)
-    two = vaelab.make_config(model="hvae", data="mnist", preset="iwae")  # the paper's 2-layer net, same recipe
+    two = vaelab.make_config(model="vae-2layer", data="mnist", preset="iwae")  # the paper's 2-layer net, same recipe
     assert (two.train.batch_size, two.train.ema, two.train.lr_schedule, two.model.binarize, two.model.top_latent_dim) \
         == (100, 0.999, "cosine", "dynamic", 50)
     plain = vaelab.make_config(data="mnist", preset="iwae", ema="none", lr_schedule="constant")

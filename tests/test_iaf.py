@@ -7,7 +7,7 @@ import torch
 from torch import distributions as td
 from torch.autograd.functional import jacobian
 
-from test_hvae import with_the_same_draws
+from test_vae2layer import with_the_same_draws
 from vaelab.distributions import DiagonalGaussian
 from vaelab.evaluation.likelihood import _chunk, evaluate_likelihood
 from vaelab.models import MODELS

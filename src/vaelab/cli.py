@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import time
 import typing
@@ -11,15 +12,19 @@ from pathlib import Path
 from . import distributed
 from .io import dumps, not_finite
 from .config import DataConfig, TrainConfig, _unwrap_optional, field_types, flag_name
-from .errors import VaelabError
-from .models import MODELS
+from .config import check_path
+from .errors import VaelabError, clip, did_you_mean, quote
+from .models import MODELS, get_model
 from .models.base import ENCODE, SAMPLE
 from .rundir import read_run
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: one sentence, exit 2, no usage dump
-        raise VaelabError(f"{self.prog}: {message} (see {self.prog} --help).")
+        chose = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        hint = did_you_mean(chose[1], re.findall(r"'([^']*)'", chose[2])) if chose else ""
+        # a value argparse quotes may be as long as a command line takes (128 kB)
+        raise VaelabError(f"{self.prog}: {clip(message, 400)}{hint} (see {self.prog} --help).")
 
 
 def _metavar(f: dataclasses.Field, tp) -> str:
@@ -44,7 +49,9 @@ def _add_flags(p, cls, seen: set, hidden: bool = False, defaults: dict | None = 
             continue
         seen.add(name)
         default = (defaults or {}).get(name, f.default)
-        help_ = f.metadata.get("help", "") + f" [default: {default if default is not dataclasses.MISSING else '-'}]"
+        help_ = f.metadata.get("help", "")
+        if default not in (None, dataclasses.MISSING):  # None: the help says what unset means
+            help_ += f" [default: {','.join(map(str, default)) if isinstance(default, tuple) else default}]"
         if types[name] is bool:  # a switch; an optional bool (unset, true, false) takes a value below
             help_ += f"; --no-{name.replace('_', '-')} turns it off"
             p.add_argument(flag_name(name), dest=name, action="store_const", const=True,
@@ -75,28 +82,36 @@ def _add_train_flags(p: argparse.ArgumentParser, model_name: str) -> None:
     presets = chosen.presets if chosen is not None else {}
     g.add_argument("--preset", default=argparse.SUPPRESS, metavar="{" + ",".join(presets) + "}" if presets else "NAME",
                    help="a published network's settings (explicit flags win)")
-    g.add_argument("--config", dest="config_file", metavar="FILE", help="TOML or JSON file of settings")
+    g.add_argument("--config", dest="config_file", metavar="FILE",
+                   help="TOML or JSON file of settings, or a run's config.json (flags win)")
+    g.add_argument("--like", metavar="RUN_DIR",
+                   help="a new run with the settings of RUN_DIR (flags win; it is written to --out, not over RUN_DIR)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last finished epoch")
 
 
 def _model_named(argv: list[str]) -> str:
     """The --model of a train command line (for its help and flags), before parsing: the flag,
-    else the --config file's, else the default."""
+    else the --config file's or the --like run's, else the default. An unknown one is refused
+    here, so that ``--model nosuch --help`` says so instead of printing the general help."""
     given = {}
     for i, arg in enumerate(argv):
-        for flag in ("--model", "--config"):
+        for flag in ("--model", "--config", "--like"):
             if arg == flag and i + 1 < len(argv):
                 given[flag] = argv[i + 1]
             elif arg.startswith(flag + "="):
                 given[flag] = arg.split("=", 1)[1]
+    if next((arg for arg in argv if not arg.startswith("-")), None) != "train":
+        return TrainConfig.model
     if "--model" in given:
-        return given["--model"]
-    if "--config" in given:
-        from .config import read_config_file
-        try:
-            return str(read_config_file(given["--config"]).get("model", TrainConfig.model))
-        except VaelabError:
-            pass  # the same file is read again, and refused, when the run is made
+        return get_model(given["--model"]).name
+    from .run import like_run, settings_file
+    try:
+        if "--config" in given:
+            return get_model(settings_file(given["--config"]).get("model", TrainConfig.model)).name
+        if "--like" in given:
+            return get_model(like_run(given["--like"]).get("model", TrainConfig.model)).name
+    except VaelabError:
+        pass  # the same file is read again, and refused, when the run is made
     return TrainConfig.model
 
 
@@ -110,10 +125,10 @@ def cmd_train(a) -> int:
     from .run import make_config
     from .training.trainer import RESUMABLE
 
-    flags = {k: v for k, v in vars(a).items() if k not in ("cmd", "config_file", "resume", "func")}
+    flags = {k: v for k, v in vars(a).items() if k not in ("cmd", "config_file", "like", "resume", "func")}
     if a.resume:
         allowed = [f for fields in RESUMABLE.values() for f in fields]
-        extra = sorted(set(flags) - set(allowed)) + (["config"] if a.config_file else [])
+        extra = sorted(set(flags) - set(allowed)) + (["config"] if a.config_file else []) + (["like"] if a.like else [])
         if extra:
             raise VaelabError(f"--resume continues a run with its own settings; {flag_name(extra[0])} cannot "
                               f"be given with it (only {', '.join(flag_name(f) for f in allowed)}).")
@@ -124,7 +139,7 @@ def cmd_train(a) -> int:
             new = dataclasses.replace(getattr(run, part), **{name: coerce(cls, name, v, "flag")})
             run = dataclasses.replace(run, **{part: new})
     else:
-        run = make_config(a.config_file, **flags)
+        run = make_config(a.config_file, like=a.like, **flags)
     run_dir = api.train(run, resume=a.resume, log=_say)
     if distributed.is_main():
         _report(run_dir)
@@ -169,6 +184,15 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def _threads(a) -> None:
+    """--threads of a command that runs in one process: torch's CPU threads (eval and train
+    pass theirs on, as under torchrun a rank's default differs)."""
+    if a.threads is not None:
+        _at_least("--threads", a.threads, 1)
+        import torch
+        torch.set_num_threads(a.threads)
+
+
 def _at_least(flag: str, value: int, low: int) -> None:
     if value < low:
         raise VaelabError(f"{flag} must be at least {low}, got {value}.")
@@ -177,11 +201,11 @@ def _at_least(flag: str, value: int, low: int) -> None:
 def _out_path(run_dir: str, given: str | None, default: str) -> Path:
     p = Path(given) if given else Path(run_dir) / default
     if p.suffix.lower() != ".png":
-        raise VaelabError(f"-o {p} must be a .png file.")
+        raise VaelabError(f"-o {clip(p)} must be a .png file.")
     if p.is_dir():
-        raise VaelabError(f"{'-o ' if given else ''}{p} is a folder: expected a .png file to write.")
+        raise VaelabError(f"{'-o ' if given else ''}{clip(p)} is a folder: expected a .png file to write.")
     if not p.parent.is_dir():
-        raise VaelabError(f"-o {p}: folder {p.parent} does not exist.")
+        raise VaelabError(f"-o {clip(p)}: folder {clip(p.parent)} does not exist.")
     return p
 
 
@@ -190,14 +214,14 @@ def _need_encoder(run_dir: str, what: str) -> None:
     name = read_run(run_dir)[0].train.model
     if ENCODE not in get_model(name).capabilities:
         encoders = ", ".join(n for n, m in sorted(MODELS.items()) if ENCODE in m.capabilities)
-        raise VaelabError(f"{run_dir} holds a {name}, which has no encoder: vaelab {what} needs a model that "
+        raise VaelabError(f"{clip(run_dir)} holds a {name}, which has no encoder: vaelab {what} needs a model that "
                           f"maps images to codes ({encoders}).")
 
 
 def _model_and_split(a):
     """The run's model and the fixed inputs of the split a picture command draws from."""
     from . import api
-    return api.load(a.run_dir, a.checkpoint), api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
+    return api.load(a.run_dir, a.checkpoint, a.device), api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
 
 
 def cmd_sample(a) -> int:
@@ -206,13 +230,14 @@ def cmd_sample(a) -> int:
     from .images import check_grid, save_grid
     from .models import get_model
     from .samplers import resolve_sampler, sampler_for
+    _threads(a)
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 0)
     out = _out_path(a.run_dir, a.o, "samples.png")
     run, spec = read_run(a.run_dir)
     sampler = resolve_sampler(a.sampler, get_model(run.train.model), a.run_dir)
     check_grid(f"-n {a.n}" + (f" with --nrow {a.nrow}" if a.nrow else ""), a.n, spec.shape[1:], a.nrow or None)
-    model = api.load(a.run_dir, a.checkpoint)
+    model = api.load(a.run_dir, a.checkpoint, a.device)
     drawer = sampler_for(a.run_dir, model, sampler, a.checkpoint, a.data_dir, _say)  # the model itself for prior
     torch.manual_seed(a.seed)
     print(save_grid(drawer.sample(a.n).cpu(), out, nrow=a.nrow or None))
@@ -222,6 +247,7 @@ def cmd_sample(a) -> int:
 def cmd_reconstruct(a) -> int:
     from . import api
     from .images import check_grid, save_grid
+    _threads(a)
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 1)
     out = _out_path(a.run_dir, a.o, "reconstructions.png")
@@ -235,10 +261,11 @@ def cmd_reconstruct(a) -> int:
 def cmd_interpolate(a) -> int:
     from . import api
     from .images import check_grid, save_grid
+    _threads(a)
     _at_least("--steps", a.steps, 2)
     _at_least("--pairs", a.pairs, 1)
     out = _out_path(a.run_dir, a.o, "interpolation.png")
-    model = api.load(a.run_dir, a.checkpoint)
+    model = api.load(a.run_dir, a.checkpoint, a.device)
     encoder = model.can(ENCODE)  # without one: lines between prior draws
     if encoder:
         x = api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
@@ -254,8 +281,9 @@ def cmd_interpolate(a) -> int:
 def cmd_manifold(a) -> int:
     from . import api
     from .images import check_grid, save_grid
+    _threads(a)
     _at_least("-n", a.n, 1)
-    model = api.load(a.run_dir, a.checkpoint)
+    model = api.load(a.run_dir, a.checkpoint, a.device)
     if not model.can(SAMPLE):
         raise VaelabError(f"{a.run_dir} holds a {model.run_config.train.model}, which has no prior; "
                           "the manifold grid needs a model with a 2-D N(0, I) prior.")
@@ -277,11 +305,12 @@ def _labels(value: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise VaelabError(f"--labels must be a whole number or all, got {value!r}.") from None
+        raise VaelabError(f"--labels must be a whole number or all, got {quote(value)}.") from None
 
 
 def cmd_probe(a) -> int:
     from .evaluation.probe import linear_probe
+    _threads(a)
     _need_encoder(a.run_dir, "probe")
     print(dumps(linear_probe(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.device)))
     return 0
@@ -289,6 +318,7 @@ def cmd_probe(a) -> int:
 
 def cmd_finetune(a) -> int:
     from .evaluation.probe import finetune
+    _threads(a)
     _need_encoder(a.run_dir, "finetune")
     print(dumps(finetune(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.epochs, a.lr, a.batch_size,
                          a.device, weight_decay=a.weight_decay, patience=a.patience)))
@@ -304,6 +334,9 @@ def cmd_datasets(a) -> int:
 
 
 DEMO = Path(__file__).parent / "demo.toml"  # the main job's settings
+# the paths a command line names: each is refused if no file can have it (a name past 255 bytes)
+PATHS = {"run_dir": "RUN_DIR", "o": "-o", "data_dir": "--data-dir", "config_file": "--config", "like": "--like",
+         "resume": "--resume", "out": "--out", "data_path": "--data-path"}
 DATA_PARALLEL = ("train", "eval")  # the commands that run under torchrun, each rank taking its part
 
 
@@ -311,6 +344,8 @@ def cmd_demo(a) -> int:
     from . import api
     from .run import make_config
     given = {"epochs": a.epochs} if a.epochs else {}
+    # the demo's own settings stand where a flag is not given
+    given.update({k: getattr(a, k) for k in ("threads", "device", "seed") if getattr(a, k) not in (None, "auto")})
     cfg = make_config(str(DEMO), **given, out=a.out, overwrite=True, progress=False)
     t0 = time.perf_counter()
     run_dir = api.train(cfg, log=_say)
@@ -325,6 +360,7 @@ SAMPLER_HELP = ("what draws the codes of the samples: prior (the model's own p(z
                 "fitted to the codes of the training images), two-stage (a second VAE trained on them, Dai & "
                 "Wipf 2019) or pixelcnn (over a VQ-VAE's grid of codebook indices); fitted once and cached in "
                 "RUN_DIR/samplers/ [default: the model's own, pixelcnn for vqvae, prior for the others]")
+RUN_DIR_HELP = "a run directory that vaelab train wrote (its --out)"
 DATA_DIR_HELP = ("where the run's data is now, if not where it was found in training (for a run trained with "
                  "--data-path: that file or folder itself)")
 
@@ -332,10 +368,19 @@ DATA_DIR_HELP = ("where the run's data is now, if not where it was found in trai
 def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser:
     train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
-    def as_train(name: str, type_: type) -> dict:  # a flag eval shares with train: its help and default
+    def as_train(name: str, type_: type = str, metavar: str | None = None) -> dict:  # a flag shared with train
         f = train_fields[name]
-        return dict(type=type_, default=f.default, metavar=type_.__name__.upper(),
-                    help=f"{f.metadata['help']} [default: {'-' if f.default is None else f'{f.default:g}'}]")
+        shown = "" if f.default is None else f" [default: {f.default:g}]" if type_ is not str else f" [default: {f.default}]"
+        return dict(type=type_, default=f.default, metavar=metavar or type_.__name__.upper(),
+                    help=f"{f.metadata['help']}{shown}")
+
+    def computes(s: argparse.ArgumentParser, draws: str | None = None) -> None:
+        """The flags of every command that computes: --threads, --device and, where it draws
+        (``draws``: what), --seed; one meaning each, the training run's."""
+        s.add_argument("--threads", **as_train("threads", int))
+        s.add_argument("--device", **as_train("device", metavar="DEVICE"))
+        if draws:
+            s.add_argument("--seed", type=int, default=0, metavar="INT", help=f"seed of {draws} [default: 0]")
 
     p = _Parser(prog="vaelab", description="Autoencoders, VAEs and GANs on real images, measured honestly.",
                 allow_abbrev=False)
@@ -346,12 +391,16 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
 
     def run_cmd(name, help_, func, **extra):
         s = sub.add_parser(name, help=help_, allow_abbrev=False)
-        s.add_argument("run_dir", metavar="RUN_DIR")
-        s.add_argument("--checkpoint", default="best", choices=("best", "last"))
+        s.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+        s.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                       help="the weights of the best validation score, or of the last epoch [default: best]")
         s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-        s.add_argument("--split", default="test", choices=("train", "val", "test"))
+        s.add_argument("--split", default="test", choices=("train", "val", "test"),
+                       help="the split of the run's data whose images are used [default: test]")
+        draws = extra.pop("draws", None)
         for flag, kw in extra.items():
-            s.add_argument(*flag.split("|"), **kw)
+            s.add_argument(*flag.split("|"), **({"metavar": "INT"} if kw.get("type") is int and "metavar" not in kw else {}), **kw)
+        computes(s, draws)
         s.set_defaults(func=func)
         return s
 
@@ -361,7 +410,6 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                "--batch-size": dict(type=int, default=100,
                                     help="images a pass of the reconstruction error (the NLL takes blocks of 100 "
                                          "images, each with its own importance samples' seed, whatever this is)"),
-               "--device": dict(default="auto"),
                "--samples": dict(type=int, default=10_000,
                                  help="samples for the Parzen window and the Fréchet distance"),
                "--sample-metrics": dict(action=argparse.BooleanOptionalAction, default=True,
@@ -373,31 +421,30 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                                        help="the NLL decoder's matrix products: auto takes bf16 where the CPU "
                                             "has bf16 units (AMX, AVX512-BF16), fp32 elsewhere; the "
                                             "log-likelihoods and the logsumexp stay fp32"),
-               "--seed": dict(type=int, default=0, help="seed of the importance samples"),
+               "draws": "the importance samples",
                "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP),
-               "--threads": as_train("threads", int), "--dist-timeout": as_train("dist_timeout", float)})
+               "--dist-timeout": as_train("dist_timeout", float)})
     run_cmd("sample", "a grid of samples", cmd_sample,
             **{"-n": dict(type=int, default=64, help="samples in the grid"), "-o": OUT_PNG,
                "--nrow": dict(type=int, default=0, help="images a row (default: a square grid)"),
-               "--seed": dict(type=int, default=0, help="seed of the draws"), "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
+               "draws": "the draws", "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
     run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
             **{"-n": dict(type=int, default=32, help="images of --split"), "-o": OUT_PNG,
                "--nrow": dict(type=int, default=8, help="images a row")})
     run_cmd("interpolate", "decoded straight lines between encoded test images (between prior draws for a GAN)",
             cmd_interpolate, **{"--pairs": dict(type=int, default=8, help="lines, one a row"),
                                 "--steps": dict(type=int, default=10, help="images along each line"),
-                                "-o": OUT_PNG, "--seed": dict(type=int, default=0, help="seed of the prior draws (a model without an encoder)")})
+                                "-o": OUT_PNG, "draws": "the prior draws (a model without an encoder)"})
     run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
             **{"-n": dict(type=int, default=20, help="images along each side of the grid"), "-o": OUT_PNG})
     for name, help_, func in (("probe", "linear probe (logistic regression) on the frozen codes", cmd_probe),
                               ("finetune", "linear probe, then encoder + head fine-tuned on the labels with early "
                                            "stopping, vs the same from random initialisation", cmd_finetune)):
         s = sub.add_parser(name, help=help_, allow_abbrev=False)
-        s.add_argument("run_dir", metavar="RUN_DIR")
+        s.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
         s.add_argument("--labels", default="all", help="labelled training images, balanced per class (or all)")
         s.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--device", default="auto")
+        computes(s, "the labelled subset" + (" and of the fine-tuning" if name == "finetune" else ""))
         if name == "finetune":
             s.add_argument("--epochs", type=int, default=50, help="most epochs of a fine-tuning run")
             s.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head")
@@ -409,9 +456,12 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
     d = sub.add_parser("datasets", help="list the datasets and where each was found", allow_abbrev=False)
     d.add_argument("--data-dir", default=None)
     d.set_defaults(func=cmd_datasets)
+    p.commands = sub.choices  # each command's parser: what a mistyped flag is compared with
     m = sub.add_parser("demo", help="train a VAE on the bundled digits (one to two minutes)", allow_abbrev=False)
-    m.add_argument("--out", default="runs/digits-vae")
-    m.add_argument("--epochs", type=int, default=None)
+    m.add_argument("--out", default="runs/digits-vae", metavar="DIR", help="run directory [default: runs/digits-vae]")
+    m.add_argument("--epochs", type=int, default=None, metavar="INT", help="training epochs (default: the demo's)")
+    computes(m)
+    m.add_argument("--seed", type=int, default=None, metavar="INT", help="seed of the run (default: the demo's)")
     m.set_defaults(func=cmd_demo)
     return p
 
@@ -419,11 +469,16 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        args, extra = build_parser(_model_named(argv)).parse_known_args(argv)
+        parser = build_parser(_model_named(argv))
+        args, extra = parser.parse_known_args(argv)
         if extra:
             flag = next((e for e in extra if e.startswith("-")), extra[0])
-            raise VaelabError(f"unknown {'flag' if flag.startswith('-') else 'argument'} {flag} for "
-                              f"vaelab {args.cmd} (see vaelab {args.cmd} --help).")
+            known = parser.commands[args.cmd]._option_string_actions if flag.startswith("-") else {}
+            raise VaelabError(f"unknown {'flag' if flag.startswith('-') else 'argument'} {clip(flag)} for "
+                              f"vaelab {args.cmd}{did_you_mean(flag.split('=')[0], known)} (see vaelab {args.cmd} "
+                              "--help).")
+        for name, flag in PATHS.items():  # before the first stat() of one
+            check_path(flag, getattr(args, name, None))
         if distributed.launched() and args.cmd not in DATA_PARALLEL:  # else N copies, all writing the same files
             raise VaelabError(f"vaelab {args.cmd} runs in one process: under torchrun only "
                               f"{' and '.join(DATA_PARALLEL)} share their work between the ranks; run it without "

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import VaelabError
+from .errors import VaelabError, clip, did_you_mean, quote
 from .registry import DEFAULT_DATA, DEFAULT_MODEL
 
 
@@ -133,6 +133,24 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# What Linux takes of a path: bytes a name may have, and a whole path. A longer one fails in the
+# first stat() with ENAMETOOLONG, a traceback wherever that is (a 100 MB --out did).
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def check_path(flag: str, value: str | Path | None) -> None:
+    """Refuse a path (``flag``'s value) that no file can have: a NUL byte, a name longer than
+    :data:`NAME_MAX` bytes, or more than :data:`PATH_MAX` bytes in all."""
+    if value is None:
+        return
+    raw = str(value).encode("utf-8", "surrogateescape")
+    if b"\0" in raw:
+        raise VaelabError(f"{flag} {quote(str(value))} holds a NUL byte, which no path can.")
+    if len(raw) > PATH_MAX or any(len(part) > NAME_MAX for part in raw.split(b"/")):
+        raise VaelabError(f"{flag} {quote(str(value))} is not a path this system can hold: expected names of at "
+                          f"most {NAME_MAX} bytes and {PATH_MAX} bytes in all.")
+
+
 def coerce(cls, name: str, value: Any, where: str) -> Any:
     """Convert ``value`` (a string from the CLI, or a TOML/JSON value) to field ``name`` of ``cls``."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
@@ -167,20 +185,27 @@ def coerce(cls, name: str, value: Any, where: str) -> Any:
         elif typing.get_origin(tp) is tuple:
             elem = typing.get_args(tp)[0]  # int (layer sizes) or float (kernel scales)
             items = value.split(",") if isinstance(value, str) else list(value)
-            out = tuple(elem(str(v).strip()) for v in items if str(v).strip() != "")
+            if isinstance(value, str) and not value.strip():
+                items = []  # "" is the empty list; "200,,200" below is a slip, not 200,200
+            if any(isinstance(v, str) and not v.strip() for v in items):
+                raise VaelabError(f"{what} has an empty element in {quote(value)}: expected "
+                                  f"{_KINDS.get(tp, _KINDS[tuple[int, ...]])}, each after one comma.")
+            out = tuple(elem(str(v).strip()) for v in items)
             if any(not (math.isfinite(v) and v > 0) for v in out):
                 raise ValueError
         else:  # pragma: no cover - a field type this module does not know is a bug
             raise TypeError(f"unsupported config type {tp}")
     except (ValueError, TypeError):
-        kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-                tuple[float, ...]: "comma-separated positive numbers such as 0.5,1,2"}.get(
-            tp, "comma-separated positive integers such as 200,200")
-        raise VaelabError(f"{what} expects {kind}, got {value!r}.") from None
+        raise VaelabError(f"{what} expects {_KINDS.get(tp, _KINDS[tuple[int, ...]])}, got {quote(value)}.") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
-        raise VaelabError(f"{what} must be one of {', '.join(choices)}, got {out!r}.")
+        raise VaelabError(f"{what} must be one of {', '.join(choices)}, got {quote(out)}{did_you_mean(out, choices)}.")
     return out
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+          tuple[float, ...]: "comma-separated positive numbers such as 0.5,1,2",
+          tuple[int, ...]: "comma-separated positive integers such as 200,200"}
 
 
 def build(cls, values: dict[str, Any], where: str):
@@ -188,7 +213,8 @@ def build(cls, values: dict[str, Any], where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise VaelabError(f"unknown key '{unknown[0]}' in {where}; expected one of {', '.join(sorted(names))}.")
+        raise VaelabError(f"unknown key {quote(unknown[0])} in {where}{did_you_mean(unknown[0], names)}; "
+                          f"expected one of {', '.join(sorted(names))}.")
     return cls(**values)
 
 
@@ -203,42 +229,64 @@ def from_dict(cls, d: dict[str, Any], where: str):
     return build(cls, {k: coerce(cls, k, v, where) if k in names else v for k, v in d.items()}, where)
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """Read a TOML or JSON file of settings into a flat dict of field names.
+# How deep a --config file's tables may nest: vaelab's own are one deep ([train]), a run's
+# config.json two ("run" then "train"); deeper is a mistake, and 2,000 deep once hit the
+# interpreter's recursion limit instead of a sentence.
+MAX_TABLE_DEPTH = 4
 
-    Keys may use dashes or underscores; tables/objects (e.g. ``[train]``) are flattened, since
-    every field name is unique across the config classes.
-    """
+
+def load_config_doc(path: str | Path, what: str = "--config file") -> dict[str, Any]:
+    """The table a TOML or JSON file of settings holds, its nesting bounded by :data:`MAX_TABLE_DEPTH`."""
     p = Path(path)
+    name = f"{what} {clip(path)}"
     try:
         raw = p.read_bytes()
-    except OSError as e:
-        raise VaelabError(f"cannot read --config file {path}: {e.strerror or e}.") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise VaelabError(f"cannot read {name}: {getattr(e, 'strerror', None) or e}.") from None
+    suffix = p.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise VaelabError(f"{name} must end in .toml or .json.")
     try:
-        if p.suffix.lower() == ".json":
+        if suffix == ".json":
             data = json.loads(raw.decode("utf-8"))
-        elif p.suffix.lower() == ".toml":
+        else:
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib
             data = tomllib.loads(raw.decode("utf-8"))
-        else:
-            raise VaelabError(f"--config file {path} must end in .toml or .json.")
-    except VaelabError:
-        raise
+    except RecursionError:  # a parser's own recursion, on values nested thousands deep
+        raise VaelabError(f"{name} nests its values thousands deep: expected tables at most "
+                          f"{MAX_TABLE_DEPTH} deep, such as [train].") from None
     except Exception as e:  # json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError
-        raise VaelabError(f"--config file {path} is not valid {p.suffix[1:].upper()}: {e}.") from None
+        raise VaelabError(f"{name} is not valid {suffix[1:].upper()}: {clip(e)}.") from None
     if not isinstance(data, dict):
-        raise VaelabError(f"--config file {path} must hold a table of settings.")
+        raise VaelabError(f"{name} must hold a table of settings.")
+    return data
+
+
+def flatten(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """A file's tables (e.g. ``[train]``) flattened into one dict of field names (dashes become
+    underscores), since every field name is unique across the config classes. The same setting
+    twice (``epochs`` beside ``[train] epochs``, or ``latent-dim`` beside ``latent_dim``) is
+    refused: which one wins would be a guess. Walked without recursion, and no deeper than
+    :data:`MAX_TABLE_DEPTH`."""
     flat: dict[str, Any] = {}
-
-    def walk(d):
-        for k, v in d.items():
+    at: dict[str, str] = {}  # each key's dotted place in the file, for the message of a second one
+    todo = [((), doc)]
+    while todo:
+        path, table = todo.pop()
+        if len(path) > MAX_TABLE_DEPTH:
+            raise VaelabError(f"{where} nests tables {quote('.'.join(path[:MAX_TABLE_DEPTH + 1]) + '...')} deeper "
+                              f"than {MAX_TABLE_DEPTH}: expected settings at the top or in tables such as [train].")
+        for k, v in table.items():
             if isinstance(v, dict):
-                walk(v)
-            else:
-                flat[str(k).replace("-", "_")] = v
-
-    walk(data)
+                todo.append(((*path, str(k)), v))
+                continue
+            name, place = str(k).replace("-", "_"), ".".join((*path, str(k)))
+            if name in flat:
+                first, second = sorted((at[name], place))
+                raise VaelabError(f"{where} sets {quote(name)} twice, as {quote(first)} and {quote(second)}: "
+                                  "keep one.")
+            flat[name], at[name] = v, place
     return flat

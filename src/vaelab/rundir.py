@@ -14,12 +14,7 @@ from .data.transforms import eval_inputs
 from .errors import VaelabError
 from .io import load_weights
 from .models import get_model
-from .run import RunConfig
-
-# 2: each model holds its own settings (binarize, beta, warm-up; the IWAE bound is --model iwae);
-# a format-1 run is read through vaelab.run.migrate
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+from .run import FORMAT_VERSION, READABLE_VERSIONS, RunConfig  # noqa: F401 - FORMAT_VERSION: the trainer's
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:

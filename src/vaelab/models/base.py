@@ -98,6 +98,25 @@ class Model(nn.Module):
     latent: ClassVar[str] = VECTOR                   # VECTOR or GRID: what a fitted sampler models
     default_sampler: ClassVar[str] = "prior"         # what `vaelab sample` and `eval` draw from (--sampler)
 
+    size_fields: ClassVar[tuple[str, ...]] = ()     # config fields besides the nets' widths that size it
+
+    @classmethod
+    def count_parameters(cls, cfg) -> int:
+        """The numbers (parameters and buffers) the model ``cfg`` describes holds, counted before
+        any memory is taken: the model built on the meta device, where tensors have shapes and no
+        storage. A model that repeats a net many times (a flow's steps) counts one and multiplies,
+        since building each one, even there, takes time (10^6 flow steps: 40 minutes)."""
+        with torch.device("meta"):
+            net = cls(cfg)
+        return sum(t.numel() for t in (*net.parameters(), *net.buffers()))
+
+    @classmethod
+    def step_memory(cls, cfg, batch_size: int) -> tuple[str, int] | None:
+        """What a training step on ``batch_size`` images holds beyond the minibatch and the nets,
+        when a setting multiplies it (an IWAE's k copies): a phrase that names the flags, and its
+        bytes (a floor); None where nothing does."""
+        return None
+
     @classmethod
     def upgrade_format1(cls, old: dict, model: dict) -> tuple[str, dict]:
         """A format-1 run (:func:`vaelab.run.migrate`): its model name and model settings today,

@@ -83,7 +83,7 @@ class VAEOutput:
 
 
 # How the IWAE paper's nets are trained under --preset iwae (the one-layer net here, the two-layer
-# one in hvae.py): the recipe that measured best in minutes, see LatentGaussianModel.presets
+# one in vae2layer.py): the recipe that measured best in minutes, see LatentGaussianModel.presets
 IWAE_RECIPE = {"binarize": "dynamic", "batch_size": 100, "lr": 1e-3, "lr_schedule": "cosine", "ema": 0.999}
 
 

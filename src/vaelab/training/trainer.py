@@ -283,7 +283,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
             raise VaelabError(f"--batch-size {t.batch_size} is larger than the training set "
                               f"({len(ds.train)} images).")
         model_cls.check_batch(t.batch_size, dist.world_size())  # each rank's part of it
-        check_model_size(t.model, model_cfg)
+        check_model_size(t.model, model_cfg, batch_size=-(-t.batch_size // dist.world_size()))  # a rank's part
     dist.together(check_data)
     run = dataclasses.replace(run, model=model_cfg)
     torch.manual_seed(t.seed)

@@ -9,15 +9,15 @@ from torch import distributions as td
 import vaelab
 from vaelab.evaluation.likelihood import evaluate_likelihood
 from vaelab.models import MODELS
-from vaelab.models.hvae import HVAEConfig
+from vaelab.models.vae2layer import TwoLayerVAEConfig
 
 K, B, D1, D2 = 3, 4, 3, 2
 
 
 def _model(**over):
-    cfg = HVAEConfig(shape=(1, 4, 4), hidden=(8,), latent_dim=D1, top_hidden=(5,), top_latent_dim=D2, **over)
+    cfg = TwoLayerVAEConfig(shape=(1, 4, 4), hidden=(8,), latent_dim=D1, top_hidden=(5,), top_latent_dim=D2, **over)
     torch.manual_seed(0)
-    return MODELS["hvae"](cfg).eval()
+    return MODELS["vae-2layer"](cfg).eval()
 
 
 def _x():
@@ -95,8 +95,8 @@ def test_prior_draws_z2_then_z1_given_z2():
 
 
 def test_preset_iwae_is_the_papers_net():
-    cfg = vaelab.make_config(model="hvae", preset="iwae", data="digits").model
-    model = MODELS["hvae"](dataclasses.replace(cfg, shape=(1, 28, 28)))
+    cfg = vaelab.make_config(model="vae-2layer", preset="iwae", data="digits").model
+    model = MODELS["vae-2layer"](dataclasses.replace(cfg, shape=(1, 28, 28)))
     shapes = lambda net: [tuple(m.weight.shape[::-1]) for m in net.modules() if isinstance(m, torch.nn.Linear)]  # noqa: E731
     assert shapes(model.encoder) == [(784, 200), (200, 200), (200, 2 * 100)]
     assert shapes(model.top_encoder) == [(100, 100), (100, 100), (100, 2 * 50)]

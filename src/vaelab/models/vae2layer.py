@@ -1,5 +1,7 @@
-"""Two stochastic layers: the IWAE paper's second architecture (Burda et al. 2016, section 5),
-784-(200-200)-100-(100-100)-50 with tanh units under ``--preset iwae``.
+"""``--model vae-2layer``: the VAE with two stochastic layers, the IWAE paper's second
+architecture (Burda et al. 2016, section 5), 784-(200-200)-100-(100-100)-50 with tanh units
+under ``--preset iwae``. Formerly ``--model hvae``, a name runs saved then still hold (an alias);
+it is not the Hamiltonian VAE that Pythae calls HVAE.
 
     q(z1, z2 | x) = q(z1|x) q(z2|z1),    p(x, z1, z2) = p(x|z1) p(z1|z2) p(z2),    p(z2) = N(0, I)
 
@@ -30,7 +32,7 @@ from .vae import IWAE_RECIPE
 
 
 @dataclass(frozen=True)
-class HVAEConfig(IWAEConfig):
+class TwoLayerVAEConfig(IWAEConfig):
     k: int = opt(1, "importance samples of the training bound (1: the ELBO, the paper's VAE; more: the IWAE bound)")
     top_hidden: tuple[int, ...] = opt((100, 100), "hidden layer sizes of q(z2|z1) (p(z1|z2) mirrors them)")
     top_latent_dim: int = opt(10, "dimension of z2, the top stochastic layer (--latent-dim is z1's)")
@@ -47,10 +49,13 @@ def _gaussian(params: torch.Tensor) -> DiagonalGaussian:
     return DiagonalGaussian(mu, logvar)
 
 
-@register("hvae")
-class HVAE(IWAE):
-    """The VAE's encoder and decoder between x and z1, and two small nets between z1 and z2."""
-    config_cls = HVAEConfig
+@register("vae-2layer", formerly=("hvae",))
+class TwoLayerVAE(IWAE):
+    """Burda et al.'s VAE with two stochastic layers, z1 and z2: the VAE's encoder and decoder
+    between x and z1, and two small nets between z1 and z2 (formerly --model hvae; not Pythae's
+    Hamiltonian VAE)."""
+    config_cls = TwoLayerVAEConfig
+    size_fields = ("top_hidden", "top_latent_dim")
     normal_prior = False  # p(z1) is the marginal of p(z1|z2) p(z2)
     presets = {
         # Burda et al. 2016, 2 stochastic layers: 784-(200-200)-100-(100-100)-50, tanh
@@ -58,7 +63,7 @@ class HVAE(IWAE):
                  "top_latent_dim": 50, "activation": "tanh", "likelihood": "bernoulli", **IWAE_RECIPE},
     }
 
-    def __init__(self, cfg: HVAEConfig):
+    def __init__(self, cfg: TwoLayerVAEConfig):
         super().__init__(cfg)
         d1, d2 = cfg.latent_dim, cfg.top_latent_dim
         self.top_encoder = mlp([d1, *cfg.top_hidden, 2 * d2], cfg.activation)            # z1 -> q(z2|z1)
