@@ -168,5 +168,7 @@ def test_discretized_run_reports_bits_per_dim(tmp_path):
     assert res["bpd"] == pytest.approx(nll / (64 * math.log(2)), rel=1e-5)
     # a discrete likelihood on 17 levels: the code length is a positive number of bits/dim
     assert 0 < res["bpd"] < 20
-    with pytest.raises(vaelab.VaelabError, match="--binarize none"):
-        vaelab.make_config(data="digits", likelihood="logistic")  # binarized pixels are not grey levels
+    with pytest.raises(vaelab.VaelabError, match="--binarize none"):  # binarized pixels are not grey levels
+        vaelab.make_config(data="digits", likelihood="logistic", binarize="dynamic")
+    # left unset, --binarize follows the likelihood of grey levels
+    assert vaelab.make_config(data="digits", likelihood="logistic").model.settled()[0].binarize == "none"

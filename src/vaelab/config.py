@@ -104,8 +104,11 @@ class ModelConfig:
     """What every model's config has: the image shape (from the data) and how the model wants
     the data's pixels. The data says what it is (its levels); the model says how it takes it."""
     shape: tuple[int, ...] = opt((1, 28, 28), "image shape C,H,W (taken from the data)", flag=False)
-    binarize: str = opt("dynamic", "how the model takes [0, 1] intensities: as they are, or binarized once "
-                                   "(static) or afresh at each use (dynamic)", ("none", "static", "dynamic"))
+    # "auto" is settled once the data is known (vaelab.training.trainer.settle_for_data), and a
+    # run's config.json holds what it became: an unset default must differ from an explicit value
+    binarize: str = opt("auto", "how the model takes [0, 1] intensities: as they are (none), or binarized once "
+                                "(static) or afresh at each use (dynamic); auto: none for colour images and for a "
+                                "likelihood of grey levels, else dynamic", ("auto", "none", "static", "dynamic"))
 
     @property
     def dequantizes(self) -> bool:

@@ -19,7 +19,13 @@ def _sum_event(t: torch.Tensor, event_ndim: int) -> torch.Tensor:
 
 
 class DiagonalGaussian:
-    """N(mu, diag(exp(logvar))) over vectors: the VAE posterior q(z|x) and the prior."""
+    """N(mu, diag(exp(logvar))) over vectors: the VAE posterior q(z|x) and the prior.
+
+    Its moments go by torch.distributions' names (``mean``, ``stddev``, ``variance``, and
+    ``loc`` / ``scale`` as in ``Normal``), so code written for ``torch.distributions.Normal``
+    reads it alike; ``mu`` and ``std`` stay as the short names the maths uses. Unlike
+    ``Normal``, ``log_prob`` and ``entropy`` sum over the last dim (the code's dims).
+    """
 
     def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
         self.mu, self.logvar = mu, logvar  # [B, D]
@@ -27,6 +33,22 @@ class DiagonalGaussian:
     @property
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.mu
+
+    loc = mean
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        return self.std
+
+    scale = stddev
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.exp(self.logvar)
 
     def rsample(self, n: int | None = None) -> torch.Tensor:
         """Reparameterised sample mu + sigma * eps: [B, D], or [n, B, D] when n is given."""
@@ -42,6 +64,10 @@ class DiagonalGaussian:
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; mu, sigma^2) summed over the last dim: z [..., B, D] -> [..., B]."""
         return -0.5 * ((z - self.mu) ** 2 * torch.exp(-self.logvar) + self.logvar + LOG_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        """Differential entropy summed over the last dim: [B]."""
+        return 0.5 * (self.logvar + 1.0 + LOG_2PI).sum(-1)
 
     def kl_to_standard_normal(self) -> torch.Tensor:
         """Closed-form KL(q || N(0, I)) per example: [B]."""
@@ -77,6 +103,13 @@ class Bernoulli:
     def mean(self) -> torch.Tensor:
         return torch.sigmoid(self.logits)
 
+    probs = mean  # torch.distributions.Bernoulli's name for it
+
+    @property
+    def variance(self) -> torch.Tensor:
+        p = self.mean
+        return p * (1 - p)
+
     def sample(self) -> torch.Tensor:
         return torch.bernoulli(self.mean)
 
@@ -95,6 +128,15 @@ class Gaussian:
     @property
     def mean(self) -> torch.Tensor:
         return self.loc
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        """The standard deviation, broadcast to loc's shape (a shared scale as well)."""
+        return torch.exp(self.log_scale).expand_as(self.loc)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.stddev ** 2
 
     def sample(self) -> torch.Tensor:
         return self.loc + torch.exp(self.log_scale) * torch.randn_like(self.loc)

@@ -53,37 +53,45 @@ CHECKPOINTS = {"best": "best.safetensors", "last": "model.safetensors"}
 
 
 def read_run(run_dir) -> tuple[RunConfig, DataSpec]:
+    return _read_run(run_dir)[:2]
+
+
+def _read_run(run_dir) -> tuple[RunConfig, DataSpec, str | None]:
+    """The run's config, its data spec and where training found its data (None: not recorded)."""
     doc = read_run_config(Path(run_dir))
     where = f"{Path(run_dir) / 'config.json'}"
     try:
         spec = DataSpec.from_dict(doc["data_spec"], f"{where}: ")
     except (KeyError, TypeError, ValueError):
         raise VaelabError(f"{where} has no valid data_spec.") from None
-    return RunConfig.from_dict(doc.get("run", {}), where), spec
+    source = doc.get("data_source")
+    return RunConfig.from_dict(doc.get("run", {}), where), spec, source if isinstance(source, str) else None
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> torch.nn.Module:
     """The trained model of a run, in eval mode, with ``encode``, ``decode``, ``sample``,
     ``reconstruct``. ``checkpoint`` is ``best`` (best validation score) or ``last``.
     The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``, the
-    checkpoint's name as ``model.checkpoint``."""
+    checkpoint's name as ``model.checkpoint``, and where training found its data (config.json's
+    ``data_source``, for :func:`vaelab.data.run_dataset`) as ``model.data_source``."""
     if checkpoint not in CHECKPOINTS:
         raise VaelabError(f"--checkpoint must be best or last, got {checkpoint!r}.")
-    run, spec = read_run(run_dir)
+    run, spec, source = _read_run(run_dir)
     model = get_model(run.train.model)(run.model)
     load_weights(model, Path(run_dir) / CHECKPOINTS[checkpoint])
-    model.run_config, model.data_spec, model.checkpoint = run, spec, checkpoint
+    model.run_config, model.data_spec, model.checkpoint, model.data_source = run, spec, checkpoint, source
     return model.to(resolve_device(device)).eval()
 
 
 def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed evaluation inputs of a run's dataset split (binarized as the run was), on the
-    CPU: (x, y)."""
-    run, spec = read_run(run_dir)
+    CPU: (x, y). The data is read from ``data_dir`` (--data-dir) if given, else first where
+    training found it, whatever $VAELAB_DATA says now (:func:`vaelab.data.run_dataset`)."""
+    run, spec, source = _read_run(run_dir)
     if split not in ("train", "val", "test"):
         raise VaelabError(f"--split must be train, val or test, got {split!r}.")
     d = run.data
-    ds = run_dataset(d, data_dir)
+    ds = run_dataset(d, data_dir, found_at=source)
     if tuple(ds.spec.shape) != tuple(spec.shape):
         raise VaelabError(f"{run_dir} was trained on images of shape {tuple(spec.shape)}, "
                           f"but {d.data} now has {tuple(ds.spec.shape)}.")

@@ -55,6 +55,11 @@ class DataSpec:
     levels: int  # number of distinct raw pixel values: pixels are 0..levels-1
     num_classes: int
 
+    @property
+    def colour(self) -> bool:
+        """Colour images on more than two levels (:func:`is_colour`)."""
+        return is_colour(self.shape, self.levels)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (the shape as a list), the inverse of :meth:`from_dict`."""
         return {"name": self.name, "shape": list(self.shape), "levels": self.levels,
@@ -77,6 +82,15 @@ class DataSpec:
             raise VaelabError(f"{where}the data spec's num_classes is {spec.num_classes}: expected 0 to "
                               f"{MAX_CLASSES:,}.")
         return spec
+
+
+def is_colour(shape: tuple[int, ...], levels: int) -> bool:
+    """Whether images of ``shape`` (C, H, W) on ``levels`` pixel levels are colour images whose
+    levels carry the picture (photographs: CIFAR-10, LFW, a folder of photos), which the models'
+    ``auto`` defaults take as they are, never binarized. Single-channel images keep the lecture's
+    default, binarized: from the pixels alone, handwritten digits cannot be told from a grey
+    photograph (a user says --likelihood for those)."""
+    return shape[0] > 1 and levels > 2
 
 
 def check_levels(levels: int, what: str) -> None:
@@ -272,18 +286,50 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                    source=source)
 
 
-def run_dataset(d, data_dir: str | os.PathLike | None = None) -> Dataset:
+def run_dataset(d, data_dir: str | os.PathLike | None = None, found_at: str | None = None,
+                **load_options: Any) -> Dataset:
     """The dataset of a run's data config ``d`` (a :class:`vaelab.config.DataConfig`), found in
-    ``data_dir`` if given, else where the run found it. For a run that read a file
-    (``--data-path``), ``data_dir`` names that file or folder in its new place; the run's own
-    ``--data-dir`` is no new place (it named no file), so passing it back, as the end of
-    training does, still reads the run's ``--data-path``."""
+    ``data_dir`` if given; else first where the run found it, ``found_at`` (its config.json's
+    ``data_source``), so that a later command needs neither the flags nor the environment that
+    training had; else where the run's own flags and the data roots say. For a run that read a
+    file (``--data-path``), ``data_dir`` names that file or folder in its new place; the run's
+    own ``--data-dir`` is no new place (it named no file), so passing it back, as the end of
+    training does, still reads the run's ``--data-path``. ``load_options``: more of
+    :func:`load_dataset`'s (``download``, ``defer_cache``)."""
     options = d.reader_options()
     if data_dir is not None and d.data_path is not None:
         if not _same_path(data_dir, d.data_dir):
             options["data_path"] = str(data_dir)
         data_dir = None
-    return load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed, **options)
+    elif data_dir is None and found_at is not None:
+        place = _found_again(d.data, found_at)
+        if place is not None:
+            if d.data in _sources.SOURCES:
+                options["data_path"] = str(place)  # the very file or folder the run read
+            else:
+                data_dir = place  # the data root above <root>/<name>/
+        elif found_at != BUNDLED_SOURCE:
+            try:
+                return run_dataset(d, **load_options)
+            except VaelabError as e:  # say where it was, since that is what a user remembers
+                raise VaelabError(f"{str(e).rstrip('.')}; training read it from {found_at}, which no longer "
+                                  "holds it.") from None
+    return load_dataset(d.data, data_dir or d.data_dir, val_size=d.val_size, split_seed=d.split_seed,
+                        **options, **load_options)
+
+
+def _found_again(name: str, found_at: str) -> Path | None:
+    """Where the data a run read from ``found_at`` is still found: for a file-format reader's
+    dataset, that file or folder; for an IDX dataset found in ``<root>/<name>/``, that root.
+    None when it is there no more (or was bundled)."""
+    if found_at == BUNDLED_SOURCE:
+        return None
+    place = Path(found_at).expanduser()
+    if name in _sources.SOURCES:
+        return place if place.exists() else None
+    if place.name == name and all((place / f).is_file() for f in _ALL_IDX_FILES):
+        return place.parent
+    return None
 
 
 def _same_path(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:

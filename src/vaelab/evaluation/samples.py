@@ -89,7 +89,8 @@ def sample_metrics(model: Sampler, n_samples: int = 10_000, data_dir: str | None
     run, spec = model.run_config, model.data_spec
     check_samples(n_samples, spec.shape)
     d = run.data
-    ds = distributed.together(lambda: run_dataset(d, data_dir))  # a rank that cannot read it says so
+    # first where training found it (a model from vaelab.load knows); a rank that cannot read it says so
+    ds = distributed.together(lambda: run_dataset(d, data_dir, found_at=getattr(model, "data_source", None)))
     unit = {s: to_unit(getattr(ds, s).x, ds.spec.levels) for s in ("train", "val", "test")}
     samples, per_s = draw_samples(model if sampler is None else sampler, n_samples, seed,
                                   dequantized_levels=spec.levels if run.model.dequantizes else None, ranks_share=True)

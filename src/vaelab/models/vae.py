@@ -8,6 +8,7 @@ models lives in :mod:`vaelab.distributions` and :mod:`vaelab.losses`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import opt
+from ..data.datasets import is_colour
 from ..distributions import (Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, standard_normal,
                              standard_normal_log_prob)
 from ..errors import VaelabError
@@ -27,23 +29,56 @@ from .base import ENCODE, LIKELIHOOD, SAMPLE, Model, StepInfo, Update
 @dataclass(frozen=True)
 class LatentGaussianConfig(NetConfig):
     """What every model with a Gaussian posterior and a likelihood decoder shares (VAE, IWAE)."""
-    likelihood: str = opt("bernoulli", "decoder likelihood p(x|z): bernoulli (binary pixels), gaussian "
-                                       "(density; 8-bit data is dequantized), logistic or logistic-mixture "
-                                       "(discretized on the data's levels)",
-                          ("bernoulli", "gaussian", "logistic", "logistic-mixture"))
+    likelihood: str = opt("auto", "decoder likelihood p(x|z): bernoulli (binary pixels), gaussian "
+                                  "(density; 8-bit data is dequantized), logistic or logistic-mixture "
+                                  "(discretized on the data's levels); auto: logistic for colour images, "
+                                  "bernoulli for single-channel ones or with --binarize static or dynamic",
+                          ("auto", "bernoulli", "gaussian", "logistic", "logistic-mixture"))
     gaussian_std: float | None = opt(None, "fixed std of the Gaussian likelihood (default: learned, one per pixel)")
     mixtures: int = opt(5, "components of --likelihood logistic-mixture")
     levels: int = opt(256, "pixel levels of the data (taken from the data)", flag=False)
 
+    def settled(self) -> tuple["LatentGaussianConfig", str | None]:
+        """This config with the settings left to the data (``auto``) chosen from its image shape
+        and levels, and one line that says what was chosen and why (None: nothing was left).
+
+        Colour images on more than two levels (:func:`vaelab.data.datasets.is_colour`) get the
+        discretized logistic on their levels, unbinarized: a Bernoulli on binarized photographs
+        models colour noise. Other images keep the lecture's Bernoulli on pixels binarized afresh
+        at each use; a --binarize static or dynamic given asks for it too. --binarize auto is
+        dynamic for a Bernoulli and none for a likelihood of grey levels. A value given wins."""
+        likelihood, binarize = self.likelihood, self.binarize
+        if "auto" not in (likelihood, binarize):
+            return self, None
+        colour = is_colour(self.shape, self.levels)
+        if likelihood == "auto":
+            likelihood = "logistic" if colour and binarize in ("auto", "none") else "bernoulli"
+        if binarize == "auto":
+            binarize = "dynamic" if likelihood == "bernoulli" else "none"
+        pixels = {"dynamic": "pixels binarized afresh at each use (--binarize dynamic)",
+                  "static": "pixels binarized once (--binarize static)",
+                  "none": "the intensities as they are (--binarize none)"}[binarize]
+        if self.likelihood != "auto":
+            line = (f"--binarize {binarize}: --likelihood {likelihood} "
+                    f"{'takes binary pixels' if likelihood == 'bernoulli' else 'models the grey levels'}.")
+        else:
+            kind = "in colour" if colour else "single-channel" if self.shape[0] == 1 else "binary"
+            why = (f"--binarize {binarize} asks for binary pixels" if colour and likelihood == "bernoulli" else
+                   f"the images are {kind} ({self.shape[0]} channel{'s' if self.shape[0] > 1 else ''}, "
+                   f"{self.levels} levels)")
+            what = (f"logistic, discretized on the {self.levels} levels," if likelihood == "logistic" else "bernoulli")
+            line = f"likelihood {what} on {pixels}: {why}; --likelihood and --binarize choose others."
+        return dataclasses.replace(self, likelihood=likelihood, binarize=binarize), line
+
     @property
     def decoder_params(self) -> int:
         """Numbers the decoder emits per sub-pixel."""
-        return {"logistic": 2, "logistic-mixture": 3 * self.mixtures}.get(self.likelihood, 1)
+        return {"logistic": 2, "logistic-mixture": 3 * self.mixtures}.get(self.settled()[0].likelihood, 1)
 
     def check(self) -> None:
         super().check()
         default = type(self)()
-        if self.likelihood.startswith("logistic") and self.binarize != "none":
+        if self.likelihood.startswith("logistic") and self.binarize not in ("none", "auto"):
             raise VaelabError(f"--likelihood {self.likelihood} models the grey levels: use it with --binarize none.")
         if self.mixtures < 1:
             raise VaelabError(f"--mixtures must be at least 1, got {self.mixtures}.")
@@ -60,7 +95,8 @@ class LatentGaussianConfig(NetConfig):
         """Whether the model sees dequantized pixels: a Gaussian density on grey levels, trained
         and scored on (k + u) / levels, u ~ U(0, 1), so its log-density plus D log(levels)
         bounds the log-probability of the 8-bit image (Theis et al. 2016)."""
-        return self.binarize == "none" and self.likelihood == "gaussian"
+        cfg = self.settled()[0]
+        return cfg.binarize == "none" and cfg.likelihood == "gaussian"
 
 
 @dataclass(frozen=True)
@@ -111,7 +147,9 @@ class LatentGaussianModel(Model):
 
     def __init__(self, cfg: LatentGaussianConfig):
         super().__init__()
-        self.cfg = cfg
+        # a config built by hand may leave its likelihood to the data: its own shape and levels
+        # decide, as the trainer's would (LatentGaussianConfig.settled; VAE-GAN's has none)
+        self.cfg = cfg = cfg.settled()[0] if hasattr(cfg, "settled") else cfg
         self.event_ndim = len(cfg.shape)
         self.encoder = make_encoder(cfg.arch, cfg.shape, cfg.hidden, cfg.channels, cfg.activation, 2 * cfg.latent_dim)
         self.decoder = make_decoder(cfg.arch, cfg.latent_dim, cfg.hidden, cfg.channels, cfg.activation,
@@ -133,6 +171,21 @@ class LatentGaussianModel(Model):
         lik = self.cfg.likelihood
         binary = self.cfg.binarize != "none" or levels == 2
         return lik.startswith("logistic") or self.cfg.dequantizes or (lik == "bernoulli" and binary)
+
+    # The metrics that hold log p(x|z) once, by its sign in them: bounds on log p(x) (+1), and
+    # losses holding -log p(x|z) (-1) beside terms of z alone (KL, MMD, TC), which no scale moves
+    LOG_LIKELIHOOD_SIGNS = {"elbo": 1, "bound": 1, "loss": -1, "example_loss": -1}
+
+    def data_scale(self) -> dict[str, float]:
+        """What to add to each metric named here (training's, and validation's
+        :attr:`val_name`) to have it in nats per example of the data's discrete pixels, the
+        scale evaluation reports: on dequantized pixels the density of (k + u) / levels is
+        D log(levels) above the log-probability of the image it bounds (Theis et al. 2016), so a
+        bound falls by that much and a loss rises; on any other likelihood, nothing."""
+        if not self.cfg.dequantizes:
+            return {}
+        d_log_levels = math.prod(self.cfg.shape) * math.log(self.cfg.levels)
+        return {name: -sign * d_log_levels for name, sign in self.LOG_LIKELIHOOD_SIGNS.items()}
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         mu, logvar = full_precision(self.encoder(x)).chunk(2, dim=-1)  # [B, D] each

@@ -25,7 +25,7 @@ from .. import distributed as dist
 from ..io import atomic_write, dumps, lock_run, remove_temporaries, save_weights, write_json
 from ..version import __version__
 from ..config import TrainConfig
-from ..data import load_dataset
+from ..data import DataSpec, run_dataset
 from ..data.transforms import Batches, dequantize_fixed, eval_inputs
 from ..errors import VaelabError
 from ..models import get_model
@@ -216,6 +216,45 @@ def _restore_rng(rng: dict[str, torch.Tensor], device: torch.device, seed: int, 
         torch.cuda.set_rng_state(rng[f"cuda{own}"], device)
 
 
+def settle_for_data(cfg, spec: DataSpec):
+    """The model config ``cfg`` fitted to data of ``spec``: its image shape and pixel levels
+    taken from the data, and the settings left to it (``auto``) chosen. Returns the config and
+    one line saying what was chosen and why (None: nothing was left to choose).
+
+    A config that decides for itself (``settled()``: a model with a likelihood, which picks it
+    and its binarization together) does; any other's --binarize auto is none for colour images
+    (:attr:`~vaelab.data.DataSpec.colour`), whose levels binarizing would throw away, and dynamic
+    for the rest, the lecture's default."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    from_data = {"shape": tuple(spec.shape), "levels": spec.levels}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in from_data.items() if k in names})
+    if hasattr(cfg, "settled"):
+        return cfg.settled()
+    if getattr(cfg, "binarize", None) != "auto":
+        return cfg, None
+    binarize = "none" if spec.colour else "dynamic"
+    why = (f"the images are in colour ({spec.shape[0]} channels, {spec.levels} levels)" if spec.colour else
+           f"the images are {'single-channel' if spec.shape[0] == 1 else 'binary'} ({spec.shape[0]} channel"
+           f"{'s' if spec.shape[0] > 1 else ''}, {spec.levels} levels)")
+    return dataclasses.replace(cfg, binarize=binarize), f"--binarize {binarize}: {why}; --binarize chooses another."
+
+
+def on_data_scale(rec: dict, model, val_name: str) -> dict:
+    """An epoch's record ``rec`` with its figures in nats per example of the data's discrete
+    pixels, the scale ``vaelab eval`` reports: a model on dequantized pixels says what to add to
+    which of its metrics (``data_scale()``: D log(levels), its density on (k + u) / levels being
+    that much above the log-probability of the image it bounds); the others' are on it already."""
+    shift = model.data_scale() if hasattr(model, "data_scale") else {}
+    if not shift:
+        return rec
+    out = dict(rec)
+    for key, name in [("train_loss", "loss"), ("val", val_name),
+                      *((k, k[len("train_"):]) for k in rec if k.startswith("train_") and k != "train_loss")]:
+        if key in out and name in shift:
+            out[key] = out[key] + shift[name]
+    return out
+
+
 def start_from_data(model, x: torch.Tensor, levels: int, seed: int, device: torch.device) -> None:
     """A fresh run's :meth:`~vaelab.models.base.Model.init_from_data`: min(``model.data_init``,
     len(x)) of the images ``x`` (uint8, ``levels`` levels) as pixels in [0, 1], drawn by a
@@ -247,12 +286,15 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     device = dist.setup(resolve_device(run.train.device), run.train.dist_timeout, run.train.threads)
     if not dist.is_main():
         log = lambda msg: None  # noqa: E731
+    found_at = None  # where a resumed run read its data: looked at first, unless the data flags moved it
     if resume is not None:
-        old = dist.together(lambda: RunConfig.from_dict(read_run_config(Path(resume))["run"],
-                                                        f"{resume}/config.json"))
+        old_doc = dist.together(lambda: read_run_config(Path(resume)))
+        old = dist.together(lambda: RunConfig.from_dict(old_doc["run"], f"{resume}/config.json"))
         run = dataclasses.replace(old, **{
             part: dataclasses.replace(getattr(old, part), **{f: getattr(getattr(run, part), f) for f in fields})
             for part, fields in RESUMABLE.items()})
+        if (run.data.data_dir, run.data.data_path) == (old.data.data_dir, old.data.data_path):
+            found_at = old_doc.get("data_source")
     t, d = run.train, run.data
     model_cls = get_model(t.model)
 
@@ -263,14 +305,12 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         dist.together(check_bf16)
 
     def load():
-        return load_dataset(d.data, d.data_dir, val_size=d.val_size, split_seed=d.split_seed, download=d.download,
-                            defer_cache=True, **d.reader_options())
+        return run_dataset(d, found_at=found_at, download=d.download, defer_cache=True)
     ds = dist.together(load, main_only=True)  # rank 0 first: what it downloads, the other ranks then find
     ds = dist.together(lambda: load() if ds is None else ds)
-    # what the model takes from the data: its image shape (and pixel levels, where it has them)
-    from_data = {"shape": tuple(ds.spec.shape), "levels": ds.spec.levels}
-    model_cfg = dataclasses.replace(run.model, **{k: v for k, v in from_data.items()
-                                                  if k in {f.name for f in dataclasses.fields(run.model)}})
+    # what the model takes from the data: its image shape (and pixel levels, where it has them),
+    # and what it left to the data to decide (a resumed run's config.json holds its choices)
+    model_cfg, chosen = settle_for_data(run.model, ds.spec)
 
     def check_data():  # against the data each rank read: through together(), one message
         if resume is not None and tuple(run.model.shape) != tuple(ds.spec.shape):
@@ -350,8 +390,11 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         log(f"resuming {out} at epoch {start_epoch + 1}/{t.epochs}")
     else:
         dist.together(lambda: _prepare_out(out, t.overwrite, hold), main_only=True)
+    # where the data was found, absolute, so that later commands find it again from anywhere
+    # (rundir.split_inputs); the bundled digits' source is no path
+    source = ds.source if not Path(ds.source).exists() else str(Path(ds.source).absolute())
     config_doc = {"format_version": FORMAT_VERSION, "vaelab_version": __version__,
-                  "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": ds.source}
+                  "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": source}
 
     def write_config():
         ds.keep_cache()  # the arguments passed: a later run may skip the decoding
@@ -372,6 +415,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
                                  "--max-bad-steps) had a non-finite loss or gradient", lr, len(history))
 
     if start_epoch == 0:
+        if chosen:
+            log(chosen)
         log(f"training {t.model} ({n_params:,} parameters) on {d.data} "
             f"({len(ds.train)} train / {len(ds.val)} val) on "
             f"{f'{dist.world_size()} ranks ({device.type})' if dist.active() else device} -> {out}")
@@ -435,6 +480,9 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
             score = -rec["train_loss"]
         else:
             score = metric if model_cls.higher_is_better else -metric
+        # the same figures on the data's scale, as eval reports them; the score stays on the
+        # model's own, so that a run resumed from an older vaelab ranks its epochs alike
+        rec = on_data_scale(rec, model, model_cls.val_name)
         val_txt = f", val {model_cls.val_name} {rec['val']:.3f}" if "val" in rec else ""
         skip_txt = f", {n_skipped} of {n_steps} steps skipped (non-finite loss or gradient)" if n_skipped else ""
         log(f"epoch {epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.3f}{val_txt}{skip_txt} ({seconds:.1f}s)")
