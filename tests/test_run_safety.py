@@ -156,18 +156,42 @@ def test_resume_finishes_a_run_killed_after_its_last_epoch(stage, tmp_path, monk
     assert "already finished 1 epochs and its final evaluation" in one_line_error(capsys)
 
 
+def _train_in_a_child(argv, replace: str) -> int:
+    """``vaelab argv`` in a child process whose os.replace is ``replace`` (Python source)."""
+    code = (f"import os, shutil, sys\nos.replace = {replace}\n"
+            f"from vaelab.cli import main\nsys.exit(main({argv!r}))\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).returncode
+
+
+def _temporaries(run):
+    return sorted(p.name for p in run.rglob(".*.tmp"))
+
+
 def test_start_and_resume_remove_the_temporaries_of_a_killed_write(finished, tmp_path):
+    """The temporaries are the ones the writer itself leaves: a child whose renames copy and keep
+    the temporary (so the run still ends), and a child killed at its first rename."""
     run = tmp_path / "run"
     run.mkdir()
     for p in finished.iterdir():
         if p.is_file():
             (run / p.name).write_bytes(p.read_bytes())
-    stale = [run / ".resume.safetensors.a1b2c3d4.tmp", run / ".samples.png.x_y9z8w7.tmp"]
     kept = [run / "notes.tmp", run / ".my.safetensors.a1b2c3d4.tmp"]  # not names of vaelab's writes
-    for p in stale + kept:
+    # as versions before this one named them (mkstemp's): left by runs killed then
+    old = [run / ".resume.safetensors..tmpcz68gihn.tmp", run / ".curves.png..tmpwx9ao9zv.tmp"]
+    for p in kept + old:
         p.write_bytes(b"half a file")
-    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
-    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
-    (run / ".model.safetensors.00000000.tmp").write_bytes(b"half a file")
-    assert main(["train", *TINY, "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
-    assert not (run / ".model.safetensors.00000000.tmp").exists()
+    assert _train_in_a_child(["train", "--resume", str(run), "--epochs", "2"], "shutil.copyfile") == 0
+    left = _temporaries(run)
+    for name in ("model.safetensors", "resume.safetensors", "metrics.jsonl", "samples.png", "eval-test.json"):
+        assert any(t.startswith(f".{name}.") for t in left if t not in {p.name for p in old}), (name, left)
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    assert _temporaries(run) == sorted(p.name for p in kept if p.name.startswith("."))
+    assert all(p.exists() for p in kept)
+
+    argv = ["train", *TINY, "--epochs", "1", "--out", str(run), "--overwrite"]
+    assert _train_in_a_child(argv, "lambda src, dst: os._exit(9)") == 9
+    killed = [t for t in _temporaries(run) if t not in {p.name for p in kept}]
+    assert len(killed) == 1, killed  # the first file written
+    assert main(argv) == 0
+    assert _temporaries(run) == sorted(p.name for p in kept if p.name.startswith("."))

@@ -1,12 +1,16 @@
 """The bottom layer: files written whole or not at all, valid JSON, and the run directory's
-lock. Anything may import this module; it imports nothing of vaelab but its errors."""
+lock. Anything may import this module; it imports nothing of vaelab but its errors and its
+memory bound."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -15,45 +19,87 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import VaelabError
+from .limits import check_bytes
 
 LOCK = ".vaelab.lock"
 
+# The random part of a temporary's name: 8 hex digits, as the writer makes them and as the
+# clean-up matches them, from the one function below so the two cannot drift apart.
+_RANDOM_HEX = 8
+
 
 def _temp_name(name: str, random: str) -> str:
+    """The temporary :func:`atomic_write` writes ``name`` under, ``random`` being its random part
+    (or, for :func:`remove_temporaries`, a glob pattern for it)."""
     return f".{name}.{random}.tmp"
 
 
+# What versions before this one left: mkstemp's names, prefix ".<name>..tmp" and suffix ".tmp"
+# around 8 of its characters.
+_OLD_RANDOM = ".tmp" + "[a-z0-9_]" * 8
+
+
+def _create_temp(path: Path) -> Path:
+    """A new empty file beside ``path``, named by :func:`_temp_name`. O_EXCL creates it or fails,
+    and never opens what is there already, a symbolic link included; the mode 0666 less the umask
+    is an ordinary file's."""
+    for _ in range(100):
+        tmp = path.parent / _temp_name(path.name, secrets.token_hex(_RANDOM_HEX // 2))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(path.parent))
+
+
+def _why(e: BaseException) -> str:
+    """The reason a write failed, in words: "file too large", "no space left on device"."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror[:1].lower() + e.strerror[1:]
+    code = re.search(r"os error (\d+)", str(e))  # safetensors: "... I/O error: File too large (os error 27)"
+    return os.strerror(int(code.group(1))).lower() if code else str(e)
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+    """Call ``write(tmp_path)`` and rename the result onto ``path``, so ``path`` is the old file or
+    the new one, never half of one. The rename replaces a symbolic link at ``path`` rather than
+    writing through it. A write that fails (a full disk, a file-size limit) raises
+    :class:`VaelabError` naming ``path`` and why, and removes the temporary."""
     path = Path(path)
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_name(path.name, ""), suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise VaelabError(f"cannot write {path}: {e.strerror or e}.") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file private (0600); give it the permissions of an ordinary file
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        tmp = _create_temp(path)
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
+        write(str(tmp))
+        os.chmod(tmp, mode)  # a writer may make its file anew, private (safetensors does: 0600)
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        kept = f"the {path.name} there before is intact" if os.path.lexists(path) else "nothing was written"
+        raise VaelabError(f"cannot write {path}: {_why(e)}; {kept}.") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
 def remove_temporaries(folder: Path, names) -> list[Path]:
     """Delete the temporaries :func:`atomic_write` leaves when its process is killed between
-    making one and renaming it: ``.<name>.<8 random characters>.tmp`` (mkstemp's names) for each
+    making one and renaming it (:func:`_temp_name`, and the names earlier versions made) for each
     of ``names`` (glob patterns, which may name a sub-folder). Only the run's own files, and only
     under the run's lock, so no live writer's temporary goes."""
     gone = []
     for pattern in names:
         sub, _, name = pattern.rpartition("/")
-        for p in (Path(folder) / sub).glob(_temp_name(name, "?" * 8)):
-            p.unlink(missing_ok=True)
-            gone.append(p)
+        if sub and (Path(folder) / sub).is_symlink():  # a link out of the run: its files are not the run's
+            continue
+        for random in ("[0-9a-f]" * _RANDOM_HEX, _OLD_RANDOM):
+            for p in (Path(folder) / sub).glob(_temp_name(name, random)):
+                p.unlink(missing_ok=True)
+                gone.append(p)
     return gone
 
 
@@ -68,10 +114,7 @@ def lock_run(run_dir: Path, flag: str = "--out"):
     except ImportError:  # not POSIX (Windows): runs are not locked there
         yield
         return
-    try:
-        f = open(Path(run_dir) / LOCK, "a+")
-    except OSError as e:
-        raise VaelabError(f"cannot lock {flag} {run_dir}: {e.strerror or e}.") from None
+    f = _open_lock(Path(run_dir), flag)
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,6 +131,34 @@ def lock_run(run_dir: Path, flag: str = "--out"):
         f.write(f"{os.getpid()}\n")
         f.flush()
         yield
+
+
+def _open_lock(run_dir: Path, flag: str):
+    """The run's lock file, opened to read and write, created if need be. A run directory may come
+    from someone else, so it is never followed: a symbolic link there could make this process
+    write its id into any file the user can write (O_NOFOLLOW), and a hard link, a FIFO or a
+    device is refused too (O_NONBLOCK: opening a FIFO must not wait for a writer)."""
+    p = run_dir / LOCK
+    flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(p, flags, 0o666)
+    except OSError as e:
+        what = "a symbolic link" if p.is_symlink() else "a folder" if p.is_dir() else None
+        if what is None:
+            raise VaelabError(f"cannot lock {flag} {run_dir}: {e.strerror or e}.") from None
+        raise _not_a_lock(run_dir, flag, what) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        raise _not_a_lock(run_dir, flag, "a file with other hard links" if stat.S_ISREG(st.st_mode) else
+                          "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket")
+    return os.fdopen(fd, "r+")
+
+
+def _not_a_lock(run_dir: Path, flag: str, what: str) -> VaelabError:
+    return VaelabError(f"cannot lock {flag} {run_dir}: its {LOCK} is {what}, not a plain file of its own, "
+                       "and vaelab does not write through it; remove it if the folder is yours.")
 
 
 def finite_or_null(obj: Any) -> Any:
@@ -147,13 +218,50 @@ def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any] | None
     atomic_write(path, lambda p: save_file(sd, p, metadata=md))
 
 
+# safetensors refuses a longer header itself; the bound keeps this reader from reading one
+MAX_HEADER = 100_000_000
+
+
+def _not_safetensors(path: Path, why: Any) -> VaelabError:
+    return VaelabError(f"cannot read checkpoint {path}: it is not a valid safetensors file ({why}).")
+
+
+def _check_tensor_bytes(path: Path) -> None:
+    """Refuse a file whose tensors need more memory than :func:`vaelab.limits.check_bytes`
+    allows, or more bytes than follow its header, from the header alone: an 8-byte little-endian
+    length, then JSON giving each tensor's ``data_offsets`` in the data after it. A sparse file
+    can declare 16 GB in a few kilobytes of disk, and loading it allocates all 16."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(size - 8, MAX_HEADER):
+                raise ValueError(f"it is {size} bytes long, and its header cannot be {n} bytes")
+            header = json.loads(f.read(n))
+        ends = [info["data_offsets"][1] for k, info in header.items() if k != "__metadata__"]
+        if not all(isinstance(e, int) and e >= 0 for e in ends):
+            raise ValueError("a tensor's data_offsets are not whole numbers")
+    except OSError as e:
+        raise VaelabError(f"cannot read checkpoint {path}: {e.strerror or e}.") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # JSON of another shape
+        raise _not_safetensors(path, e) from None
+    # the offsets are validated by safetensors (contiguous, each the size of its shape and
+    # dtype), so the last end is the bytes of all the tensors together
+    data = max(ends, default=0)
+    if data > size - 8 - n:
+        raise VaelabError(f"checkpoint {path} is truncated: its header declares {data:,} bytes of tensors, "
+                          f"but {size - 8 - n:,} follow it.")
+    check_bytes(f"checkpoint {path}: the tensors its header declares", data)
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise VaelabError(f"checkpoint {path} is missing.")
+    _check_tensor_bytes(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise VaelabError(f"cannot read checkpoint {path}: it is not a valid safetensors file ({e}).") from None
+        raise _not_safetensors(path, e) from None
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -163,7 +271,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
             md = f.metadata() or {}
         return {k: json.loads(v) for k, v in md.items()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise VaelabError(f"cannot read checkpoint {path}: it is not a valid safetensors file ({e}).") from None
+        raise _not_safetensors(path, e) from None
 
 
 def load_weights(model: torch.nn.Module, path: Path, sd: dict[str, torch.Tensor] | None = None) -> None:

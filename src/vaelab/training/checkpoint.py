@@ -16,6 +16,7 @@ leaves a half-written checkpoint (and a run removes the temporaries a crash leav
 from __future__ import annotations
 
 import json
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,15 @@ def save_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.
 def load_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
                 averaged: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Restore the weights, optimizer states and averaged weights in place; return (rng states,
-    loop metadata)."""
+    loop metadata). A file that does not hold what :func:`save_resume` writes (a tampered or
+    foreign one) raises :class:`VaelabError` naming it, never a torch error from inside."""
     tensors = read_tensors(path)
     load_weights(model, path, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     if averaged is not None:
         load_weights(averaged, path, {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+    md = read_metadata(path)
+    optim_meta = _optimizer_tables(path, md.get("optim"), optimizers)
     try:
-        md = read_metadata(path)
-        optim_meta, loop = md["optim"], md["loop"]
         for name, opt in optimizers.items():
             state: dict[int, dict[str, Any]] = {}
             for key, val in tensors.items():
@@ -69,30 +71,85 @@ def load_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.
                 state.setdefault(int(idx), {}).update(plain)
             opt.load_state_dict({"state": state, "param_groups": optim_meta[name]["param_groups"]})
             _layout_as_params(opt)
-    except (KeyError, ValueError, IndexError) as e:
-        raise VaelabError(f"cannot resume from {path}: its optimizer state does not fit this run ({e}).") from None
+    except (KeyError, ValueError, IndexError, TypeError, AttributeError) as e:
+        raise VaelabError(f"cannot resume from {path}: its optimizer state does not fit this run "
+                          f"({reprlib.repr(str(e))}).") from None
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
-    return rng, loop
+    _check_rng(path, rng)
+    return rng, md.get("loop")
+
+
+def _optimizer_tables(path: Path, meta: Any, optimizers) -> dict[str, dict[str, Any]]:
+    """The non-tensor state of each optimizer, as :func:`save_resume` writes it: a table of
+    ``param_groups`` (a list of tables) and ``plain_state`` (parameter index -> table)."""
+    for name in optimizers:
+        entry = meta.get(name) if isinstance(meta, dict) else None
+        groups = entry.get("param_groups") if isinstance(entry, dict) else None
+        plain = entry.get("plain_state") if isinstance(entry, dict) else None
+        if not (isinstance(groups, list) and all(isinstance(g, dict) for g in groups)
+                and isinstance(plain, dict) and all(isinstance(v, dict) for v in plain.values())):
+            raise VaelabError(f"cannot resume from {path}: the state of its optimizer {name!r} is not a table "
+                              "of 'param_groups' (a list of tables) and 'plain_state' (a table of tables).")
+    return meta
+
+
+def _check_rng(path: Path, rng: dict[str, torch.Tensor]) -> None:
+    """Refuse random-number states that torch would not take: each CPU one (``torch``, ``data``
+    and the other ranks' ``torch.rankN``) is tried on a spare generator, which checks its size and
+    contents exactly as the trainer's restore would."""
+    for key in ("torch", "data"):
+        if key not in rng:
+            raise VaelabError(f"cannot resume from {path}: its random-number state rng.{key} is missing.")
+    for key, state in rng.items():
+        kind = key.split(".")[0]
+        try:
+            if kind in ("torch", "data"):
+                torch.Generator().set_state(state)
+            elif kind == "cuda":  # restored on a CUDA device only, and checked there when there is one
+                if state.dtype != torch.uint8 or state.dim() != 1:
+                    raise TypeError("expected a 1-D uint8 tensor")
+                if torch.cuda.is_available():
+                    torch.Generator("cuda").set_state(state)
+            else:
+                raise ValueError("vaelab writes no such state")
+        except (RuntimeError, TypeError, ValueError) as e:
+            why = str(e).partition("\n")[0]
+            raise VaelabError(f"cannot resume from {path}: its random-number state rng.{key} ({state.numel()} "
+                              f"{state.dtype} values) is not one torch can restore ({why}).") from None
 
 
 def check_loop(path: Path, loop: Any) -> None:
     """Refuse the trainer's loop metadata of a resume file unless it holds whole counts, a numeric
-    best score and a history of epochs that each say how long they took (a time budget sums them)."""
+    best score and a history of epochs that each say how long they took (a time budget sums them),
+    one for each epoch it claims to have trained."""
     def bad(what: str) -> VaelabError:
         return VaelabError(f"cannot resume from {path}: its {what}.")
 
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def count(v) -> bool:
+        return number(v) and isinstance(v, int) and v >= 0
     if not isinstance(loop, dict):
         raise bad("loop metadata is not a table")
     for key in ("epoch", "global_step"):
-        if not number(loop.get(key)) or not isinstance(loop[key], int) or loop[key] < 0:
-            raise bad(f"'{key}' is {loop.get(key)!r}, expected a whole number of at least 0")
+        if not count(loop.get(key)):
+            raise bad(f"'{key}' is {reprlib.repr(loop.get(key))}, expected a whole number of at least 0")
+    for key in ("bad_run", "ema_updates"):  # written by some runs only
+        if key in loop and not count(loop[key]):
+            raise bad(f"'{key}' is {reprlib.repr(loop[key])}, expected a whole number of at least 0")
     if not number(loop.get("best")):
-        raise bad(f"'best' is {loop.get('best')!r}, expected a number")
+        raise bad(f"'best' is {reprlib.repr(loop.get('best'))}, expected a number")
     history = loop.get("history")
     if not isinstance(history, list) or not all(isinstance(h, dict) and number(h.get("seconds")) for h in history):
         raise bad("'history' is not a list of epochs, each with its seconds")
+    # every finished epoch is added to the history before the file is written
+    if loop["epoch"] != len(history):
+        raise bad(f"'epoch' is {loop['epoch']:,}, but its history holds {len(history):,} epochs: "
+                  "a run's resume file records every epoch it trained")
+    scalers = loop.get("scalers", {})
+    if not isinstance(scalers, dict) or not all(isinstance(v, dict) for v in scalers.values()):
+        raise bad("'scalers' is not a table of loss-scaler states")
 
 
 def _layout_as_params(opt: torch.optim.Optimizer) -> None:

@@ -1,0 +1,375 @@
+"""Files and faults: a run directory from someone else, files whose headers lie, tampered resume
+files, a full disk, a file handle left open. Each ends in one sentence naming the file (exit
+status 2), and nothing outside the run, nor the run's last checkpoint, is changed."""
+import gc
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from vaelab import limits
+from vaelab.cli import main
+from vaelab.data.arrays import read_array
+from vaelab.data.folder import read_image_folder
+from vaelab.data.idx import read_idx
+from vaelab.errors import VaelabError
+from vaelab.io import LOCK, atomic_write, lock_run, read_tensors, remove_temporaries
+
+# finished: a tiny run trained for one epoch, once for this module
+from test_run_safety import TINY, finished, one_line_error  # noqa: F401
+
+RESUME = "resume.safetensors"
+
+
+def files(run) -> dict[str, bytes]:
+    """The run's files (not the lock, which holds the id of the last process to use the run)."""
+    return {p.name: p.read_bytes() for p in run.iterdir()
+            if p.is_file() and not p.is_symlink() and p.name != LOCK}
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    """A fresh copy of the finished one-epoch run."""
+    return shutil.copytree(finished, tmp_path / "run")
+
+
+def run_with_limits(argv, fsize=None, address_space=None):
+    """``vaelab argv`` in a child process under a file-size limit (ulimit -f) or an address-space
+    cap (ulimit -v): (exit status, stderr)."""
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, not the process\n"
+            f"for name, n in (('RLIMIT_FSIZE', {fsize}), ('RLIMIT_AS', {address_space})):\n"
+            "    if n is not None:\n"
+            "        resource.setrlimit(getattr(resource, name), (n, n))\n"
+            "from vaelab.cli import main\n"
+            f"sys.exit(main({list(map(str, argv))!r}))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return p.returncode, p.stderr
+
+
+def temporaries(folder):
+    return sorted(p.name for p in folder.rglob(".*.tmp"))
+
+
+# ------------------------------------------------------------------ the run lock and symlinks
+
+@pytest.mark.parametrize("how", ["resume", "overwrite"])
+def test_a_symlinked_lock_is_refused_and_its_target_untouched(how, run, tmp_path, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious data\n")
+    (run / LOCK).unlink()
+    (run / LOCK).symlink_to(precious)
+    before = files(run)
+    argv = (["train", "--resume", str(run), "--epochs", "2"] if how == "resume" else
+            ["train", *TINY, "--epochs", "1", "--out", str(run), "--overwrite"])
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert f"cannot lock --{how if how == 'resume' else 'out'} {run}: its {LOCK} is a symbolic link" in err, err
+    assert "remove it if the folder is yours" in err
+    assert precious.read_text() == "precious data\n"
+    assert files(run) == before and (run / LOCK).is_symlink()
+
+
+def test_a_symlinked_lock_to_a_missing_file_creates_nothing(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).symlink_to(tmp_path / "made-by-the-lock")
+    with pytest.raises(VaelabError, match="is a symbolic link"):
+        with lock_run(run):
+            pass
+    assert not (tmp_path / "made-by-the-lock").exists()
+
+
+def test_a_hard_linked_lock_or_a_fifo_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious data\n")
+    os.link(precious, run / LOCK)
+    with pytest.raises(VaelabError, match=f"its {LOCK} is a file with other hard links"):
+        with lock_run(run, "--resume"):
+            pass
+    assert precious.read_text() == "precious data\n"
+    (run / LOCK).unlink()
+    os.mkfifo(run / LOCK)
+    with pytest.raises(VaelabError, match=f"its {LOCK} is a FIFO"):  # and it does not wait for a writer
+        with lock_run(run):
+            pass
+
+
+def test_an_ordinary_lock_is_still_taken_and_holds_the_pid(tmp_path):
+    with lock_run(tmp_path):
+        assert (tmp_path / LOCK).read_text() == f"{os.getpid()}\n"
+
+
+def test_atomic_write_replaces_a_symlink_and_never_writes_through_it(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious data\n")
+    (tmp_path / "run").mkdir()
+    link = tmp_path / "run" / "eval-test.json"
+    link.symlink_to(precious)
+    atomic_write(link, lambda p: Path(p).write_text("{}\n"))
+    assert not link.is_symlink() and link.read_text() == "{}\n"
+    assert precious.read_text() == "precious data\n"
+
+
+def test_resume_replaces_symlinked_run_files_and_leaves_their_targets(run, tmp_path):
+    """Every file a run writes goes through atomic_write's rename: a symbolic link a run directory
+    holds in place of one of them is replaced, whatever it points at."""
+    names = ["model.safetensors", "best.safetensors", "metrics.jsonl", "curves.png", "samples.png",
+             "eval-test.json", "finished.json"]
+    targets = tmp_path / "elsewhere"
+    targets.mkdir()
+    for name in names:
+        (targets / name).write_bytes((run / name).read_bytes())
+        (run / name).unlink()
+        (run / name).symlink_to(targets / name)
+    before = files(targets)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert files(targets) == before
+    assert not any((run / name).is_symlink() for name in names)
+
+
+def test_the_clean_up_does_not_follow_a_symlinked_sub_folder_out_of_the_run(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    theirs = elsewhere / ".epoch-0001.png.0123abcd.tmp"
+    theirs.write_bytes(b"someone else's")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "progress").symlink_to(elsewhere)
+    assert remove_temporaries(tmp_path / "run", ["progress/epoch-*.png"]) == []
+    assert theirs.exists()
+
+
+# ------------------------------------------------------------------ files whose headers lie
+
+def _idx(path, dtype, count):
+    """An IDX file of ``count`` values of ``dtype`` (a big-endian IDX type), gzipped."""
+    types = {">u1": 0x08, ">i4": 0x0C}
+    data = (np.arange(count) % 251).astype(dtype)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(bytes([0, 0, types[dtype], 1]) + count.to_bytes(4, "big") + data.tobytes())
+    return data
+
+
+@pytest.mark.parametrize("dtype", [">u1", ">i4"])
+def test_an_idx_file_is_read_within_the_memory_bound_it_was_checked_against(dtype, tmp_path, monkeypatch):
+    """The bound is checked against the bytes the header declares; the loader's peak must stay
+    within it. Set it at 1.5 times the data: a loader that keeps a second copy (the file's bytes
+    and the array made of them) goes past it."""
+    nbytes = 16 << 20
+    data = _idx(tmp_path / "x.gz", dtype, nbytes // np.dtype(dtype).itemsize)
+    monkeypatch.setattr(limits, "memory_limit", lambda: nbytes * 3 // 2)
+    tracemalloc.start()
+    try:
+        x = read_idx(tmp_path / "x.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= limits.memory_limit(), f"peak {peak:,} bytes for {nbytes:,} bytes of data"
+    assert x.dtype.isnative and x.flags.writeable and np.array_equal(x, data)
+
+
+def test_an_idx_header_past_the_bound_is_refused_before_reading(tmp_path, monkeypatch):
+    with gzip.open(tmp_path / "x.gz", "wb") as f:  # declares 4 GB, holds a few bytes
+        f.write(bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in (4000, 1000, 1000)) + b"x")
+    monkeypatch.setattr(limits, "memory_limit", lambda: 3 << 30)
+    with pytest.raises(VaelabError, match=r"x.gz: the shape \(4000, 1000, 1000\) its IDX header declares would "
+                                          r"take 4.0 GB of memory, more than the limit of 3.2 GB"):
+        read_idx(tmp_path / "x.gz")
+
+
+def _sparse_safetensors(path, nbytes):
+    """A safetensors file whose one tensor is ``nbytes`` of float32 zeros, made sparse: a few
+    kilobytes on disk."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [nbytes // 4], "data_offsets": [0, nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + nbytes)
+
+
+def test_a_safetensors_file_declaring_more_than_the_bound_is_refused_before_loading(tmp_path, monkeypatch):
+    _sparse_safetensors(tmp_path / "best.safetensors", 96 << 20)
+    monkeypatch.setattr(limits, "memory_limit", lambda: 64 << 20)
+    with pytest.raises(VaelabError, match=r"best.safetensors: the tensors its header declares would take 100.7 MB "
+                                          r"of memory, more than the limit of 67.1 MB"):
+        read_tensors(tmp_path / "best.safetensors")
+
+
+def test_a_safetensors_header_past_the_end_of_its_file_is_refused(tmp_path):
+    _sparse_safetensors(tmp_path / "x.safetensors", 1 << 20)
+    with open(tmp_path / "x.safetensors", "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / "x.safetensors") - 4)
+    with pytest.raises(VaelabError, match="is truncated: its header declares 1,048,576 bytes of tensors, but "
+                                          "1,048,572 follow it"):
+        read_tensors(tmp_path / "x.safetensors")
+    (tmp_path / "x.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(VaelabError, match="not a valid safetensors file .it is 10 bytes long, and its header cannot"):
+        read_tensors(tmp_path / "x.safetensors")
+
+
+def test_a_sparse_16_gb_best_checkpoint_ends_in_one_sentence_under_a_memory_cap(run):
+    """The user's report: a sparse best.safetensors declaring 16 GB, read under an 8 GB cap."""
+    _sparse_safetensors(run / "best.safetensors", 16 << 30)
+    status, err = run_with_limits(["eval", str(run), "-k", "2", "--no-sample-metrics"], address_space=8 << 30)
+    assert status == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint {run / 'best.safetensors'}: the tensors its header declares would "
+                           "take 17.2 GB of memory, more than the limit of"), last
+
+
+# ------------------------------------------------------------------ tampered resume files
+
+def _tamper(run, change):
+    """Rewrite the run's resume file with ``change(tensors, metadata)`` applied."""
+    path = run / RESUME
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        md = {k: json.loads(v) for k, v in f.metadata().items()}
+    change(tensors, md)
+    save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in md.items()})
+
+
+def _plain_state_as_list(tensors, md):
+    for opt in md["optim"].values():
+        opt["plain_state"] = list(opt["plain_state"].values())
+
+
+def _drop(key):
+    return lambda tensors, md: tensors.pop(key)
+
+
+def _three_bytes(tensors, md):
+    tensors["rng.torch"] = torch.tensor([1, 2, 3], dtype=torch.uint8)
+
+
+def _trained_for_ages(tensors, md):
+    md["loop"]["epoch"] = 10 ** 12
+
+
+@pytest.mark.parametrize("change,expected", [
+    (_plain_state_as_list, "the state of its optimizer 'model' is not a table of 'param_groups' (a list of tables) "
+                           "and 'plain_state' (a table of tables)."),
+    (_drop("rng.data"), "its random-number state rng.data is missing."),
+    (_drop("rng.torch"), "its random-number state rng.torch is missing."),
+    (_three_bytes, "its random-number state rng.torch (3 torch.uint8 values) is not one torch can restore "
+                   "(Expected a CPUGeneratorImplState of size 5056 but found the input RNG state size to be 3)."),
+    (_trained_for_ages, "its 'epoch' is 1,000,000,000,000, but its history holds 1 epochs: a run's resume file "
+                        "records every epoch it trained."),
+], ids=["plain-state-list", "no-rng-data", "no-rng-torch", "rng-3-bytes", "epoch-1e12"])
+def test_a_tampered_resume_file_is_refused_in_one_sentence(change, expected, run, capsys):
+    _tamper(run, change)
+    before = files(run)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert one_line_error(capsys) == f"error: cannot resume from {run / RESUME}: {expected}"
+    assert files(run) == before
+
+
+# ------------------------------------------------------------------ a full disk, a file-size limit
+
+CHECKPOINTS = ("model.safetensors", "best.safetensors", RESUME, "metrics.jsonl")
+
+
+def test_a_checkpoint_that_cannot_be_written_names_it_and_keeps_the_last(run, capsys):
+    before = {name: (run / name).read_bytes() for name in CHECKPOINTS}
+    # 4 kB: the config (1.7 kB) is rewritten, the weights (18 kB) are not
+    status, err = run_with_limits(["train", "--resume", str(run), "--epochs", "2"], fsize=4096)
+    assert status == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (f"error: cannot write {run / 'model.safetensors'}: file too large; "
+                                            "the model.safetensors there before is intact.")
+    assert {name: (run / name).read_bytes() for name in CHECKPOINTS} == before and temporaries(run) == []
+    # and the run goes on from its intact last epoch
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert "resuming" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["eval", "-k", "2", "--no-sample-metrics"], ["sample"]], ids=["eval", "sample"])
+def test_eval_and_sample_that_cannot_write_their_result_say_so(argv, run):
+    before = files(run)
+    status, err = run_with_limits([argv[0], str(run), *argv[1:]], fsize=100)
+    assert status == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write {run}{os.sep}") and ": file too large; " in last, last
+    assert files(run) == before and temporaries(run) == []
+
+
+def test_atomic_write_names_the_file_and_why_and_leaves_no_temporary(tmp_path):
+    def fails(p):
+        Path(p).write_text("half")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(VaelabError, match=f"cannot write {tmp_path / 'new.json'}: no space left on device; "
+                                          "nothing was written."):
+        atomic_write(tmp_path / "new.json", fails)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ handles left open
+
+def _resource_warnings(read) -> list[str]:
+    """The ResourceWarnings (files never closed) that ``read()`` leaves, once its error is gone."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        try:
+            read()
+        except VaelabError:
+            pass
+        gc.collect()
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_truncated_npz_is_refused_and_its_file_closed(tmp_path):
+    np.savez(tmp_path / "ok.npz", x=np.zeros((10, 8, 8), np.uint8))
+    whole = (tmp_path / "ok.npz").read_bytes()
+    for n in (10, len(whole) // 2, len(whole) - 30):
+        (tmp_path / "cut.npz").write_bytes(whole[:n])
+        with pytest.raises(VaelabError, match="cut.npz is not a readable .npz file"):
+            read_array(tmp_path / "cut.npz")
+        assert _resource_warnings(lambda: read_array(tmp_path / "cut.npz")) == [], n
+
+
+def test_a_truncated_image_cache_is_decoded_again_and_its_file_closed(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    for i, cls in enumerate(("a", "b")):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "d" / cls / "1.png")
+    read_image_folder(tmp_path / "d", workers=0, progress=False)
+    (cache,) = (tmp_path / "cache").rglob("*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])
+    found = []
+    assert _resource_warnings(lambda: found.append(read_image_folder(tmp_path / "d", workers=0,
+                                                                     progress=False))) == []
+    assert found[0].from_cache is False
+
+
+def test_the_file_readers_leave_no_handle_open_under_strict_warnings(tmp_path):
+    """The readers' refusals in a child process where an unclosed file is an error."""
+    np.savez(tmp_path / "ok.npz", x=np.zeros((10, 8, 8), np.uint8))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:40])
+    with gzip.open(tmp_path / "cut.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + b"x" * 10)
+    code = ("import gc, sys\n"
+            "from vaelab.data.arrays import read_array\nfrom vaelab.data.idx import read_idx\n"
+            "from vaelab.errors import VaelabError\n"
+            f"for read, path in ((read_array, {str(tmp_path / 'cut.npz')!r}),\n"
+            f"                   (read_idx, {str(tmp_path / 'cut.gz')!r})):\n"
+            "    try:\n        read(path)\n    except VaelabError as e:\n        print(e)\n"
+            "gc.collect()\n")
+    p = subprocess.run([sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", code],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert p.returncode == 0 and "ResourceWarning" not in p.stderr, p.stderr
+    assert "cut.npz is not a readable .npz file" in p.stdout and "cut.gz is truncated" in p.stdout
