@@ -67,10 +67,11 @@ def test_eval_prints_json(run_dir, capsys):
     assert main(["eval", str(run_dir), "--nll-samples", "30"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["k"] == 30 and res["n"] == 360 and res["nll"] > 0 and res["split"] == "test"
-    assert res == json.loads((run_dir / "eval-test.json").read_text())  # what it printed is what it saved
+    # what it printed is what it saved, under a name that says how (training's eval-test.json stays)
+    assert res == json.loads((run_dir / "eval-test-best-k30-prior-n10000-seed0.json").read_text())
     assert main(["eval", str(run_dir), "-k", "5", "--split", "val"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 120
-    assert (run_dir / "eval-val.json").is_file()
+    assert (run_dir / "eval-val-best-k5-prior-n10000-seed0.json").is_file()
 
 
 @pytest.mark.parametrize("cmd,args,size", [
@@ -323,10 +324,10 @@ def test_overwrite_replaces_every_result_and_files_are_readable(capsys, tmp_path
     assert not (out / "eval-test.json").exists()  # the old run's result is not passed off as the new one
     capsys.readouterr()
     assert main(["eval", str(out), "-k", "3", "--checkpoint", "last"]) == 0
-    assert (out / "eval-test-last.json").exists() and not (out / "eval-test.json").exists()
+    assert (out / "eval-test-last-k3-prior-n10000-seed0.json").exists() and not (out / "eval-test.json").exists()
     res = json.loads(capsys.readouterr().out)
     assert res["checkpoint"] == "last" and res["k"] == 3
-    assert res == json.loads((out / "eval-test-last.json").read_text())
+    assert res == json.loads((out / "eval-test-last-k3-prior-n10000-seed0.json").read_text())
 
 
 def test_unreadable_checkpoint_leaves_nothing(capsys, tmp_path, run_dir):

@@ -134,7 +134,7 @@ def test_the_ranks_share_the_work(run, ranks):
 def test_rank_0_alone_writes_prints_and_logs(run, ranks):
     r0, r1 = ranks
     assert r0["code"] == r1["code"] == 0
-    assert r0["wrote"] == ["eval-test-gmm-3.json"] and r1["wrote"] == []
+    assert r0["wrote"] == ["eval-test-best-k30-gmm-3-n2000-seed3.json"] and r1["wrote"] == []
     assert json.loads(r0["stdout"]) == r0["returned"][0]
     assert "NLL path" in r0["stderr"] and "feature classifier for digits: training" in r0["stderr"]
     assert r1["stdout"] == "" and r1["stderr"] == ""

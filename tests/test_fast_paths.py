@@ -31,6 +31,9 @@ from vaelab.models.base import StepInfo
 from vaelab.models.vae import VAE, VAEConfig
 from vaelab.training.update import FastPaths, apply_update, take_step
 
+# figures that depend on the CPU: replayed on the generic kernels by test_cpu_paths.py
+pytestmark = pytest.mark.cpu_paths
+
 TOL = {"channels_last": 1e-5, "compile": 1e-4, "fp16": 1e-2, "bf16": 3e-2}
 # bf16's 8 bits: the worst gradient measured is infovae's (its MMD weighted 1000 against the
 # reconstruction), 0.062 of the fp32 gradient's norm; the VAE's is below 0.05

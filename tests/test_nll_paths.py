@@ -15,6 +15,9 @@ from vaelab.evaluation import likelihood as lk
 from vaelab.evaluation.likelihood import NLLPath, choose_path, evaluate_likelihood
 from vaelab.models.vae import VAE, VAEConfig
 
+# figures that depend on the CPU: replayed on the generic kernels by test_cpu_paths.py
+pytestmark = pytest.mark.cpu_paths
+
 
 def _model(seed=0, shape=(1, 8, 8), hidden=(32, 32), latent=4):
     torch.manual_seed(seed)

@@ -159,7 +159,7 @@ def test_cli_samples_through_gmm_and_two_stage(vae_run, tmp_path, capsys):
 def test_eval_scores_a_fitted_sampler(vae_run, capsys):
     assert main(["eval", str(vae_run), "-k", "2", "--samples", "300", "--sampler", "gmm:3"]) == 0
     res = json.loads(capsys.readouterr().out)
-    saved = json.loads((vae_run / "eval-test-gmm-3.json").read_text())
+    saved = json.loads((vae_run / "eval-test-best-k2-gmm-3-n300-seed0.json").read_text())
     assert res == saved and res["sampler"] == "gmm:3" and res["parzen_samples"] == 300 and res["frechet"] > 0
     assert "nll" in res
 

@@ -68,7 +68,7 @@ def test_run_directory_and_api(tmp_path):
     assert res["n"] == 360 and res["k"] == 50 and res["nll"] > 0
     assert res["elbo"] <= -res["nll"] + 1e-6  # the IS estimate is at least the ELBO on the same samples
     assert res["bpd"] == pytest.approx(res["nll"] / (64 * 0.6931471805599453))
-    assert json.loads((run / "eval-test.json").read_text())["nll"] == res["nll"]
+    assert json.loads((run / "eval-test-best-k50-prior-n10000-seed0.json").read_text())["nll"] == res["nll"]
 
 
 def test_out_holding_a_run_is_not_overwritten_silently(tmp_path):

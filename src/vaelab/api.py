@@ -23,7 +23,7 @@ from .images import interpolation_codes, manifold_codes, plot_curves, rows_inter
 from .evaluation.likelihood import evaluate_likelihood
 from .models.base import ENCODE, LIKELIHOOD, SAMPLE
 from .run import RunConfig
-from .rundir import load, resolve_device, split_inputs
+from .rundir import TRAINING_EVAL, load, resolve_device, result_name, split_inputs
 from .samplers import resolve_sampler, sampler_for
 from .training.trainer import FINISHED
 from .training.trainer import train as _train_loop
@@ -37,16 +37,18 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
              model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
              sample_metrics: bool | None = None, samples: int = 10_000, log=None, compile: bool | None = None,
              precision: str = "auto", seed: int | None = 0, sampler: str | None = None,
-             threads: int | None = None, dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict:
-    """Metrics of a run on a split, saved as ``eval-<split>.json`` (``eval-<split>-last.json``
-    for the last checkpoint): the reconstruction error of every model (``mse``, per pixel), and
+             threads: int | None = None, dist_timeout: float = distributed.DEFAULT_TIMEOUT_S,
+             out: str | Path | None = None) -> dict:
+    """Metrics of a run on a split, saved as ``out`` (default: the run directory's
+    ``eval-<split>-<checkpoint>[-k<K>][-<sampler>-n<samples>]-seed<seed>.json``, a name that says
+    how it was measured, so that training's ``eval-test.json`` is never replaced; the JSON
+    records the same settings): the reconstruction error of every model (``mse``, per pixel), and
     for models with a likelihood the ELBO, importance-sampled NLL (``k`` samples) and bits/dim in
     nats per example. For a model that can sample (``sample_metrics``, default: whenever it can),
     the Parzen-window log-likelihood and the Fréchet distance of ``samples`` samples
     (:mod:`vaelab.evaluation.samples`), drawn by ``sampler`` (:mod:`vaelab.samplers`: ``prior``,
     ``gmm:K``, ``two-stage``, ``pixelcnn``; default: the model's own), which a model without a
-    prior of its own may be given too; a sampler other than the model's default is saved as
-    ``eval-<split>-<sampler>.json``. ``model`` and ``x`` may be passed when the caller has loaded
+    prior of its own may be given too. ``model`` and ``x`` may be passed when the caller has loaded
     them already. ``compile``, ``precision``: the importance-sampled NLL's path
     (:func:`vaelab.evaluation.likelihood.choose_path`; by default chosen from the CPU and the
     work); ``seed``: its importance samples' seed.
@@ -81,7 +83,7 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     x = x.to(_device(model))
     levels = model.data_spec.levels
     deq = run.model.dequantizes  # a density on (k + u) / levels
-    res = {"split": split, "checkpoint": checkpoint}
+    res = {"split": split, "checkpoint": checkpoint, "seed": seed}
     if model.can(ENCODE):
         res["mse"] = reconstruction_mse(model, x, batch_size, levels if deq else None)
     res.update(distributed.from_main(model.metrics, x))  # whole-split figures: rank 0's, not every rank's
@@ -104,13 +106,18 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         # rank 0 fits a sampler (and caches it in the run directory) before the others read it
         drawer = distributed.main_first(sampler_for, run_dir, model, spec, checkpoint, data_dir, log)
         res["sampler"] = str(spec)
+        res["samples"] = samples
         res.update(_sample_metrics(model, samples, data_dir, log=log, sampler=drawer))
     res = distributed.broadcast_object(res)  # every rank returns rank 0's dict
     if save and distributed.is_main():
-        name = f"eval-{split}" if checkpoint == "best" else f"eval-{split}-{checkpoint}"
-        if sampler is not None and str(spec) != type(model).default_sampler:
-            name += f"-{spec.slug}"
-        write_json(Path(run_dir) / f"{name}.json", res)
+        if out is None:
+            out = Path(run_dir) / result_name(
+                "eval", ".json", split, checkpoint, f"k{k}" if "nll" in res else None,
+                *((spec.slug, f"n{samples}") if scores_samples else ()),
+                f"seed{seed}" if seed is not None else "unseeded")
+        write_json(Path(out), res)
+        if log:
+            log(f"wrote {out}")
     return res
 
 
@@ -213,7 +220,8 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
         if run.train.nll_samples > 0 or not has_likelihood:
             # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
             evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
-                     sample_metrics=not has_likelihood, log=log, compile=run.train.compile or None)
+                     sample_metrics=not has_likelihood, log=log, compile=run.train.compile or None,
+                     out=run_dir / TRAINING_EVAL, progress=run.train.progress)
 
         def finish():
             pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x, log=log)

@@ -16,7 +16,7 @@ from .config import check_path
 from .errors import VaelabError, clip, did_you_mean, quote
 from .models import MODELS, get_model
 from .models.base import ENCODE, SAMPLE
-from .rundir import read_run
+from .rundir import read_run, result_name, result_path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,8 +168,10 @@ def cmd_eval(a) -> int:
     if a.sample_metrics and (SAMPLE in cls.capabilities or a.sampler):  # before the NLL's minutes, not after
         from .evaluation.samples import check_samples
         check_samples(a.samples, spec.shape)
+    # -o checked before the NLL's minutes; without it, api.evaluate names the file by its settings
+    out = result_path(a.run_dir, a.o, "eval.json", a.overwrite) if a.o is not None else None
     res = api.evaluate(a.run_dir, a.split, a.nll_samples, a.batch_size, a.checkpoint, a.data_dir, a.device,
-                       progress=True, sample_metrics=a.sample_metrics, samples=a.samples, log=_say,
+                       progress=True, out=out, sample_metrics=a.sample_metrics, samples=a.samples, log=_say,
                        compile=a.compile, precision=a.nll_precision, seed=a.seed, sampler=a.sampler,
                        threads=a.threads, dist_timeout=a.dist_timeout)
     if not distributed.is_main():  # under torchrun, rank 0 speaks for all
@@ -198,15 +200,17 @@ def _at_least(flag: str, value: int, low: int) -> None:
         raise VaelabError(f"{flag} must be at least {low}, got {value}.")
 
 
-def _out_path(run_dir: str, given: str | None, default: str) -> Path:
-    p = Path(given) if given else Path(run_dir) / default
-    if p.suffix.lower() != ".png":
-        raise VaelabError(f"-o {clip(p)} must be a .png file.")
-    if p.is_dir():
-        raise VaelabError(f"{'-o ' if given else ''}{clip(p)} is a folder: expected a .png file to write.")
-    if not p.parent.is_dir():
-        raise VaelabError(f"-o {clip(p)}: folder {clip(p.parent)} does not exist.")
-    return p
+def _out_path(a, kind: str, *settings) -> Path:
+    """Where a picture command writes: -o, else a name in the run directory that carries the
+    settings deciding the picture (``samples-prior-best-n64-seed0.png``), never training's."""
+    return result_path(a.run_dir, a.o, result_name(kind, ".png", *settings), a.overwrite)
+
+
+def _wrote(path: Path) -> int:
+    """A picture command's end: the path on stdout (its result) and said on stderr."""
+    _say(f"wrote {path}")
+    print(path)
+    return 0
 
 
 def _need_encoder(run_dir: str, what: str) -> None:
@@ -233,15 +237,14 @@ def cmd_sample(a) -> int:
     _threads(a)
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 0)
-    out = _out_path(a.run_dir, a.o, "samples.png")
     run, spec = read_run(a.run_dir)
     sampler = resolve_sampler(a.sampler, get_model(run.train.model), a.run_dir)
+    out = _out_path(a, "samples", sampler.slug, a.checkpoint, f"n{a.n}", f"seed{a.seed}")
     check_grid(f"-n {a.n}" + (f" with --nrow {a.nrow}" if a.nrow else ""), a.n, spec.shape[1:], a.nrow or None)
     model = api.load(a.run_dir, a.checkpoint, a.device)
     drawer = sampler_for(a.run_dir, model, sampler, a.checkpoint, a.data_dir, _say)  # the model itself for prior
     torch.manual_seed(a.seed)
-    print(save_grid(drawer.sample(a.n).cpu(), out, nrow=a.nrow or None))
-    return 0
+    return _wrote(save_grid(drawer.sample(a.n).cpu(), out, nrow=a.nrow or None))
 
 
 def cmd_reconstruct(a) -> int:
@@ -250,12 +253,11 @@ def cmd_reconstruct(a) -> int:
     _threads(a)
     _at_least("-n", a.n, 1)
     _at_least("--nrow", a.nrow, 1)
-    out = _out_path(a.run_dir, a.o, "reconstructions.png")
+    out = _out_path(a, "reconstructions", a.split, a.checkpoint, f"n{a.n}")
     _need_encoder(a.run_dir, "reconstruct")
     model, x = _model_and_split(a)
     check_grid(f"-n {a.n} with --nrow {a.nrow}", 2 * len(x[: a.n]), model.data_spec.shape[1:], a.nrow)
-    print(save_grid(api.reconstruction_rows(model, x[: a.n], a.nrow), out, nrow=a.nrow))
-    return 0
+    return _wrote(save_grid(api.reconstruction_rows(model, x[: a.n], a.nrow), out, nrow=a.nrow))
 
 
 def cmd_interpolate(a) -> int:
@@ -264,9 +266,10 @@ def cmd_interpolate(a) -> int:
     _threads(a)
     _at_least("--steps", a.steps, 2)
     _at_least("--pairs", a.pairs, 1)
-    out = _out_path(a.run_dir, a.o, "interpolation.png")
     model = api.load(a.run_dir, a.checkpoint, a.device)
     encoder = model.can(ENCODE)  # without one: lines between prior draws
+    out = _out_path(a, "interpolation", a.split if encoder else "prior", a.checkpoint, f"pairs{a.pairs}",
+                    f"steps{a.steps}", None if encoder else f"seed{a.seed}")
     if encoder:
         x = api.split_inputs(a.run_dir, a.split, a.data_dir)[0]
         if 2 * a.pairs > len(x):
@@ -274,8 +277,7 @@ def cmd_interpolate(a) -> int:
     check_grid(f"--pairs {a.pairs} with --steps {a.steps}", a.pairs * a.steps, model.data_spec.shape[1:], a.steps)
     lines = (api.interpolate(model, x[: a.pairs], x[a.pairs: 2 * a.pairs], a.steps) if encoder
              else api.interpolate_prior(model, a.pairs, a.steps, a.seed))
-    print(save_grid(lines, out, nrow=a.steps))
-    return 0
+    return _wrote(save_grid(lines, out, nrow=a.steps))
 
 
 def cmd_manifold(a) -> int:
@@ -293,10 +295,9 @@ def cmd_manifold(a) -> int:
     if model.cfg.latent_dim != 2:
         raise VaelabError(f"{a.run_dir} has a {model.run_config.model.latent_dim}-D latent; "
                           "the manifold grid needs --latent-dim 2.")
-    out = _out_path(a.run_dir, a.o, "manifold.png")
+    out = _out_path(a, "manifold", a.checkpoint, f"n{a.n}")
     check_grid(f"-n {a.n}", a.n * a.n, model.data_spec.shape[1:], a.n)
-    print(save_grid(api.manifold(model, a.n), out, nrow=a.n))
-    return 0
+    return _wrote(save_grid(api.manifold(model, a.n), out, nrow=a.n))
 
 
 def _labels(value: str) -> int | None:
@@ -355,7 +356,11 @@ def cmd_demo(a) -> int:
     return 0
 
 
-OUT_PNG = dict(default=None, metavar="PNG", help="where to write the picture (default: in the run directory)")
+OUT_PNG = dict(default=None, metavar="PNG", help="where to write the picture (default: in the run directory, named "
+                                                 "by its settings, e.g. samples-prior-best-n64-seed0.png)")
+OUT_JSON = dict(default=None, metavar="JSON", help="where to write the result (default: in the run directory, named by "
+                                                   "its settings, e.g. eval-test-best-k1000-seed0.json)")
+OVERWRITE = dict(action="store_true", help="replace the file -o names if it exists")
 SAMPLER_HELP = ("what draws the codes of the samples: prior (the model's own p(z)), gmm:K (a Gaussian mixture "
                 "fitted to the codes of the training images), two-stage (a second VAE trained on them, Dai & "
                 "Wipf 2019) or pixelcnn (over a VQ-VAE's grid of codebook indices); fitted once and cached in "
@@ -423,20 +428,24 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                                             "log-likelihoods and the logsumexp stay fp32"),
                "draws": "the importance samples",
                "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP),
-               "--dist-timeout": as_train("dist_timeout", float)})
+               "--dist-timeout": as_train("dist_timeout", float), "-o": OUT_JSON, "--overwrite": OVERWRITE})
     run_cmd("sample", "a grid of samples", cmd_sample,
             **{"-n": dict(type=int, default=64, help="samples in the grid"), "-o": OUT_PNG,
+               "--overwrite": OVERWRITE,
                "--nrow": dict(type=int, default=0, help="images a row (default: a square grid)"),
                "draws": "the draws", "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
     run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
             **{"-n": dict(type=int, default=32, help="images of --split"), "-o": OUT_PNG,
+               "--overwrite": OVERWRITE,
                "--nrow": dict(type=int, default=8, help="images a row")})
     run_cmd("interpolate", "decoded straight lines between encoded test images (between prior draws for a GAN)",
             cmd_interpolate, **{"--pairs": dict(type=int, default=8, help="lines, one a row"),
                                 "--steps": dict(type=int, default=10, help="images along each line"),
-                                "-o": OUT_PNG, "draws": "the prior draws (a model without an encoder)"})
+                                "-o": OUT_PNG, "--overwrite": OVERWRITE,
+                                "draws": "the prior draws (a model without an encoder)"})
     run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
-            **{"-n": dict(type=int, default=20, help="images along each side of the grid"), "-o": OUT_PNG})
+            **{"-n": dict(type=int, default=20, help="images along each side of the grid"), "-o": OUT_PNG,
+               "--overwrite": OVERWRITE})
     for name, help_, func in (("probe", "linear probe (logistic regression) on the frozen codes", cmd_probe),
                               ("finetune", "linear probe, then encoder + head fine-tuned on the labels with early "
                                            "stopping, vs the same from random initialisation", cmd_finetune)):

@@ -11,7 +11,7 @@ import torch
 
 from .data import DataSpec, run_dataset
 from .data.transforms import eval_inputs
-from .errors import VaelabError
+from .errors import VaelabError, clip
 from .io import load_weights
 from .models import get_model
 from .run import FORMAT_VERSION, READABLE_VERSIONS, RunConfig  # noqa: F401 - FORMAT_VERSION: the trainer's
@@ -99,3 +99,38 @@ def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> t
     if len(s) == 0:
         raise VaelabError(f"--split {split} is empty for this run (it was trained with --val-size 0).")
     return eval_inputs(s.x, spec.levels, run.model.binarize), s.y
+
+
+# What training writes and a later command never does. A later command (eval, sample,
+# reconstruct, interpolate, manifold) writes under a name that carries every setting deciding
+# its content (:func:`result_name`), so running it again with the same settings replaces only its
+# own file, with the same result (it is seeded); elsewhere only where -o says.
+TRAINING_EVAL = "eval-test.json"  # training's final evaluation (vaelab.api.train)
+
+
+def result_name(kind: str, suffix: str, *settings) -> str:
+    """A later command's file name: ``kind``, then each setting that is given, joined by ``-``:
+    ``result_name("eval", ".json", "test", "best", "k1000", "seed0")`` is
+    ``eval-test-best-k1000-seed0.json``. At least one setting, so it is never a name of
+    training's (``eval-test.json``, ``samples.png``)."""
+    parts = [str(s) for s in settings if s not in (None, "")]
+    assert parts, "a later command's name carries its settings"
+    return "-".join([kind, *parts]) + suffix
+
+
+def result_path(run_dir, given: str | Path | None, name: str, overwrite: bool = False, flag: str = "-o") -> Path:
+    """Where a later command writes: ``given`` (``-o``), else ``name`` in the run directory. A
+    given file that exists is replaced only with ``overwrite``; the command's own name is
+    replaced (the same settings give the same file)."""
+    p = Path(given) if given is not None else Path(run_dir) / name
+    suffix = Path(name).suffix
+    if p.suffix.lower() != suffix:
+        raise VaelabError(f"{flag} {clip(p)} must be a {suffix} file.")
+    if p.is_dir():
+        raise VaelabError(f"{flag + ' ' if given is not None else ''}{clip(p)} is a folder: expected a {suffix} file "
+                          "to write.")
+    if not p.parent.is_dir():
+        raise VaelabError(f"{flag} {clip(p)}: folder {clip(p.parent)} does not exist.")
+    if given is not None and (p.exists() or p.is_symlink()) and not overwrite:
+        raise VaelabError(f"{flag} {clip(p)} exists: pass --overwrite to replace it, or give another file.")
+    return p

@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import VaelabError
@@ -153,9 +155,13 @@ def train_feature_net(x_train: torch.Tensor, y_train, shape: tuple[int, ...], nu
     with torch.random.fork_rng(devices=cuda):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         net = FeatureNet(shape, num_classes).to(x_train.device)
-    say = (lambda e, loss: print(f"feature classifier epoch {e + 1}/{epochs}: loss {loss:.4f}", flush=True))
-    train_classifier(net, x_train, y_train, epochs, 2e-3, batch_size, seed, decay=True,
-                     on_epoch=say if progress else None)
+    # a bar on a terminal only (tqdm's disable=None): a log file or a pipe stays clean
+    with tqdm(total=epochs, desc="Fréchet classifier", leave=False, file=sys.stderr,
+              disable=None if progress else True) as bar:
+        def on_epoch(e: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        train_classifier(net, x_train, y_train, epochs, 2e-3, batch_size, seed, decay=True, on_epoch=on_epoch)
     return net.eval()
 
 
@@ -227,7 +233,7 @@ def feature_classifier(name: str, x_train: torch.Tensor, y_train, shape: tuple[i
             say(f"feature classifier for {name}: retraining, the cache is unusable ({e})")
     say(f"feature classifier for {name}: training on {len(x_train)} images (cached in {path})")
     t0 = time.perf_counter()
-    net = train_feature_net(x_train, y_train, shape, num_classes)
+    net = train_feature_net(x_train, y_train, shape, num_classes, progress=log is not None)
     if x_test is not None and y_test is not None:
         net.accuracy = accuracy(net, x_test, y_test)
     try:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -235,7 +236,7 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, discrete:
     # the prior computed once for the whole split (it draws nothing: the seeds are as they were)
     with torch.random.fork_rng(devices, enabled=seed is not None), fixed_prior(model):
         for b in tqdm(distributed.blocks(n, NLL_BLOCK), desc=f"NLL (K={k})", leave=False,
-                      disable=not (progress and distributed.is_main())):
+                      file=sys.stderr, disable=None if progress and distributed.is_main() else True):
             if seed is not None:
                 distributed.seed_block(seed, b, x.device)
             xb = x[b * NLL_BLOCK:(b + 1) * NLL_BLOCK]
