@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import vaelab
 from vaelab import limits
 from vaelab.cli import main
 from vaelab.data.arrays import read_array
@@ -373,3 +374,43 @@ def test_the_file_readers_leave_no_handle_open_under_strict_warnings(tmp_path):
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert p.returncode == 0 and "ResourceWarning" not in p.stderr, p.stderr
     assert "cut.npz is not a readable .npz file" in p.stdout and "cut.gz is truncated" in p.stdout
+
+
+# --- sub-folders of a run that are links out of it ------------------------------------------------
+
+def _gan_run(tmp_path):
+    out = tmp_path / "gan"
+    vaelab.train(vaelab.make_config(data="digits", model="gan", hidden=(16,), latent_dim=4, epochs=1,
+                                    batch_size=100, progress=False, device="cpu", threads=1, seed=0,
+                                    out=str(out)), log=lambda m: None)
+    return out
+
+
+@pytest.mark.parametrize("how", ["--overwrite", "--resume"])
+def test_a_linked_progress_folder_is_refused_before_anything_goes_through_it(tmp_path, capsys, how):
+    run = _gan_run(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "epoch-0001.png").write_bytes(b"precious")
+    shutil.rmtree(run / "progress")
+    (run / "progress").symlink_to(elsewhere)
+    argv = (["train", "--resume", str(run), "--epochs", "2"] if how == "--resume" else
+            ["train", "--data", "digits", "--model", "gan", "--hidden", "16", "--latent-dim", "4", "--epochs", "1",
+             "--no-progress", "--out", str(run), "--overwrite"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "progress is a symbolic link" in err and "Traceback" not in err
+    assert [p.name for p in elsewhere.iterdir()] == ["epoch-0001.png"]
+    assert (elsewhere / "epoch-0001.png").read_bytes() == b"precious"
+
+
+def test_a_linked_samplers_folder_gets_nothing_written_into_it(tmp_path, capsys):
+    run = vaelab.train(vaelab.make_config(data="digits", hidden=(16,), latent_dim=2, epochs=1, batch_size=100,
+                                          nll_samples=0, progress=False, device="cpu", threads=1, seed=0,
+                                          out=str(tmp_path / "vae")), log=lambda m: None)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run / "samplers").symlink_to(elsewhere)
+    assert main(["sample", str(run), "--sampler", "gmm:2", "-n", "4"]) == 0  # drawn, just not cached
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import VaelabError
+from .errors import VaelabError, clip
 from .limits import check_bytes
 
 LOCK = ".vaelab.lock"
@@ -101,6 +101,24 @@ def remove_temporaries(folder: Path, names) -> list[Path]:
                 p.unlink(missing_ok=True)
                 gone.append(p)
     return gone
+
+
+def run_subfolder(folder: Path, create: bool = True) -> Path:
+    """A sub-folder of a run directory that vaelab writes into or clears (a GAN's ``progress/``,
+    the fitted ``samplers/``), made if missing (``create``). Refused if it is a symbolic link or
+    not a folder: a run directory from someone else could otherwise send vaelab's pictures, or
+    the deletions of ``--overwrite``, into any folder the user can write."""
+    folder = Path(folder)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        what = "a symbolic link" if folder.is_symlink() else "not a folder"
+        raise VaelabError(f"{clip(folder)} is {what}: vaelab writes only into a run's own sub-folders; "
+                          "remove it if the run is yours.")
+    if create:
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as e:
+            raise VaelabError(f"cannot create {clip(folder)}: {_why(e)}.") from None
+    return folder
 
 
 @contextlib.contextmanager

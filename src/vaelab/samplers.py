@@ -39,7 +39,7 @@ from .data.download import file_md5
 from .data.transforms import to_dequantized_scale
 from .distributions import DiagonalGaussian
 from .errors import VaelabError
-from .io import load_weights, read_metadata, save_weights
+from .io import load_weights, read_metadata, run_subfolder, save_weights
 from .limits import check_bytes
 from .models.base import ENCODE, GRID, SAMPLE, VECTOR, adam
 from .models.vae import VAE, VAEConfig
@@ -357,7 +357,7 @@ def sampler_for(run_dir, model, spec: SamplerSpec | str | None = None, checkpoin
         meta = {"format": FORMAT, "sampler": str(spec), "checkpoint": checkpoint, "checkpoint_md5": digest,
                 "settings": settings, "fitted_on": len(x)}
         try:
-            path.parent.mkdir(exist_ok=True)
+            run_subfolder(path.parent)
             save_weights(stage, path, meta)
         except (OSError, VaelabError) as e:
             log(f"warning: --sampler {spec} is not cached, {path} cannot be written ({e})")

@@ -30,6 +30,7 @@ from torch import nn
 from ..config import ModelConfig, opt
 from ..errors import VaelabError
 from ..images import plot_game, progress_strip, save_grid
+from ..io import run_subfolder
 from ..losses import discriminator_loss, generator_loss
 from ..nets import check_latent_and_hidden, full_precision
 from ..registry import register
@@ -277,8 +278,7 @@ class GAN(Model):
         self.eval()
         x = self.decode_mean(z).cpu()
         self.train(was)
-        folder = Path(run_dir) / PROGRESS_DIR
-        folder.mkdir(exist_ok=True)
+        folder = run_subfolder(Path(run_dir) / PROGRESS_DIR)
         return save_grid(x, folder / f"epoch-{epoch:04d}.png", nrow=8)
 
     def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Path]:

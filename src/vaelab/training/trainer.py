@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
-from ..io import atomic_write, dumps, lock_run, remove_temporaries, save_weights, write_json
+from ..io import atomic_write, dumps, lock_run, remove_temporaries, run_subfolder, save_weights, write_json
 from ..version import __version__
 from ..config import TrainConfig
 from ..data import DataSpec, run_dataset
@@ -111,12 +111,21 @@ def _prepare_out(out: Path, overwrite: bool, hold: contextlib.ExitStack) -> None
         raise VaelabError(f"cannot create the run directory --out {out}: {e.strerror or e}.") from None
     hold.enter_context(lock_run(out))  # before anything is deleted: the run may be another's
     _remove_temporaries(out)
+    _check_subfolders(out)
     if replace:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for pattern in RUN_PATTERNS:
             for p in out.glob(pattern):
                 p.unlink()
+
+
+def _check_subfolders(out: Path) -> None:
+    """Refuse a run whose sub-folders (a GAN's progress/, samplers/) are links out of it before
+    anything is deleted or written: neither --overwrite's deletions nor the pictures go through."""
+    for pattern in RUN_PATTERNS:
+        if "/" in pattern:
+            run_subfolder(out / pattern.split("/")[0], create=False)
 
 
 def _remove_temporaries(out: Path) -> None:
@@ -364,6 +373,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         def claim():
             hold.enter_context(lock_run(out, "--resume"))
             _remove_temporaries(out)
+            _check_subfolders(out)
             if not (out / "resume.safetensors").exists():
                 raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
 
