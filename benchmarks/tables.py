@@ -1,4 +1,4 @@
-"""The README's benchmark tables, printed as markdown from the results files (the last line of
+"""The benchmark tables of docs/benchmarks.md, printed as markdown from the results files (the last line of
 each case wins), so a table is never typed by hand.
 
     python benchmarks/tables.py gan_vs_vae
@@ -25,7 +25,7 @@ def gan_vs_vae() -> str:
                 else f"VAE (IWAE net, test NLL {r['test_nll']:.1f} nats, K={r['nll_samples']})")
         game = f"{r['final_d_real']:.2f} / {r['final_d_fake']:.2f}" if "final_d_real" in r else ""
         out.append(f"| {name} | {r['epochs']} | {r['parzen_ll']:.0f} ± {r['parzen_se']:.1f} | {r['frechet']:.1f} | "
-                   f"{r['samples_per_s']:,.0f} | {game} | ![](benchmarks/results/gan_vs_vae/{case}.png) |")
+                   f"{r['samples_per_s']:,.0f} | {game} | ![](../benchmarks/results/gan_vs_vae/{case}.png) |")
     return "\n".join(out)
 
 

@@ -22,7 +22,7 @@ budget, the seconds and the commands; a 64-sample grid of each beside it (in
 ``benchmarks/results/variants/`` for ``variants.jsonl``). A model (or sampler) whose line for the same epochs is in the
 results file already is skipped, so a stopped run continues where it stopped. ``--plot`` only
 draws ``benchmarks/results/variants_samples.png``, the grids side by side; ``--table`` prints
-the README's table.
+the table in docs/benchmarks.md.
 
     python benchmarks/variants.py --epochs 5 --threads 1 --data-dir ../shared/data
 """
@@ -221,7 +221,7 @@ def _grid_name(r: dict) -> str:
 
 
 def table(path: Path) -> str:
-    """The README's tables from the results file: a row per model, then a row per sampler."""
+    """docs/benchmarks.md's tables from the results file: a row per model, then a row per sampler."""
     rows = {(r["model"], r["sampler"]): r for r in _rows(path)}
     metric_name = {"nll": "test NLL, K = 5000", "parzen": "Parzen log-lik."}
     out = ["| `--model` | the paper's metric and figure (source) | vaelab | epochs | training | recon. MSE/pixel | "
@@ -258,7 +258,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-variants")
     ap.add_argument("--results", default=str(RESULTS / "variants.jsonl"))
     ap.add_argument("--plot", action="store_true", help="only draw the figure from the results file")
-    ap.add_argument("--table", action="store_true", help="only print the README's table from the results file")
+    ap.add_argument("--table", action="store_true", help="only print docs/benchmarks.md's table from the results file")
     a = ap.parse_args()
     results = Path(a.results)
     if a.table:

@@ -362,9 +362,9 @@ OUT_JSON = dict(default=None, metavar="JSON", help="where to write the result (d
                                                    "its settings, e.g. eval-test-best-k1000-seed0.json)")
 OVERWRITE = dict(action="store_true", help="replace the file -o names if it exists")
 SAMPLER_HELP = ("what draws the codes of the samples: prior (the model's own p(z)), gmm:K (a Gaussian mixture "
-                "fitted to the codes of the training images), two-stage (a second VAE trained on them, Dai & "
-                "Wipf 2019) or pixelcnn (over a VQ-VAE's grid of codebook indices); fitted once and cached in "
-                "RUN_DIR/samplers/ [default: the model's own, pixelcnn for vqvae, prior for the others]")
+                "fitted to the codes of the training images), two-stage (a second VAE trained on draws of "
+                "q(z|x), Dai & Wipf 2019) or pixelcnn (over a VQ-VAE's grid of codebook indices); fitted once "
+                "and cached in RUN_DIR/samplers/ [default: the model's own, pixelcnn for vqvae, prior for the others]")
 RUN_DIR_HELP = "a run directory that vaelab train wrote (its --out)"
 DATA_DIR_HELP = ("where the run's data is now, if not where it was found in training (for a run trained with "
                  "--data-path: that file or folder itself)")
