@@ -129,6 +129,7 @@ def _stream(url: str, tmp: Path, label: str, progress: bool) -> tuple[str, int, 
                     got += len(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as e:
+        e.close()  # it holds the connection; dropped unclosed, its socket is left to the collector
         raise VaelabError(f"could not download {url}: the server answered HTTP {e.code} "
                           f"{e.reason}.") from None
     except urllib.error.URLError as e:
