@@ -34,13 +34,14 @@ def machine(threads: int) -> dict:
     import torch
     model, flags = platform.processor(), []
     try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = [f for f in value.split() if f.startswith(("avx", "amx", "fma", "sse4"))]
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = [f for f in value.split() if f.startswith(("avx", "amx", "fma", "sse4"))]
+                    break
     except OSError:  # not Linux
         pass
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None

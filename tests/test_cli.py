@@ -83,7 +83,8 @@ def test_eval_prints_json(run_dir, capsys):
 def test_picture_commands(run_dir, tmp_path, capsys, cmd, args, size):
     out = tmp_path / f"{cmd}.png"
     assert main([cmd, str(run_dir), *args, "-o", str(out)]) == 0
-    assert Image.open(out).size == size  # 8x8 digits are drawn 4x, 2 px apart
+    with Image.open(out) as im:
+        assert im.size == size  # 8x8 digits are drawn 4x, 2 px apart
 
 
 # flags that switch on what a model's defaults leave off (a penalty, another corruption, k > 1),

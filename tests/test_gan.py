@@ -247,7 +247,8 @@ def test_gan_run_records_the_game_and_draws_its_progress(tmp_path):
     grids = sorted((run / "progress").glob("epoch-*.png"))
     assert [g.name for g in grids] == ["epoch-0001.png", "epoch-0002.png", "epoch-0003.png"]
     # the progress strip holds the first row of each epoch's 8x8 grid of 8x8 digits drawn 4x
-    assert Image.open(run / "progress.png").size == (8 * 34 + 2, 3 * 36)
+    with Image.open(run / "progress.png") as im:
+        assert im.size == (8 * 34 + 2, 3 * 36)
     for name in ("game.png", "samples.png", "interpolation.png", "curves.png"):
         assert (run / name).is_file(), name
     assert not (run / "reconstructions.png").exists()
@@ -277,7 +278,8 @@ def test_gan_bad_input(tmp_path, capsys):
     for cmd in ("reconstruct", "probe", "finetune"):
         fails([cmd, str(run)], "no encoder", cmd)
     assert main(["interpolate", str(run), "-o", str(tmp_path / "i.png"), "--pairs", "2", "--steps", "5"]) == 0
-    assert Image.open(tmp_path / "i.png").size == (5 * 34 + 2, 2 * 34 + 2)
+    with Image.open(tmp_path / "i.png") as im:
+        assert im.size == (5 * 34 + 2, 2 * 34 + 2)
 
 
 def test_gan_is_registered_with_what_it_can_do():

@@ -126,6 +126,11 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:  # closed here, whether or not Pillow reads it whole
+        return np.asarray(im)
+
+
 def progress_strip(folder: Path, shape: tuple[int, ...], run_dir: Path, rows: int = 10) -> Path | None:
     """progress.png: the first row of the grids in ``folder`` (one per epoch) at up to ``rows``
     epochs spread over the run, earliest at the top, so the run's progress reads downwards."""
@@ -135,7 +140,7 @@ def progress_strip(folder: Path, shape: tuple[int, ...], run_dir: Path, rows: in
     n = min(rows, len(files))
     pick = sorted({files[round(i * (len(files) - 1) / max(1, n - 1))] for i in range(n)})
     height = grid_cell(shape[1:]) + 2 * GRID_PADDING  # the first row of a grid with its borders
-    img = Image.fromarray(np.concatenate([np.asarray(Image.open(f))[:height] for f in pick]))
+    img = Image.fromarray(np.concatenate([_read_png(f)[:height] for f in pick]))
     path = Path(run_dir) / "progress.png"
     atomic_write(path, lambda p: img.save(p, format="PNG"))
     return path
