@@ -184,6 +184,41 @@ def test_an_idx_file_is_read_within_the_memory_bound_it_was_checked_against(dtyp
     assert x.dtype.isnative and x.flags.writeable and np.array_equal(x, data)
 
 
+def _mnist_folder(root, n_train: int):
+    """A data directory whose mnist/ holds real-format IDX files of ``n_train`` and 10 images."""
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for kind, n in (("train", n_train), ("t10k", 10)):
+        with gzip.open(folder / f"{kind}-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+            f.write(bytes([0, 0, 8, 3]) + b"".join(v.to_bytes(4, "big") for v in (n, 28, 28))
+                    + rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
+        with gzip.open(folder / f"{kind}-labels-idx1-ubyte.gz", "wb", compresslevel=1) as f:
+            f.write(bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + rng.integers(0, 10, n, dtype=np.uint8).tobytes())
+    return root
+
+
+def test_a_dataset_is_loaded_within_the_memory_bound_counting_its_splits_copy(tmp_path, monkeypatch):
+    """The loader's peak is the images read (kept by its cache) and the train and validation
+    splits copied from them: twice the file's data. Where the bound lies between once and twice
+    the data, the dataset is refused before reading, naming the file, instead of crossing it."""
+    from vaelab.data import load_dataset
+    n = 20_000  # 15.7 MB of images
+    root = _mnist_folder(tmp_path / "data", n)
+    monkeypatch.setattr(limits, "memory_limit", lambda: n * 784 * 3 // 2)
+    with pytest.raises(VaelabError, match=r"train-images-idx3-ubyte.gz: the shape \(20000, 28, 28\) its IDX header "
+                                          r"declares \(2 times its .*: the data and its copies\) would take"):
+        load_dataset("mnist", str(root))
+    monkeypatch.setattr(limits, "memory_limit", lambda: n * 784 * 5 // 2)  # room for both: loads, within it
+    tracemalloc.start()
+    try:
+        ds = load_dataset("mnist", str(root))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(ds.train) + len(ds.val) == n and peak <= limits.memory_limit(), f"peak {peak:,}"
+
+
 def test_an_idx_header_past_the_bound_is_refused_before_reading(tmp_path, monkeypatch):
     with gzip.open(tmp_path / "x.gz", "wb") as f:  # declares 4 GB, holds a few bytes
         f.write(bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in (4000, 1000, 1000)) + b"x")

@@ -452,8 +452,10 @@ def _load_idx_folder(folder: Path, spec: DataSpec, stamp: tuple) -> tuple:
 def _load_idx_pair(folder: Path, images_file: str, labels_file: str,
                    spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     images_path, labels_path = folder / images_file, folder / labels_file
-    x = read_idx(images_path, expected_magic=_IMAGES_MAGIC)
-    y = read_idx(labels_path, expected_magic=_LABELS_MAGIC)
+    # held at once: this array (kept by the cache above) and the splits' copy of it
+    # (_make_split); the labels also as int64, 8 bytes each
+    x = read_idx(images_path, expected_magic=_IMAGES_MAGIC, copies=2)
+    y = read_idx(labels_path, expected_magic=_LABELS_MAGIC, copies=1 + 8)
     if x.shape[1:] != spec.shape[1:]:
         raise VaelabError(f"{images_path} holds {x.shape[1]}x{x.shape[2]} images, but "
                           f"{spec.name} images are {spec.shape[1]}x{spec.shape[2]}.")

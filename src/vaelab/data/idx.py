@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from vaelab.errors import VaelabError
-from vaelab.limits import check_bytes
+from vaelab.limits import check_bytes, fmt_bytes
 
 # Type byte -> big-endian numpy dtype, as the IDX spec lists them.
 IDX_TYPES: dict[int, np.dtype] = {
@@ -40,7 +40,7 @@ def describe_magic(magic: int) -> str:
     return f"{kind}, {ndim} dimension{'s' if ndim != 1 else ''}"
 
 
-def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike, expected_magic: int | None = None, copies: int = 1) -> np.ndarray:
     """Read an IDX file (gzipped or not) into a native-endian numpy array of its declared shape.
 
     ``expected_magic`` (e.g. ``0x00000803`` for uint8 images with 3 dimensions) makes a file
@@ -52,6 +52,9 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     straight into the one array returned, a chunk at a time, and at most one byte more is read, so
     a gzip bomb costs neither memory nor the time to expand it, and the bytes checked are all
     the memory the loader takes (a bytes object converted into an array would be two copies).
+    ``copies``: the bytes the caller will hold at its peak for each byte of the file's data (a
+    dataset's splits copy the images once more while the array read is still held: 2), so that
+    the bound counts every copy, not only this one.
     """
     path = Path(path)
     with _open(path) as f:
@@ -65,7 +68,8 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
         shape = _read_shape(path, _read(path, f, 4 * head[3]), head[3])
         count = math.prod(shape)  # Python ints: a corrupt header cannot overflow this
         expected = count * dtype.itemsize
-        check_bytes(f"{path}: the shape {shape} its IDX header declares", expected)
+        held = f" ({copies} times its {fmt_bytes(expected)}: the data and its copies)" if copies > 1 else ""
+        check_bytes(f"{path}: the shape {shape} its IDX header declares{held}", expected * copies)
         flat = np.empty(count, dtype=dtype)
         found = _read_into(path, f, memoryview(flat.view(np.uint8)))
         if found == expected:
