@@ -304,7 +304,7 @@ def _trained_for_ages(tensors, md):
     (_drop("rng.torch"), "its random-number state rng.torch is missing."),
     (_three_bytes, "its random-number state rng.torch (3 torch.uint8 values) is not one torch can restore "
                    "(Expected a CPUGeneratorImplState of size 5056 but found the input RNG state size to be 3)."),
-    (_trained_for_ages, "its 'epoch' is 1,000,000,000,000, but its history holds 1 epochs: a run's resume file "
+    (_trained_for_ages, "its 'epoch' is 1,000,000,000,000, but its history holds 1 epoch: a run's resume file "
                         "records every epoch it trained."),
 ], ids=["plain-state-list", "no-rng-data", "no-rng-torch", "rng-3-bytes", "epoch-1e12"])
 def test_a_tampered_resume_file_is_refused_in_one_sentence(change, expected, run, capsys):
@@ -312,6 +312,23 @@ def test_a_tampered_resume_file_is_refused_in_one_sentence(change, expected, run
     before = files(run)
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
     assert one_line_error(capsys) == f"error: cannot resume from {run / RESUME}: {expected}"
+    assert files(run) == before
+
+
+@pytest.mark.parametrize("key,value", [("step", torch.zeros(3)), ("exp_avg", torch.zeros(3))])
+def test_optimizer_tensors_that_do_not_fit_their_parameter_are_refused(key, value, run, capsys):
+    """Torch checks no shape when an optimizer loads its state: a 3-number step ended in a
+    RuntimeError from Adam's first step, and moments of another shape were taken silently."""
+    shape = load_file(str(run / RESUME))[f"optim.model.0.{key}"].shape
+
+    def change(tensors, md):
+        tensors[f"optim.model.0.{key}"] = value
+    _tamper(run, change)
+    before = files(run)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    want = "one number" if key == "step" else f"shape {tuple(shape)}, its parameter's"
+    assert one_line_error(capsys) == (f"error: cannot resume from {run / RESUME}: optim.model.0.{key} has shape (3,), "
+                                      f"expected {want}.")
     assert files(run) == before
 
 

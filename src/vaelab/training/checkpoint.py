@@ -69,6 +69,7 @@ def load_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.
                     state.setdefault(int(parts[2]), {})[parts[3]] = val
             for idx, plain in optim_meta[name]["plain_state"].items():
                 state.setdefault(int(idx), {}).update(plain)
+            _check_state_shapes(path, name, opt, state)
             opt.load_state_dict({"state": state, "param_groups": optim_meta[name]["param_groups"]})
             _layout_as_params(opt)
     except (KeyError, ValueError, IndexError, TypeError, AttributeError) as e:
@@ -77,6 +78,27 @@ def load_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     _check_rng(path, rng)
     return rng, md.get("loop")
+
+
+def _check_state_shapes(path: Path, name: str, opt: torch.optim.Optimizer, state: dict[int, dict[str, Any]]) -> None:
+    """Refuse optimizer tensors that do not fit their parameters before the optimizer takes them:
+    torch checks none of it on load, and a moment of another shape fails at the first step (or
+    broadcasts, and the run then drops every step as non-finite). Each tensor of a parameter's
+    state is its ``step`` (one number) or has the parameter's shape (Adam's moments, SGD's
+    momentum)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for idx, entries in state.items():
+        if not 0 <= idx < len(params):
+            raise VaelabError(f"cannot resume from {path}: its optimizer {name!r} has state for parameter {idx}, "
+                              f"but this run's has {len(params)} parameters.")
+        for key, v in entries.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            fits = v.numel() == 1 if key == "step" else tuple(v.shape) == tuple(params[idx].shape)
+            if not fits:
+                want = "one number" if key == "step" else f"shape {tuple(params[idx].shape)}, its parameter's"
+                raise VaelabError(f"cannot resume from {path}: optim.{name}.{idx}.{key} has shape {tuple(v.shape)}, "
+                                  f"expected {want}.")
 
 
 def _optimizer_tables(path: Path, meta: Any, optimizers) -> dict[str, dict[str, Any]]:
@@ -145,7 +167,7 @@ def check_loop(path: Path, loop: Any) -> None:
         raise bad("'history' is not a list of epochs, each with its seconds")
     # every finished epoch is added to the history before the file is written
     if loop["epoch"] != len(history):
-        raise bad(f"'epoch' is {loop['epoch']:,}, but its history holds {len(history):,} epochs: "
+        raise bad(f"'epoch' is {loop['epoch']:,}, but its history holds {len(history):,} epoch{'s' if len(history) != 1 else ''}: "
                   "a run's resume file records every epoch it trained")
     scalers = loop.get("scalers", {})
     if not isinstance(scalers, dict) or not all(isinstance(v, dict) for v in scalers.values()):
