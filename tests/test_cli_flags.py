@@ -135,6 +135,24 @@ def test_a_bad_world_size_is_named(capsys, monkeypatch, value):
     fails(capsys, ["sample", "runs/none"], f"environment variable WORLD_SIZE is '{value}'", "whole number")
 
 
+def test_a_bad_rank_is_said_not_swallowed(capsys, monkeypatch, run_dir):
+    """`WORLD_SIZE=2 RANK=x vaelab eval RUN` exited 2 and said nothing: only rank 0 spoke."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "x")
+    fails(capsys, ["eval", str(run_dir), "-k", "2"], "environment variable RANK is 'x'", "whole number")
+
+
+@pytest.mark.parametrize("missing", ["MASTER_ADDR", "MASTER_PORT"])
+def test_a_launch_without_its_meeting_place_is_named(capsys, monkeypatch, run_dir, missing):
+    """`WORLD_SIZE=2 vaelab eval RUN` without MASTER_ADDR ended in torch's ValueError traceback."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    monkeypatch.delenv(missing)
+    fails(capsys, ["eval", str(run_dir), "-k", "2"], f"the environment variable {missing} is not set")
+
+
 def test_a_bad_local_world_size_is_named(monkeypatch):
     from vaelab import distributed
     monkeypatch.setenv("WORLD_SIZE", "2")

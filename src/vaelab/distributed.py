@@ -102,6 +102,11 @@ def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, threads: i
                               f"--nproc-per-node {gpus} or fewer, or --device cpu.")
         torch.cuda.set_device(device)
     if not dist.is_initialized():  # the group's timeout is the first call's: the one the message names
+        for name in ("MASTER_ADDR", "MASTER_PORT"):  # where the ranks meet: else torch's ValueError
+            if not os.environ.get(name, "").strip():
+                raise VaelabError(f"WORLD_SIZE is {os.environ['WORLD_SIZE'].strip()}, but the environment variable "
+                                  f"{name} is not set: torchrun sets both (unset WORLD_SIZE to run in one process).")
+        env_int("MASTER_PORT", 0, low=1)
         _timeout_s = timeout_s
         backend = "nccl" if device.type == "cuda" else "gloo"
         _call(dist.init_process_group, backend, timeout=datetime.timedelta(seconds=timeout_s),
@@ -314,7 +319,9 @@ def prints(err: VaelabError) -> bool:
     """Whether this rank prints ``err``: rank 0 always; another rank, unless rank 0 says the
     same (:func:`alike`) or the error came before the ranks met (a bad flag, raised alike).
     Any other error of a rank is its own, perhaps the only word of what stopped the run."""
-    return os.environ.get("RANK", "0") == "0" or (_joined and not getattr(err, "alike", False))
+    raw = os.environ.get("RANK", "0").strip()
+    # a rank that cannot read its own number cannot know another says the same: it speaks
+    return raw == "0" or not raw.isdigit() or (_joined and not getattr(err, "alike", False))
 
 
 def rank_seed(seed: int, r: int, epoch: int = 0) -> int:
