@@ -297,3 +297,24 @@ def test_the_checks_are_quick():
     t0 = time.perf_counter()
     vaelab.make_config(data="mnist", model="vae-2layer", preset="iwae", k=50)
     assert time.perf_counter() - t0 < 10
+
+
+# --- sizes that would hang rather than fail ---------------------------------------------------------------
+
+def test_a_list_of_a_million_layers_is_refused_at_once(capsys, tmp_path):
+    """`--hidden 1,1,...` (10^6 layers) was still running after 120 s: the size check builds the
+    net layer by layer, and its parameters are few."""
+    import time
+    t0 = time.perf_counter()
+    fails(capsys, ["train", "--hidden", ",".join(["1"] * 1_000_000), "--out", str(tmp_path / "r")],
+          "--hidden lists 1,000,000 values; at most 64 are taken")
+    assert time.perf_counter() - t0 < 30 and not (tmp_path / "r").exists()
+    (tmp_path / "c.toml").write_text("hidden = [" + ", ".join(["1"] * 65) + "]\n")
+    fails(capsys, ["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")], "65 values")
+
+
+def test_an_nll_of_a_billion_samples_is_refused(capsys, run_dir, tmp_path):
+    """`vaelab eval RUN -k 1000000000` started an NLL that would run for years."""
+    fails(capsys, ["eval", str(run_dir), "-k", "1000000000"], "--nll-samples 1,000,000,000", "1,000,000 at most")
+    fails(capsys, ["train", "--nll-samples", "2000000", "--out", str(tmp_path / "r")], "--nll-samples 2,000,000")
+    assert not (tmp_path / "r").exists()

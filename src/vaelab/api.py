@@ -17,6 +17,7 @@ import torch
 
 from . import distributed
 from .io import read_metadata, write_json
+from .limits import check_nll_samples
 from .data.transforms import dequantize_fixed, from_dequantized_scale, to_dequantized_scale
 from .errors import VaelabError
 from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
@@ -62,6 +63,7 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     ``model`` is not given (given, it is the caller's set-up)."""
     if k < 1:
         raise VaelabError(f"--nll-samples must be at least 1, got {k}.")
+    check_nll_samples(k)
     if batch_size < 1:
         raise VaelabError(f"--batch-size must be at least 1, got {batch_size}.")
     if threads is not None and threads < 1:

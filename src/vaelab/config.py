@@ -20,6 +20,10 @@ from typing import Any
 from .errors import VaelabError, clip, did_you_mean, quote
 from .registry import DEFAULT_DATA, DEFAULT_MODEL
 
+# The most values a list setting takes (--hidden, --channels, kernel scales): a net is built
+# layer by layer, so a million of them would hang the size check, not fail it.
+MAX_LIST = 64
+
 
 def opt(default, help: str, choices=None, flag: bool = True, metavar: str | None = None):
     """A config field with its help text (and allowed values) for the CLI; ``metavar`` names
@@ -193,6 +197,8 @@ def coerce(cls, name: str, value: Any, where: str) -> Any:
             if any(isinstance(v, str) and not v.strip() for v in items):
                 raise VaelabError(f"{what} has an empty element in {quote(value)}: expected "
                                   f"{_KINDS.get(tp, _KINDS[tuple[int, ...]])}, each after one comma.")
+            if len(items) > MAX_LIST:  # a net's depth is built layer by layer: bounded before any is
+                raise VaelabError(f"{what} lists {len(items):,} values; at most {MAX_LIST} are taken.")
             out = tuple(elem(str(v).strip()) for v in items)
             if any(not (math.isfinite(v) and v > 0) for v in out):
                 raise ValueError

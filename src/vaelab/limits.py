@@ -71,3 +71,15 @@ def check_bytes(what: str, nbytes: int) -> None:
     if nbytes > limit:
         raise VaelabError(f"{what} would take {fmt_bytes(nbytes)} of memory, more than the limit of "
                           f"{fmt_bytes(limit)} (half of the memory this process may use).")
+
+
+# The most importance samples an NLL takes per image. Its memory is bounded by chunks, its time
+# is not: K decoder passes per image, so the papers' K = 5000 takes minutes on MNIST's test set
+# and a K of 10^9 (a slip of the keyboard) would run for years. 10^6 is 200 times the papers'.
+MAX_NLL_SAMPLES = 1_000_000
+
+
+def check_nll_samples(k: int, flag: str = "--nll-samples") -> None:
+    if k > MAX_NLL_SAMPLES:
+        raise VaelabError(f"{flag} {k:,} is more importance samples than vaelab takes ({MAX_NLL_SAMPLES:,} at "
+                          "most; the papers' NLL uses 5,000): each is a decoder pass per image.")

@@ -16,7 +16,7 @@ from .config import (DataConfig, TrainConfig, build, check_path, coerce, flag_na
                      load_config_doc, to_dict)
 from .data.datasets import check_levels, check_options, dataset_names, known_spec
 from .errors import VaelabError, clip, did_you_mean, quote
-from .limits import check_bytes
+from .limits import check_bytes, check_nll_samples
 from .models import MODELS, get_model
 from .registry import model_name
 
@@ -239,6 +239,7 @@ def check(cfg: RunConfig) -> None:
         raise VaelabError("--channels-last applies to conv nets (--arch conv) only.")
     if t.nll_samples < 0:
         raise VaelabError(f"--nll-samples must be 0 (skip) or more, got {t.nll_samples}.")
+    check_nll_samples(t.nll_samples)
     for name in ("out", "data_dir", "data_path"):  # before the first stat() of one
         check_path(flag_name(name), getattr(t if name == "out" else cfg.data, name))
     if cfg.data.data not in dataset_names():
