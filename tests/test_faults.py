@@ -343,11 +343,26 @@ def test_a_checkpoint_that_cannot_be_written_names_it_and_keeps_the_last(run, ca
     status, err = run_with_limits(["train", "--resume", str(run), "--epochs", "2"], fsize=4096)
     assert status == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == (f"error: cannot write {run / 'model.safetensors'}: file too large; "
-                                            "the model.safetensors there before is intact.")
+                                            "the checkpoints and metrics of epoch 1 are intact (--resume continues "
+                                            "from there).")
     assert {name: (run / name).read_bytes() for name in CHECKPOINTS} == before and temporaries(run) == []
     # and the run goes on from its intact last epoch
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert "resuming" in capsys.readouterr().err
+
+
+def test_an_epoch_whose_last_checkpoint_cannot_be_written_changes_none_of_them(run):
+    """With room for the weights (18 kB) but not the resume file (its optimizer state too), the
+    weights of epoch 2 were renamed into place beside epoch 1's resume file and metrics: eval then
+    scored weights that nothing else described. An epoch's set moves whole, or not at all."""
+    sizes = {name: (run / name).stat().st_size for name in CHECKPOINTS}
+    assert sizes["model.safetensors"] < 30_000 < sizes[RESUME], sizes
+    before = {name: (run / name).read_bytes() for name in CHECKPOINTS}
+    status, err = run_with_limits(["train", "--resume", str(run), "--epochs", "2"], fsize=30_000)
+    assert status == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (f"error: cannot write {run / RESUME}: file too large; the checkpoints "
+                                            "and metrics of epoch 1 are intact (--resume continues from there).")
+    assert {name: (run / name).read_bytes() for name in CHECKPOINTS} == before and temporaries(run) == []
 
 
 @pytest.mark.parametrize("argv", [["eval", "-k", "2", "--no-sample-metrics"], ["sample"]], ids=["eval", "sample"])

@@ -62,11 +62,41 @@ def _why(e: BaseException) -> str:
     return os.strerror(int(code.group(1))).lower() if code else str(e)
 
 
+# (temporary, destination) of the writes inside all_or_nothing(): renamed when it ends
+_pending: list[tuple[Path, Path]] | None = None
+
+
+@contextlib.contextmanager
+def all_or_nothing(kept: str = "the files there before are intact"):
+    """The :func:`atomic_write` calls inside the block keep their temporaries and are renamed
+    together when it ends, so a set of files (an epoch's checkpoints, its metrics) moves from one
+    state to the next whole: if one write fails (a full disk, a file-size limit), none is
+    renamed, every temporary is removed, and the error ends with ``kept`` (what is left)."""
+    global _pending
+    if _pending is not None:  # nested: the outer block decides
+        yield
+        return
+    _pending = []
+    try:
+        yield
+        done, _pending = _pending, None
+    except BaseException as e:
+        undone, _pending = _pending, None
+        for tmp, _ in undone:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, VaelabError) and "; " in str(e) and undone is not None:
+            raise VaelabError(f"{str(e).rsplit('; ', 1)[0]}; {kept}.") from None
+        raise
+    for tmp, path in done:
+        os.replace(tmp, path)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``, so ``path`` is the old file or
-    the new one, never half of one. The rename replaces a symbolic link at ``path`` rather than
-    writing through it. A write that fails (a full disk, a file-size limit) raises
-    :class:`VaelabError` naming ``path`` and why, and removes the temporary."""
+    the new one, never half of one (inside :func:`all_or_nothing`, when the block ends, with the
+    others). The rename replaces a symbolic link at ``path`` rather than writing through it. A
+    write that fails (a full disk, a file-size limit) raises :class:`VaelabError` naming ``path``
+    and why, and removes the temporary."""
     path = Path(path)
     tmp = None
     try:
@@ -74,6 +104,9 @@ def atomic_write(path: Path, write) -> None:
         mode = stat.S_IMODE(os.stat(tmp).st_mode)
         write(str(tmp))
         os.chmod(tmp, mode)  # a writer may make its file anew, private (safetensors does: 0600)
+        if _pending is not None:
+            _pending.append((tmp, path))
+            return
         os.replace(tmp, path)
     except (OSError, SafetensorError) as e:
         if tmp is not None:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
-from ..io import atomic_write, dumps, lock_run, remove_temporaries, run_subfolder, save_weights, write_json
+from ..io import all_or_nothing, atomic_write, dumps, lock_run, remove_temporaries, run_subfolder, save_weights, write_json
 from ..version import __version__
 from ..config import TrainConfig
 from ..data import DataSpec, run_dataset
@@ -508,16 +508,21 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         rng = _rng_states(device, gen)
 
         def write_epoch():
-            save_weights(measured, out / "model.safetensors", {"epoch": epoch + 1})
-            if improved:
-                save_weights(measured, out / "best.safetensors", {"epoch": epoch + 1})
-            ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
-                             {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
-                              "bad_run": bad.run, **({"ema_updates": ema.updates} if ema else {}),
-                              "scalers": {name: s.state_dict() for name, s in scalers.items()}},
-                             measured if ema else None)
-            atomic_write(out / "metrics.jsonl",
-                         lambda p: Path(p).write_text("".join(dumps(h) + "\n" for h in history)))
+            # the checkpoints and metrics move to this epoch together or not at all: a write that
+            # fails (a full disk) leaves the last epoch's set whole, resumable and consistent
+            kept = (f"the checkpoints and metrics of epoch {epoch} are intact (--resume continues from there)"
+                    if epoch else "no checkpoint was written")
+            with all_or_nothing(kept):
+                save_weights(measured, out / "model.safetensors", {"epoch": epoch + 1})
+                if improved:
+                    save_weights(measured, out / "best.safetensors", {"epoch": epoch + 1})
+                ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
+                                 {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
+                                  "bad_run": bad.run, **({"ema_updates": ema.updates} if ema else {}),
+                                  "scalers": {name: s.state_dict() for name, s in scalers.items()}},
+                                 measured if ema else None)
+                atomic_write(out / "metrics.jsonl",
+                             lambda p: Path(p).write_text("".join(dumps(h) + "\n" for h in history)))
             measured.epoch_pictures(out, epoch + 1)
         dist.together(write_epoch, main_only=True)  # also keeps the others until the files are there
     return out
