@@ -301,6 +301,11 @@ def test_the_checks_are_quick():
 
 # --- sizes that would hang rather than fail ---------------------------------------------------------------
 
+@pytest.mark.parametrize("typo,meant", [("gmn:10", "gmm:10"), ("two-stag", "two-stage"), ("pior", "prior")])
+def test_a_mistyped_sampler_gets_a_suggestion(capsys, run_dir, typo, meant):
+    fails(capsys, ["sample", str(run_dir), "--sampler", typo], f"(did you mean '{meant}'?)")
+
+
 def test_a_list_of_a_million_layers_is_refused_at_once(capsys, tmp_path):
     """`--hidden 1,1,...` (10^6 layers) was still running after 120 s: the size check builds the
     net layer by layer, and its parameters are few."""

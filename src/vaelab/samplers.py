@@ -38,7 +38,7 @@ from torch import nn
 from .data.download import file_md5
 from .data.transforms import to_dequantized_scale
 from .distributions import DiagonalGaussian
-from .errors import VaelabError
+from .errors import VaelabError, did_you_mean, quote
 from .io import load_weights, read_metadata, run_subfolder, save_weights
 from .limits import check_bytes
 from .models.base import ENCODE, GRID, SAMPLE, VECTOR, adam
@@ -77,7 +77,10 @@ def parse_sampler(text: str) -> SamplerSpec:
         return SamplerSpec("gmm", int(arg))
     if kind in ("prior", "two-stage", "pixelcnn") and not colon:
         return SamplerSpec(kind)
-    raise VaelabError(f"--sampler must be {USAGE}, got {text!r}.")
+    # a mistyped kind ("gmn:10", "two-stag"), compared with the kinds, its K kept
+    kinds = ("prior", "two-stage", "pixelcnn", "gmm")
+    guess = "" if kind in kinds else did_you_mean(str(text), [*kinds[:3], f"gmm:{arg}" if colon else "gmm:10"])
+    raise VaelabError(f"--sampler must be {USAGE}, got {quote(text)}{guess}.")
 
 
 def resolve_sampler(text: str | None, cls, where) -> SamplerSpec:
