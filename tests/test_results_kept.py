@@ -96,12 +96,13 @@ def test_the_api_never_replaces_trainings_evaluation(run):
     assert json.loads((run / "eval-test-best-k7-seed0.json").read_text()) == res
 
 
-def _stderr_on_a_terminal(argv) -> str:
+def _stderr_on_a_terminal(argv, **env) -> str:
     """What ``python -m vaelab ARGV`` writes on stderr when stderr is a terminal."""
     master, slave = pty.openpty()
     # a terminal 100 columns wide: a new pty is 0 wide, where tqdm draws an empty bar
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    p = subprocess.Popen([sys.executable, "-m", "vaelab", *argv], stdout=subprocess.DEVNULL, stderr=slave)
+    p = subprocess.Popen([sys.executable, "-m", "vaelab", *argv], stdout=subprocess.DEVNULL, stderr=slave,
+                         env={**os.environ, **env})
     os.close(slave)
     chunks = []
     while True:
@@ -121,6 +122,13 @@ def test_trainings_final_nll_has_a_bar_on_a_terminal(tmp_path):
     shown = _stderr_on_a_terminal(["train", "--data", "digits", "--hidden", "16", "--latent-dim", "2", "--epochs",
                                    "1", "--nll-samples", "3", "--threads", "1", "--out", str(tmp_path / "r")])
     assert "NLL (K=3)" in shown
+
+
+def test_the_frechet_classifiers_training_has_a_bar_on_a_terminal(run, tmp_path):
+    # a cache of its own: the classifier is trained here (some 4 s on the digits), not read
+    shown = _stderr_on_a_terminal(["eval", str(run), "-k", "2", "--samples", "100", "--threads", "1", "-o",
+                                   str(tmp_path / "e.json")], VAELAB_CACHE=str(tmp_path / "cache"))
+    assert "feature classifier for digits: training" in shown and "Fréchet classifier" in shown
 
 
 def test_progress_bars_on_a_terminal_and_never_in_a_log(run, tmp_path):
