@@ -403,6 +403,8 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
         s.add_argument("--split", default="test", choices=("train", "val", "test"),
                        help="the split of the run's data whose images are used [default: test]")
         draws = extra.pop("draws", None)
+        if "-o" in extra:  # a file -o names is replaced only when asked
+            extra["--overwrite"] = OVERWRITE
         for flag, kw in extra.items():
             s.add_argument(*flag.split("|"), **({"metavar": "INT"} if kw.get("type") is int and "metavar" not in kw else {}), **kw)
         computes(s, draws)
@@ -428,24 +430,20 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                                             "log-likelihoods and the logsumexp stay fp32"),
                "draws": "the importance samples",
                "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP),
-               "--dist-timeout": as_train("dist_timeout", float), "-o": OUT_JSON, "--overwrite": OVERWRITE})
+               "--dist-timeout": as_train("dist_timeout", float), "-o": OUT_JSON})
     run_cmd("sample", "a grid of samples", cmd_sample,
             **{"-n": dict(type=int, default=64, help="samples in the grid"), "-o": OUT_PNG,
-               "--overwrite": OVERWRITE,
                "--nrow": dict(type=int, default=0, help="images a row (default: a square grid)"),
                "draws": "the draws", "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
     run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
             **{"-n": dict(type=int, default=32, help="images of --split"), "-o": OUT_PNG,
-               "--overwrite": OVERWRITE,
                "--nrow": dict(type=int, default=8, help="images a row")})
     run_cmd("interpolate", "decoded straight lines between encoded test images (between prior draws for a GAN)",
             cmd_interpolate, **{"--pairs": dict(type=int, default=8, help="lines, one a row"),
                                 "--steps": dict(type=int, default=10, help="images along each line"),
-                                "-o": OUT_PNG, "--overwrite": OVERWRITE,
-                                "draws": "the prior draws (a model without an encoder)"})
+                                "-o": OUT_PNG, "draws": "the prior draws (a model without an encoder)"})
     run_cmd("manifold", "the learned 2-D manifold (AEVB Figure 4)", cmd_manifold,
-            **{"-n": dict(type=int, default=20, help="images along each side of the grid"), "-o": OUT_PNG,
-               "--overwrite": OVERWRITE})
+            **{"-n": dict(type=int, default=20, help="images along each side of the grid"), "-o": OUT_PNG})
     for name, help_, func in (("probe", "linear probe (logistic regression) on the frozen codes", cmd_probe),
                               ("finetune", "linear probe, then encoder + head fine-tuned on the labels with early "
                                            "stopping, vs the same from random initialisation", cmd_finetune)):

@@ -62,8 +62,10 @@ def _why(e: BaseException) -> str:
     return os.strerror(int(code.group(1))).lower() if code else str(e)
 
 
-# (temporary, destination) of the writes inside all_or_nothing(): renamed when it ends
+# Inside all_or_nothing(): the (temporary, destination) of each write, renamed when it ends, and
+# what a failed write says is left
 _pending: list[tuple[Path, Path]] | None = None
+_kept = ""
 
 
 @contextlib.contextmanager
@@ -72,21 +74,20 @@ def all_or_nothing(kept: str = "the files there before are intact"):
     together when it ends, so a set of files (an epoch's checkpoints, its metrics) moves from one
     state to the next whole: if one write fails (a full disk, a file-size limit), none is
     renamed, every temporary is removed, and the error ends with ``kept`` (what is left)."""
-    global _pending
+    global _pending, _kept
     if _pending is not None:  # nested: the outer block decides
         yield
         return
-    _pending = []
+    _pending, _kept = [], kept
     try:
         yield
-        done, _pending = _pending, None
-    except BaseException as e:
-        undone, _pending = _pending, None
-        for tmp, _ in undone:
+        done = _pending
+    except BaseException:
+        for tmp, _ in _pending:
             tmp.unlink(missing_ok=True)
-        if isinstance(e, VaelabError) and "; " in str(e) and undone is not None:
-            raise VaelabError(f"{str(e).rsplit('; ', 1)[0]}; {kept}.") from None
         raise
+    finally:
+        _pending = None
     for tmp, path in done:
         os.replace(tmp, path)
 
@@ -111,7 +112,10 @@ def atomic_write(path: Path, write) -> None:
     except (OSError, SafetensorError) as e:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-        kept = f"the {path.name} there before is intact" if os.path.lexists(path) else "nothing was written"
+        if _pending is not None:  # a set's write: none of the set is renamed (all_or_nothing)
+            kept = _kept
+        else:
+            kept = f"the {path.name} there before is intact" if os.path.lexists(path) else "nothing was written"
         raise VaelabError(f"cannot write {path}: {_why(e)}; {kept}.") from None
     except BaseException:
         if tmp is not None:

@@ -16,14 +16,13 @@ leaves a half-written checkpoint (and a run removes the temporaries a crash leav
 from __future__ import annotations
 
 import json
-import reprlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from ..errors import VaelabError
+from ..errors import VaelabError, clip, quote
 from ..io import atomic_write, dumps, load_weights, read_metadata, read_tensors, weights_of
 
 def save_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
@@ -74,7 +73,7 @@ def load_resume(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.
             _layout_as_params(opt)
     except (KeyError, ValueError, IndexError, TypeError, AttributeError) as e:
         raise VaelabError(f"cannot resume from {path}: its optimizer state does not fit this run "
-                          f"({reprlib.repr(str(e))}).") from None
+                          f"({clip(e)}).") from None
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     _check_rng(path, rng)
     return rng, md.get("loop")
@@ -154,14 +153,11 @@ def check_loop(path: Path, loop: Any) -> None:
         return number(v) and isinstance(v, int) and v >= 0
     if not isinstance(loop, dict):
         raise bad("loop metadata is not a table")
-    for key in ("epoch", "global_step"):
-        if not count(loop.get(key)):
-            raise bad(f"'{key}' is {reprlib.repr(loop.get(key))}, expected a whole number of at least 0")
-    for key in ("bad_run", "ema_updates"):  # written by some runs only
-        if key in loop and not count(loop[key]):
-            raise bad(f"'{key}' is {reprlib.repr(loop[key])}, expected a whole number of at least 0")
+    for key in ("epoch", "global_step", "bad_run", "ema_updates"):  # the last two written by some runs only
+        if (key in ("epoch", "global_step") or key in loop) and not count(loop.get(key)):
+            raise bad(f"'{key}' is {quote(loop.get(key))}, expected a whole number of at least 0")
     if not number(loop.get("best")):
-        raise bad(f"'best' is {reprlib.repr(loop.get('best'))}, expected a number")
+        raise bad(f"'best' is {quote(loop.get('best'))}, expected a number")
     history = loop.get("history")
     if not isinstance(history, list) or not all(isinstance(h, dict) and number(h.get("seconds")) for h in history):
         raise bad("'history' is not a list of epochs, each with its seconds")

@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
-from ..io import all_or_nothing, atomic_write, dumps, lock_run, remove_temporaries, run_subfolder, save_weights, write_json
+from ..io import (all_or_nothing, atomic_write, dumps, lock_run, remove_temporaries, run_subfolder, save_weights,
+                  write_json)
 from ..version import __version__
 from ..config import TrainConfig
 from ..data import DataSpec, run_dataset
