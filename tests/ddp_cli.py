@@ -59,5 +59,8 @@ for cmd in commands:
         runpy.run_module("vaelab", run_name="__main__", alter_sys=True)
     except SystemExit as e:
         codes.append(e.code or 0)
-    (out / f"codes-{rank}.json").write_text(json.dumps(codes))
-    (out / f"agree-{rank}.json").write_text(json.dumps(agree))
+    # renamed into place: torchrun ends rank 0 when rank 1 dies, maybe while it writes here, and
+    # a file cut short (it was once empty) must not stand for the commands that came before
+    for name, value in (("codes", codes), ("agree", agree)):
+        (out / f"{name}-{rank}.tmp").write_text(json.dumps(value))
+        os.replace(out / f"{name}-{rank}.tmp", out / f"{name}-{rank}.json")
