@@ -51,7 +51,7 @@ COMPONENTS = 500   # pseudo-inputs (vaelab's default)
 
 def digits_case() -> tuple[torch.nn.Module, torch.Tensor, str]:
     import vaelab
-    from vaelab.rundir import split_inputs
+    from vaelab.loading import split_inputs
     from vaelab.training.trainer import train
     out = Path(tempfile.mkdtemp(prefix="vamp-nll-")) / "digits"
     cfg = vaelab.make_config(model="vamp", data="digits", hidden=(64,), latent_dim=8, components=COMPONENTS,

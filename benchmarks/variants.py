@@ -114,7 +114,7 @@ def trained(a, name: str, epochs: int) -> tuple[Path, dict]:
     training settings is in --out (a run stopped after its model line, before its sampler
     lines), else trained afresh; and its timings."""
     import vaelab
-    from vaelab.training.trainer import FINISHED
+    from vaelab.rundir import FINISHED
     out = Path(a.out) / name
     finished = out / FINISHED
     t0 = time.perf_counter()

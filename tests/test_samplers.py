@@ -16,7 +16,7 @@ from vaelab.cli import main
 from vaelab.distributions import DiagonalGaussian
 from vaelab.evaluation.probe import codes_of
 from vaelab.io import save_weights
-from vaelab.rundir import split_inputs
+from vaelab.loading import split_inputs
 from vaelab.training.trainer import train as train_loop
 
 

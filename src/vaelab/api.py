@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 
@@ -24,9 +23,9 @@ from .images import interpolation_codes, manifold_codes, plot_curves, rows_inter
 from .evaluation.likelihood import evaluate_likelihood
 from .models.base import ENCODE, LIKELIHOOD, SAMPLE
 from .run import RunConfig
-from .rundir import TRAINING_EVAL, load, resolve_device, result_name, split_inputs
+from .loading import load, resolve_device, split_inputs
+from .rundir import CHECKPOINTS, FINISHED, METRICS, TRAINING_EVAL, read_jsonl, result_name
 from .samplers import resolve_sampler, sampler_for
-from .training.trainer import FINISHED
 from .training.trainer import train as _train_loop
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -195,7 +194,7 @@ def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
         if model.cfg.latent_dim == 2 and model.normal_prior:
             out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
     out += model.pictures(x.to(_device(model)), run_dir)
-    hist = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    hist = read_jsonl(run_dir / METRICS)
     if hist:
         out.append(plot_curves(hist, run_dir / "curves.png"))
     return out
@@ -228,7 +227,7 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
         def finish():
             pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x, log=log)
             # what lets --resume tell a finished run from one killed in the stages above
-            epochs = read_metadata(run_dir / "model.safetensors")["epoch"]
+            epochs = read_metadata(run_dir / CHECKPOINTS["last"])["epoch"]
             write_json(run_dir / FINISHED, {"epochs": epochs})
         distributed.together(finish, main_only=True)  # and no rank leaves before rank 0 is done
     return run_dir

@@ -16,7 +16,8 @@ from .config import check_path
 from .errors import VaelabError, clip, did_you_mean, quote
 from .models import MODELS, get_model
 from .models.base import ENCODE, SAMPLE
-from .rundir import read_run, result_name, result_path
+from .loading import read_run
+from .rundir import TRAINING_EVAL, result_name, result_path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,7 +148,7 @@ def cmd_train(a) -> int:
 
 
 def _report(run_dir: Path) -> None:
-    ev = run_dir / "eval-test.json"
+    ev = run_dir / TRAINING_EVAL
     if ev.exists():
         print(ev.read_text().strip())
     files = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".png", ".json", ".jsonl"))

@@ -131,10 +131,9 @@ def _read_png(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-def progress_strip(folder: Path, shape: tuple[int, ...], run_dir: Path, rows: int = 10) -> Path | None:
-    """progress.png: the first row of the grids in ``folder`` (one per epoch) at up to ``rows``
-    epochs spread over the run, earliest at the top, so the run's progress reads downwards."""
-    files = sorted(Path(folder).glob("epoch-*.png"))
+def progress_strip(files: list[Path], shape: tuple[int, ...], run_dir: Path, rows: int = 10) -> Path | None:
+    """progress.png: the first row of the grids ``files`` (one per epoch, in order) at up to
+    ``rows`` epochs spread over the run, earliest at the top, so the run's progress reads downwards."""
     if not files:
         return None
     n = min(rows, len(files))

@@ -19,11 +19,8 @@ from .errors import VaelabError, clip, did_you_mean, quote
 from .limits import check_bytes, check_nll_samples
 from .models import MODELS, get_model
 from .registry import model_name
+from .rundir import CONFIG, READABLE_VERSIONS
 
-# 2: each model holds its own settings (binarize, beta, warm-up; the IWAE bound is --model iwae);
-# a format-1 run is read through migrate
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
 # a run's settings that say where and whether to write it: a run repeated from its config.json
 # (--like, --config RUN/config.json) writes where its own flags say, never over the run itself
 WHERE_TO_WRITE = ("out", "overwrite")
@@ -112,9 +109,9 @@ def like_run(run_dir: str | Path) -> dict[str, Any]:
     p = Path(run_dir)
     if not p.is_dir():
         raise VaelabError(f"--like {clip(run_dir)}: no such run directory.")
-    if not (p / "config.json").is_file():
-        raise VaelabError(f"--like {clip(run_dir)} is not a vaelab run directory: config.json is missing.")
-    return run_settings(load_config_doc(p / "config.json", "--like"), f"--like {clip(run_dir)}")
+    if not (p / CONFIG).is_file():
+        raise VaelabError(f"--like {clip(run_dir)} is not a vaelab run directory: {CONFIG} is missing.")
+    return run_settings(load_config_doc(p / CONFIG, "--like"), f"--like {clip(run_dir)}")
 
 
 def make_config(config_file: str | None = None, like: str | Path | None = None, **flags: Any) -> RunConfig:

@@ -1,24 +1,91 @@
-"""A run directory as the later stages read it: its config.json, its model, its data splits.
-Training writes runs (:mod:`vaelab.training`); evaluation, probes, pictures and the API read
-them through here, so none of them imports the trainer or the package face."""
+"""The one owner of a run directory's layout: every file name a run holds is decided here, and
+the trainer, evaluation, the samplers, the pictures and the report ask for it. Low in the house
+(it imports only :mod:`vaelab.io` and :mod:`vaelab.errors`), so anything may read it.
+
+    RUN/config.json                 the run's settings, data spec and format version
+    RUN/model.safetensors           the last epoch's weights   (best.safetensors: the best epoch's)
+    RUN/resume.safetensors          optimizer, RNG and loop state for --resume
+    RUN/metrics.jsonl               one record per epoch        (metrics.csv with --csv)
+    RUN/steps.jsonl                 one record per --log-every steps
+    RUN/tensorboard/                event files (--tensorboard)
+    RUN/eval-test.json              training's final evaluation
+    RUN/eval-<settings>.json        a later `vaelab eval`'s (:func:`result_name`)
+    RUN/<picture>.png               training's pictures (:data:`PICTURES`)
+    RUN/progress/epoch-NNNN.png     a grid of each epoch (a GAN's fixed noise)
+    RUN/samplers/<name>-<ckpt>.safetensors   fitted samplers (:func:`sampler_cache`)
+    RUN/report.html                 the run's page (:mod:`vaelab.report`)
+    RUN/finished.json               written once the final evaluation and pictures are done
+    RUN/.vaelab.lock                held while a process writes the run
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .data import DataSpec, run_dataset
-from .data.transforms import eval_inputs
 from .errors import VaelabError, clip
-from .io import load_weights
-from .models import get_model
-from .run import FORMAT_VERSION, READABLE_VERSIONS, RunConfig  # noqa: F401 - FORMAT_VERSION: the trainer's
+from .io import LOCK  # noqa: F401 - the lock's name: io's, which takes it without a layer above
+
+# of config.json; 2: each model holds its own settings (binarize, beta, warm-up; the IWAE bound is
+# --model iwae); a format-1 run is read and upgraded (vaelab.run.migrate)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+CONFIG = "config.json"
+CHECKPOINTS = {"best": "best.safetensors", "last": "model.safetensors"}
+RESUME = "resume.safetensors"
+METRICS = "metrics.jsonl"   # one record per epoch: the curves, resume's history
+STEPS = "steps.jsonl"       # one record per --log-every steps
+CSV = "metrics.csv"         # --csv: metrics.jsonl's records as a table
+TENSORBOARD = "tensorboard"  # --tensorboard: event files
+FINISHED = "finished.json"  # the final evaluation and pictures are done
+TRAINING_EVAL = "eval-test.json"  # training's final evaluation (vaelab.api.train)
+REPORT = "report.html"
+PROGRESS = "progress"       # per-epoch grids
+SAMPLERS = "samplers"       # fitted samplers
+
+# the pictures training writes, by name: the report shows them in this order
+PICTURES = ("samples.png", "reconstructions.png", "interpolation.png", "manifold.png", "denoising.png",
+            "codes_histogram.png", "progress.png", "game.png", "curves.png")
+
+# What training writes and a later command never does. A later command (eval, sample,
+# reconstruct, interpolate, manifold) writes under a name that carries every setting deciding
+# its content (:func:`result_name`), so running it again with the same settings replaces only its
+# own file, with the same result (it is seeded); elsewhere only where -o says.
+RUN_FILES = (CONFIG, CHECKPOINTS["last"], CHECKPOINTS["best"], RESUME, METRICS, STEPS, CSV, FINISHED, REPORT)
+# results of the run, replaced with it
+RUN_PATTERNS = ("eval-*.json", "*.png", f"{PROGRESS}/epoch-*.png", f"{SAMPLERS}/*.safetensors")
+SUBFOLDERS = (PROGRESS, SAMPLERS, TENSORBOARD)  # each refused if it is a link out of the run
+
+
+def progress_picture(run_dir, epoch: int) -> Path:
+    """The grid of epoch ``epoch`` (1-based)."""
+    return Path(run_dir) / PROGRESS / f"epoch-{epoch:04d}.png"
+
+
+def progress_pictures(run_dir) -> list[Path]:
+    return sorted((Path(run_dir) / PROGRESS).glob("epoch-*.png"))
+
+
+def epoch_of(picture: Path) -> int:
+    """The epoch of a :func:`progress_picture`."""
+    return int(Path(picture).stem.split("-")[1])
+
+
+def sampler_cache(run_dir, slug: str, checkpoint: str) -> Path:
+    """Where the sampler of name ``slug`` fitted on ``checkpoint``'s weights is kept."""
+    return Path(run_dir) / SAMPLERS / f"{slug}-{checkpoint}.safetensors"
+
+
+def eval_files(run_dir) -> list[Path]:
+    """Every evaluation a run holds, training's first."""
+    run_dir = Path(run_dir)
+    rest = sorted(p for p in run_dir.glob("eval-*.json") if p.name != TRAINING_EVAL)
+    return [p for p in [run_dir / TRAINING_EVAL] if p.is_file()] + rest
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
-    p = Path(run_dir) / "config.json"
+    p = Path(run_dir) / CONFIG
     if not Path(run_dir).is_dir():
         raise VaelabError(f"run directory {run_dir} does not exist.")
     if not p.is_file():
@@ -33,79 +100,30 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return d
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (metrics.jsonl, steps.jsonl); a line cut short by a kill
+    mid-write (the last) is left out, and a missing file has none."""
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise VaelabError(f"--device must be auto, cpu or cuda[:N], got {name!r}.")
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= count:
-            raise VaelabError(f"--device {name} was asked for, but torch sees {count} CUDA GPU(s) here.")
-    return dev
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
 
 
-CHECKPOINTS = {"best": "best.safetensors", "last": "model.safetensors"}
-
-
-def read_run(run_dir) -> tuple[RunConfig, DataSpec]:
-    return _read_run(run_dir)[:2]
-
-
-def _read_run(run_dir) -> tuple[RunConfig, DataSpec, str | None]:
-    """The run's config, its data spec and where training found its data (None: not recorded)."""
-    doc = read_run_config(Path(run_dir))
-    where = f"{Path(run_dir) / 'config.json'}"
+def finished_epochs(run_dir) -> int | None:
+    """The epochs a run had when its final evaluation and pictures were done (None: never)."""
     try:
-        spec = DataSpec.from_dict(doc["data_spec"], f"{where}: ")
-    except (KeyError, TypeError, ValueError):
-        raise VaelabError(f"{where} has no valid data_spec.") from None
-    source = doc.get("data_source")
-    return RunConfig.from_dict(doc.get("run", {}), where), spec, source if isinstance(source, str) else None
-
-
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> torch.nn.Module:
-    """The trained model of a run, in eval mode, with ``encode``, ``decode``, ``sample``,
-    ``reconstruct``. ``checkpoint`` is ``best`` (best validation score) or ``last``.
-    The run's config and data spec are attached as ``model.run_config`` and ``model.data_spec``, the
-    checkpoint's name as ``model.checkpoint``, and where training found its data (config.json's
-    ``data_source``, for :func:`vaelab.data.run_dataset`) as ``model.data_source``."""
-    if checkpoint not in CHECKPOINTS:
-        raise VaelabError(f"--checkpoint must be best or last, got {checkpoint!r}.")
-    run, spec, source = _read_run(run_dir)
-    model = get_model(run.train.model)(run.model)
-    load_weights(model, Path(run_dir) / CHECKPOINTS[checkpoint])
-    model.run_config, model.data_spec, model.checkpoint, model.data_source = run, spec, checkpoint, source
-    return model.to(resolve_device(device)).eval()
-
-
-def split_inputs(run_dir, split: str = "test", data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed evaluation inputs of a run's dataset split (binarized as the run was), on the
-    CPU: (x, y). The data is read from ``data_dir`` (--data-dir) if given, else first where
-    training found it, whatever $VAELAB_DATA says now (:func:`vaelab.data.run_dataset`)."""
-    run, spec, source = _read_run(run_dir)
-    if split not in ("train", "val", "test"):
-        raise VaelabError(f"--split must be train, val or test, got {split!r}.")
-    d = run.data
-    ds = run_dataset(d, data_dir, found_at=source)
-    if tuple(ds.spec.shape) != tuple(spec.shape):
-        raise VaelabError(f"{run_dir} was trained on images of shape {tuple(spec.shape)}, "
-                          f"but {d.data} now has {tuple(ds.spec.shape)}.")
-    s = getattr(ds, split)
-    if len(s) == 0:
-        raise VaelabError(f"--split {split} is empty for this run (it was trained with --val-size 0).")
-    return eval_inputs(s.x, spec.levels, run.model.binarize), s.y
-
-
-# What training writes and a later command never does. A later command (eval, sample,
-# reconstruct, interpolate, manifold) writes under a name that carries every setting deciding
-# its content (:func:`result_name`), so running it again with the same settings replaces only its
-# own file, with the same result (it is seeded); elsewhere only where -o says.
-TRAINING_EVAL = "eval-test.json"  # training's final evaluation (vaelab.api.train)
+        return int(json.loads((Path(run_dir) / FINISHED).read_text())["epochs"])
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def result_name(kind: str, suffix: str, *settings) -> str:

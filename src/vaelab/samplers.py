@@ -44,7 +44,8 @@ from .limits import check_bytes
 from .models.base import ENCODE, GRID, SAMPLE, VECTOR, adam
 from .models.vae import VAE, VAEConfig
 from .nets import PixelCNN
-from .rundir import CHECKPOINTS, split_inputs
+from .loading import split_inputs
+from .rundir import CHECKPOINTS, sampler_cache
 
 MAX_COMPONENTS = 1000  # gmm:K: more components than any image set has clusters worth fitting
 SEED = 0               # every fit: the mixture's EM, the second stages' weights and batches
@@ -309,10 +310,6 @@ def _fit(spec: SamplerSpec, model, x: torch.Tensor) -> tuple[nn.Module, dict, st
     return stage, settings, f"negative ELBO {loss:.4g} a standardised draw of q(z|x)"
 
 
-def cache_path(run_dir, spec: SamplerSpec, checkpoint: str) -> Path:
-    return Path(run_dir) / "samplers" / f"{spec.slug}-{checkpoint}.safetensors"
-
-
 def _cached(path: Path, spec: SamplerSpec, digest: str, log) -> nn.Module | None:
     """The stage in ``path`` if it was fitted for ``spec`` on the checkpoint of ``digest``."""
     if not path.is_file():
@@ -343,7 +340,7 @@ def sampler_for(run_dir, model, spec: SamplerSpec | str | None = None, checkpoin
         return model
     dev = next(model.parameters()).device
     digest = file_md5(Path(run_dir) / CHECKPOINTS[checkpoint])
-    path = cache_path(run_dir, spec, checkpoint)
+    path = sampler_cache(run_dir, spec.slug, checkpoint)
     stage = _cached(path, spec, digest, log)
     if stage is None:
         model.eval()

@@ -9,7 +9,7 @@
 
 The N labelled images are a class-balanced subset of the run's training split
 (:func:`balanced_subset`); the inputs are binarized exactly as the run evaluates them
-(:func:`vaelab.rundir.split_inputs`). Nothing is written to the run directory.
+(:func:`vaelab.loading.split_inputs`). Nothing is written to the run directory.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch import nn
 from ..data.datasets import whole_number as _whole
 from ..errors import VaelabError
 from ..models import get_model
-from ..rundir import load, split_inputs
+from ..loading import load, split_inputs
 from .classify import train_classifier
 
 MIN_STEPS = 200  # a fine-tuning run may take this many steps at least, however few the labels

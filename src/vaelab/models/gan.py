@@ -19,7 +19,6 @@ sigmoid output layer and uncentred inputs train markedly worse, measured on MNIS
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,9 @@ from ..io import run_subfolder
 from ..losses import discriminator_loss, generator_loss
 from ..nets import check_latent_and_hidden, full_precision
 from ..registry import register
+from ..rundir import METRICS, progress_picture, progress_pictures, read_jsonl
 from .base import SAMPLE, Model, StepInfo, Update, adam, with_base_lr
 
-PROGRESS_DIR = "progress"  # per-epoch sample grids of a GAN run
 FIXED_NOISE_SEED = 4321    # the fixed noise batch drawn each epoch (its own generator)
 
 
@@ -278,14 +277,15 @@ class GAN(Model):
         self.eval()
         x = self.decode_mean(z).cpu()
         self.train(was)
-        folder = run_subfolder(Path(run_dir) / PROGRESS_DIR)
-        return save_grid(x, folder / f"epoch-{epoch:04d}.png", nrow=8)
+        path = progress_picture(run_dir, epoch)
+        run_subfolder(path.parent)
+        return save_grid(x, path, nrow=8)
 
     def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Path]:
         """progress.png (the fixed-noise grids' first rows down the epochs) and game.png (D(x),
         D(G(z)) and both losses per epoch)."""
-        out = [p for p in [progress_strip(Path(run_dir) / PROGRESS_DIR, self.cfg.shape, Path(run_dir))] if p]
-        hist = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+        out = [p for p in [progress_strip(progress_pictures(run_dir), self.cfg.shape, Path(run_dir))] if p]
+        hist = read_jsonl(Path(run_dir) / METRICS)
         if hist:
             out.append(plot_game(hist, Path(run_dir) / "game.png"))
         return out

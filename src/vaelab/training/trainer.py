@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -32,15 +31,13 @@ from ..errors import VaelabError
 from ..models import get_model
 from ..models.base import StepInfo
 from ..run import RunConfig, check_model_size
-from ..rundir import FORMAT_VERSION, read_run_config, resolve_device
+from ..loading import resolve_device
+from ..rundir import (CHECKPOINTS, CONFIG, FORMAT_VERSION, METRICS, RESUME, RUN_FILES, RUN_PATTERNS, SUBFOLDERS,
+                      finished_epochs, read_run_config)
 from . import checkpoint as ckpt
 from .ema import EMA
 from .update import FastPaths, make_scalers, take_step
 
-FINISHED = "finished.json"  # written by vaelab.api.train once the final evaluation and pictures are done
-RUN_FILES = ("config.json", "model.safetensors", "best.safetensors", "resume.safetensors", "metrics.jsonl", FINISHED)
-# results of the run, replaced with it (samplers/: the samplers fitted after training, vaelab.samplers)
-RUN_PATTERNS = ("eval-*.json", "*.png", "progress/epoch-*.png", "samplers/*.safetensors")
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
 RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last",
@@ -102,7 +99,7 @@ def run_dir(run: RunConfig, resume: str | Path | None = None) -> Path:
 def _prepare_out(out: Path, overwrite: bool, hold: contextlib.ExitStack) -> None:
     if out.exists() and not out.is_dir():
         raise VaelabError(f"--out {out} is a file, not a directory.")
-    replace = out.is_dir() and (out / "config.json").exists()
+    replace = out.is_dir() and (out / CONFIG).exists()
     if replace and not overwrite:
         raise VaelabError(f"--out {out} already holds a run: pass --resume {out} to continue it, "
                           "--overwrite to replace it, or another --out.")
@@ -124,21 +121,12 @@ def _prepare_out(out: Path, overwrite: bool, hold: contextlib.ExitStack) -> None
 def _check_subfolders(out: Path) -> None:
     """Refuse a run whose sub-folders (a GAN's progress/, samplers/) are links out of it before
     anything is deleted or written: neither --overwrite's deletions nor the pictures go through."""
-    for pattern in RUN_PATTERNS:
-        if "/" in pattern:
-            run_subfolder(out / pattern.split("/")[0], create=False)
+    for name in SUBFOLDERS:
+        run_subfolder(out / name, create=False)
 
 
 def _remove_temporaries(out: Path) -> None:
     remove_temporaries(out, RUN_FILES + RUN_PATTERNS)
-
-
-def finished_epochs(out: Path) -> int | None:
-    """The epochs a run had when its final evaluation and pictures were done (None: never)."""
-    try:
-        return int(json.loads((out / FINISHED).read_text())["epochs"])
-    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError):
-        return None
 
 
 def _diverged(out: Path, what: str, lr: float, kept: int) -> VaelabError:
@@ -375,12 +363,12 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
             hold.enter_context(lock_run(out, "--resume"))
             _remove_temporaries(out)
             _check_subfolders(out)
-            if not (out / "resume.safetensors").exists():
+            if not (out / RESUME).exists():
                 raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
 
         def read():  # on every rank: the run directory is shared
-            rng, loop = ckpt.load_resume(out / "resume.safetensors", model, optimizers, measured if ema else None)
-            ckpt.check_loop(out / "resume.safetensors", loop)
+            rng, loop = ckpt.load_resume(out / RESUME, model, optimizers, measured if ema else None)
+            ckpt.check_loop(out / RESUME, loop)
             return rng, loop
         dist.together(claim, main_only=True)
         rng, loop = dist.together(read)
@@ -402,14 +390,14 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     else:
         dist.together(lambda: _prepare_out(out, t.overwrite, hold), main_only=True)
     # where the data was found, absolute, so that later commands find it again from anywhere
-    # (rundir.split_inputs); the bundled digits' source is no path
+    # (loading.split_inputs); the bundled digits' source is no path
     source = ds.source if not Path(ds.source).exists() else str(Path(ds.source).absolute())
     config_doc = {"format_version": FORMAT_VERSION, "vaelab_version": __version__,
                   "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": source}
 
     def write_config():
         ds.keep_cache()  # the arguments passed: a later run may skip the decoding
-        write_json(out / "config.json", config_doc)
+        write_json(out / CONFIG, config_doc)
     dist.together(write_config, main_only=True)
     if dist.active():  # one model on every rank from the start, whatever each built or read
         dist.broadcast_([*model.parameters(), *model.buffers(), *(measured.parameters() if ema else ()),
@@ -514,15 +502,15 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
             kept = (f"the checkpoints and metrics of epoch {epoch} are intact (--resume continues from there)"
                     if epoch else "no checkpoint was written")
             with all_or_nothing(kept):
-                save_weights(measured, out / "model.safetensors", {"epoch": epoch + 1})
+                save_weights(measured, out / CHECKPOINTS["last"], {"epoch": epoch + 1})
                 if improved:
-                    save_weights(measured, out / "best.safetensors", {"epoch": epoch + 1})
-                ckpt.save_resume(out / "resume.safetensors", model, optimizers, rng,
+                    save_weights(measured, out / CHECKPOINTS["best"], {"epoch": epoch + 1})
+                ckpt.save_resume(out / RESUME, model, optimizers, rng,
                                  {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
                                   "bad_run": bad.run, **({"ema_updates": ema.updates} if ema else {}),
                                   "scalers": {name: s.state_dict() for name, s in scalers.items()}},
                                  measured if ema else None)
-                atomic_write(out / "metrics.jsonl",
+                atomic_write(out / METRICS,
                              lambda p: Path(p).write_text("".join(dumps(h) + "\n" for h in history)))
             measured.epoch_pictures(out, epoch + 1)
         dist.together(write_epoch, main_only=True)  # also keeps the others until the files are there
