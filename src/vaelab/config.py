@@ -86,8 +86,11 @@ class TrainConfig:
     out: str | None = opt(None, "run directory (default runs/<data>-<model>)", metavar="DIR")
     overwrite: bool = opt(False, "replace an existing run in --out")
     progress: bool = opt(True, "show a progress bar")
-    log_every: int = opt(20, "steps between progress-bar updates and --max-bad-steps checks (each waits for the "
-                             "device; nothing else does)")
+    log_every: int = opt(20, "steps between progress-bar updates, steps.jsonl's records and --max-bad-steps "
+                             "checks (each waits for the device; nothing else does)")
+    tensorboard: bool = opt(False, "also write TensorBoard event files to RUN/tensorboard/ (scalars every "
+                                   "--log-every steps and every epoch, a grid of images every epoch)")
+    csv: bool = opt(False, "also write metrics.jsonl's records as RUN/metrics.csv")
     max_bad_steps: int = opt(100, "stop training, keeping the last good epoch's checkpoints, once this many steps in "
                                   "a row were skipped for a non-finite loss or gradient (checked every --log-every "
                                   "steps and at each epoch's end)")

@@ -54,7 +54,8 @@ PICTURES = ("samples.png", "reconstructions.png", "interpolation.png", "manifold
 # own file, with the same result (it is seeded); elsewhere only where -o says.
 RUN_FILES = (CONFIG, CHECKPOINTS["last"], CHECKPOINTS["best"], RESUME, METRICS, STEPS, CSV, FINISHED, REPORT)
 # results of the run, replaced with it
-RUN_PATTERNS = ("eval-*.json", "*.png", f"{PROGRESS}/epoch-*.png", f"{SAMPLERS}/*.safetensors")
+RUN_PATTERNS = ("eval-*.json", "*.png", f"{PROGRESS}/epoch-*.png", f"{SAMPLERS}/*.safetensors",
+                f"{TENSORBOARD}/events.out.tfevents.*")
 SUBFOLDERS = (PROGRESS, SAMPLERS, TENSORBOARD)  # each refused if it is a link out of the run
 
 

@@ -24,6 +24,7 @@ from ..errors import VaelabError
 ENCODE = "encode"          # codes(x), reconstruct(x): an encoder, so probes, interpolations of inputs
 SAMPLE = "sample"          # sample(n), prior(n), decode_mean(z): new images
 LIKELIHOOD = "likelihood"  # elbo_terms(x), log_weights(x, k): ELBO, IS-NLL, bits/dim
+FIXED_NOISE_SEED = 4321     # the noise batch decoded after every epoch (Model.epoch_grid), its own generator
 
 # what a model's latent is (:attr:`Model.latent`), so a sampler fitted after training on the codes
 # of the training images (:mod:`vaelab.samplers`) knows what it can fit
@@ -189,9 +190,15 @@ class Model(nn.Module):
         """Extra pictures after training."""
         return []
 
-    def epoch_pictures(self, run_dir: Path, epoch: int) -> Path | None:
-        """A picture after every epoch (must not touch the training RNG)."""
-        return None
+    @torch.no_grad()
+    def epoch_grid(self, n: int = 64) -> torch.Tensor | None:
+        """The images drawn after every epoch (the progress grids, TensorBoard's): decoded
+        means of one fixed noise batch of the prior, drawn from a generator of its own so the
+        training RNG (and exact resume) is untouched; None for a model that does not sample."""
+        if not self.can(SAMPLE):
+            return None
+        z = self.prior(n, torch.Generator().manual_seed(FIXED_NOISE_SEED))
+        return self.decode_mean(z).cpu()
 
 
 def with_base_lr(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -28,15 +28,12 @@ from torch import nn
 
 from ..config import ModelConfig, opt
 from ..errors import VaelabError
-from ..images import plot_game, progress_strip, save_grid
-from ..io import run_subfolder
+from ..images import plot_game, progress_strip
 from ..losses import discriminator_loss, generator_loss
 from ..nets import check_latent_and_hidden, full_precision
 from ..registry import register
-from ..rundir import METRICS, progress_picture, progress_pictures, read_jsonl
+from ..rundir import METRICS, progress_pictures, read_jsonl
 from .base import SAMPLE, Model, StepInfo, Update, adam, with_base_lr
-
-FIXED_NOISE_SEED = 4321    # the fixed noise batch drawn each epoch (its own generator)
 
 
 @dataclass(frozen=True)
@@ -267,19 +264,6 @@ class GAN(Model):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         return self.generate(self.prior(n))
-
-    @torch.no_grad()
-    def epoch_pictures(self, run_dir: Path, epoch: int, n: int = 64) -> Path:
-        """progress/epoch-NNNN.png: G(z) for the same fixed noise batch every epoch, drawn from a
-        private generator so the training RNG (and exact resume) is untouched."""
-        z = self.prior(n, torch.Generator().manual_seed(FIXED_NOISE_SEED))
-        was = self.training
-        self.eval()
-        x = self.decode_mean(z).cpu()
-        self.train(was)
-        path = progress_picture(run_dir, epoch)
-        run_subfolder(path.parent)
-        return save_grid(x, path, nrow=8)
 
     def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Path]:
         """progress.png (the fixed-noise grids' first rows down the epochs) and game.png (D(x),

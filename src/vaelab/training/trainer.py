@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
-from ..io import (all_or_nothing, atomic_write, dumps, lock_run, remove_temporaries, run_subfolder, save_weights,
+from ..io import (all_or_nothing, lock_run, remove_temporaries, run_subfolder, save_weights,
                   write_json)
 from ..version import __version__
 from ..config import TrainConfig
@@ -29,19 +29,20 @@ from ..data import DataSpec, run_dataset
 from ..data.transforms import Batches, dequantize_fixed, eval_inputs
 from ..errors import VaelabError
 from ..models import get_model
-from ..models.base import StepInfo
+from ..models.base import SAMPLE, StepInfo
 from ..run import RunConfig, check_model_size
 from ..loading import resolve_device
-from ..rundir import (CHECKPOINTS, CONFIG, FORMAT_VERSION, METRICS, RESUME, RUN_FILES, RUN_PATTERNS, SUBFOLDERS,
+from ..rundir import (CHECKPOINTS, CONFIG, FORMAT_VERSION, RESUME, RUN_FILES, RUN_PATTERNS, SUBFOLDERS,
                       finished_epochs, read_run_config)
 from . import checkpoint as ckpt
 from .ema import EMA
+from .loggers import Logger, run_loggers
 from .update import FastPaths, make_scalers, take_step
 
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
 RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last",
-                       "max_bad_steps", "dist_timeout"),
+                       "max_bad_steps", "dist_timeout", "tensorboard", "csv"),
              "data": ("data_dir", "data_path", "workers")}
 
 def uses_channels_last(t: TrainConfig, model: torch.nn.Module, device: torch.device) -> bool:
@@ -403,6 +404,12 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         dist.broadcast_([*model.parameters(), *model.buffers(), *(measured.parameters() if ema else ()),
                          *(measured.buffers() if ema else ())])
 
+    # who receives what the loop measures (rank 0's): metrics.jsonl, steps.jsonl, the progress
+    # grids, TensorBoard, CSV (vaelab.training.loggers); a resumed run's cut back to its resume file
+    # (a --tensorboard without its package stops every rank, rank 0 saying why)
+    loggers = dist.together(lambda: run_loggers(out, t, (start_epoch, step) if resume is not None else None,
+                                                model.can(SAMPLE)), main_only=True) or Logger()
+    hold.callback(loggers.close)
     fast = FastPaths(precision=t.precision, device_type=device.type, compile=t.compile,
                      channels_last=channels_last, grad_clip=t.grad_clip, scalers=scalers)
     n_params = sum(p.numel() for p in model.parameters())
@@ -454,6 +461,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
             if i % t.log_every == 0:
                 if not bar.disable:
                     bar.set_postfix(loss=f"{m['loss'].item():.2f}")
+                if dist.is_main():
+                    loggers.steps(step, epoch + 1, {"lr": lr, **{k: v.item() for k, v in m.items()}})
                 check_bad_steps(i + 1)
         check_bad_steps(n_steps)
         n_skipped = bad.skipped
@@ -510,8 +519,9 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
                                   "bad_run": bad.run, **({"ema_updates": ema.updates} if ema else {}),
                                   "scalers": {name: s.state_dict() for name, s in scalers.items()}},
                                  measured if ema else None)
-                atomic_write(out / METRICS,
-                             lambda p: Path(p).write_text("".join(dumps(h) + "\n" for h in history)))
-            measured.epoch_pictures(out, epoch + 1)
+                loggers.epoch(rec, history, step)
+            grid = measured.epoch_grid() if loggers.wants_images else None
+            if grid is not None:
+                loggers.images(epoch + 1, step, "samples", grid)
         dist.together(write_epoch, main_only=True)  # also keeps the others until the files are there
     return out
