@@ -20,6 +20,7 @@ from pathlib import Path
 from vaelab import api
 from vaelab import distributed as dist
 from vaelab.evaluation import samples
+from vaelab.report import pictures
 from vaelab.training import trainer
 
 # the final evaluation of a model that samples scores 10,000 samples (Parzen, Fréchet), the
@@ -27,8 +28,8 @@ from vaelab.training import trainer
 # seconds here, and the evaluation's and the pictures' to test, not training's (the model's own
 # sample() draws the samples' picture)
 samples.sample_metrics = lambda *a, **kw: {}
-api.sampler_for = lambda run_dir, model, *a, **kw: model
-api.plot_curves = lambda history, path: Path(path)
+api.sampler_for = pictures.sampler_for = lambda run_dir, model, *a, **kw: model
+pictures.plot_curves = lambda history, path, *a: Path(path)
 
 out, commands = Path(sys.argv[1]), sys.argv[2:]
 rank = os.environ["RANK"]

@@ -13,6 +13,7 @@ import vaelab
 from vaelab.cli import main
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
+from vaelab.images import save_grid
 from vaelab.losses import discriminator_loss, generator_loss
 from vaelab.models import MODELS
 from vaelab.models.base import SAMPLE, StepInfo
@@ -246,15 +247,20 @@ def test_gan_run_records_the_game_and_draws_its_progress(tmp_path):
         assert h["train_loss"] == h["train_d_loss"] and math.isfinite(h["train_g_loss"])
     grids = sorted((run / "progress").glob("epoch-*.png"))
     assert [g.name for g in grids] == ["epoch-0001.png", "epoch-0002.png", "epoch-0003.png"]
-    # the progress strip holds the first row of each epoch's 8x8 grid of 8x8 digits drawn 4x
+    # the progress strip holds the first row of each epoch's 8x8 grid of 8x8 digits drawn 4x, each
+    # labelled with its epoch on the left
     with Image.open(run / "progress.png") as im:
-        assert im.size == (8 * 34 + 2, 3 * 36)
+        strip = np.asarray(im)
+    assert strip.shape[0] == 3 * 36 and strip.shape[1] > 8 * 34 + 2 + 40
+    first_rows = [np.asarray(Image.open(g))[:36] for g in grids]
+    assert np.array_equal(strip[:, -(8 * 34 + 2):], np.concatenate(first_rows))
+    assert (strip[:, :40] < 128).any()  # ink: the labels
     for name in ("game.png", "samples.png", "interpolation.png", "curves.png"):
         assert (run / name).is_file(), name
     assert not (run / "reconstructions.png").exists()
     # the fixed noise batch gives the same grid when drawn again from the final weights
     model = vaelab.load(run, "last")
-    again = model.epoch_pictures(tmp_path, 99)
+    again = save_grid(model.epoch_grid(), tmp_path / "again.png", nrow=8)
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(grids[-1])))
 
 

@@ -19,12 +19,14 @@ from .io import read_metadata, write_json
 from .limits import check_nll_samples
 from .data.transforms import dequantize_fixed, from_dequantized_scale, to_dequantized_scale
 from .errors import VaelabError
-from .images import interpolation_codes, manifold_codes, plot_curves, rows_interleaved, save_grid
+from .images import interpolate, interpolate_prior, manifold, reconstruction_rows  # noqa: F401 - the API's
+from .report.pictures import run_pictures
+from .report.run import write_figures_record, write_report
 from .evaluation.likelihood import evaluate_likelihood
 from .models.base import ENCODE, LIKELIHOOD, SAMPLE
 from .run import RunConfig
 from .loading import load, resolve_device, split_inputs
-from .rundir import CHECKPOINTS, FINISHED, METRICS, TRAINING_EVAL, read_jsonl, result_name
+from .rundir import CHECKPOINTS, FINISHED, TRAINING_EVAL, result_name
 from .samplers import resolve_sampler, sampler_for
 from .training.trainer import train as _train_loop
 
@@ -142,62 +144,12 @@ def reconstruction_mse(model, x: torch.Tensor, batch_size: int = 500, dequantize
     return sum(distributed.gather(sums)) / x.numel()
 
 
-@torch.no_grad()
-def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10) -> torch.Tensor:
-    """Decoded means along straight lines between the posterior means of x0[i] and x1[i]."""
-    dev = _device(model)
-    z = interpolation_codes(model.codes(x0.to(dev)), model.codes(x1.to(dev)), steps)
-    return model.decode_mean(z)
-
-
-@torch.no_grad()
-def interpolate_prior(model, pairs: int = 8, steps: int = 10, seed: int = 0) -> torch.Tensor:
-    """Generated images along straight lines between pairs of prior draws (a model with no
-    encoder, such as the GAN): [pairs * steps, *shape]."""
-    z = model.prior(2 * pairs, torch.Generator().manual_seed(seed))
-    return model.decode_mean(interpolation_codes(z[:pairs], z[pairs:], steps))
-
-
-@torch.no_grad()
-def reconstruction_rows(model, x: torch.Tensor, nrow: int = 8) -> torch.Tensor:
-    """Rows of inputs, each above the same row of their reconstructions."""
-    return rows_interleaved(x.cpu(), model.reconstruct(x.to(_device(model))).cpu(), nrow)
-
-
-@torch.no_grad()
-def manifold(model, n: int = 20) -> torch.Tensor:
-    """Decoded means over the AEVB Figure 4 grid of a 2-D latent: [n*n, *shape]."""
-    return model.decode_mean(manifold_codes(n).to(_device(model)))
-
-
 def pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
-             model: torch.nn.Module | None = None, x: torch.Tensor | None = None, log=None) -> list[Path]:
-    """Write samples.png (from the model's default sampler), reconstructions.png (models with an
-    encoder), interpolation.png (between encoded test images, or prior draws for a GAN),
-    curves.png and, for a 2-D latent, manifold.png into the run directory, and the model's own
-    pictures."""
-    run_dir = Path(run_dir)
-    model = load(run_dir) if model is None else model
-    x = split_inputs(run_dir, "test", data_dir)[0] if x is None else x
-    torch.manual_seed(seed)
-    if model.can(ENCODE):
-        pairs = min(8, len(x) // 2)  # a small test set gives fewer lines
-        out = [save_grid(reconstruction_rows(model, x[:32], 8), run_dir / "reconstructions.png", nrow=8)]
-        if pairs:
-            out.append(save_grid(interpolate(model, x[:pairs], x[pairs:2 * pairs], 10), run_dir / "interpolation.png",
-                                 nrow=10))
-    else:
-        out = [save_grid(interpolate_prior(model, 8, 10, seed), run_dir / "interpolation.png", nrow=10)]
-    if model.can(SAMPLE):
-        drawer = sampler_for(run_dir, model, None, getattr(model, "checkpoint", "best"), data_dir, log)
-        out.append(save_grid(drawer.sample(n), run_dir / "samples.png", nrow=8))
-        if model.cfg.latent_dim == 2 and model.normal_prior:
-            out.append(save_grid(manifold(model, 20), run_dir / "manifold.png", nrow=20))
-    out += model.pictures(x.to(_device(model)), run_dir)
-    hist = read_jsonl(run_dir / METRICS)
-    if hist:
-        out.append(plot_curves(hist, run_dir / "curves.png"))
-    return out
+             model: torch.nn.Module | None = None, x: torch.Tensor | None = None, log=None) -> list:
+    """Write the run's pictures (samples.png, reconstructions.png, interpolation.png, curves.png,
+    manifold.png for a 2-D latent, and the model's own) into the run directory, labelled; returns
+    them as :class:`vaelab.images.Figure` (``path``, ``title``, ``caption``)."""
+    return run_pictures(run_dir, n, data_dir, seed, model, x, log)
 
 
 def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path:
@@ -214,8 +166,8 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
 
         def read():
             model = load(run_dir, "best", device)
-            return model, split_inputs(run_dir, "test", model.run_config.data.data_dir)[0]
-        model, x = distributed.together(read)
+            return model, *split_inputs(run_dir, "test", model.run_config.data.data_dir)
+        model, x, y = distributed.together(read)
         run = model.run_config
         has_likelihood = model.can(LIKELIHOOD)
         if run.train.nll_samples > 0 or not has_likelihood:
@@ -225,7 +177,9 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
                      out=run_dir / TRAINING_EVAL, progress=run.train.progress)
 
         def finish():
-            pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x, log=log)
+            figures = pictures(run_dir, data_dir=run.data.data_dir, model=model, x=x, log=log)
+            write_figures_record(run_dir, figures)
+            write_report(run_dir, run.data.data_dir, model=model, x=x, y=y)
             # what lets --resume tell a finished run from one killed in the stages above
             epochs = read_metadata(run_dir / CHECKPOINTS["last"])["epoch"]
             write_json(run_dir / FINISHED, {"epochs": epochs})

@@ -327,6 +327,19 @@ def cmd_finetune(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from .report.run import write_report
+    _threads(a)
+    print(write_report(a.run_dir, a.data_dir, checkpoint=a.checkpoint, log=_say))
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from .report.compare import compare
+    print(compare(a.runs, a.out, log=_say))
+    return 0
+
+
 def cmd_datasets(a) -> int:
     from .data import list_datasets
     for d in list_datasets(a.data_dir):
@@ -461,6 +474,19 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
             s.add_argument("--patience", type=int, default=10,
                            help="epochs without a better validation accuracy before a run stops")
         s.set_defaults(func=func)
+    r = sub.add_parser("report", help="write RUN_DIR/report.html: the run on one page (training writes it too)",
+                       allow_abbrev=False)
+    r.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    r.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                   help="the weights the page's traversals, codes and errors are drawn from [default: best]")
+    r.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    computes(r)
+    r.set_defaults(func=cmd_report)
+    c = sub.add_parser("compare", help="runs side by side: DIR/compare.html, compare.csv and compare.md",
+                       allow_abbrev=False)
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of them")
+    c.add_argument("--out", required=True, metavar="DIR", help="the folder to write the page and tables into")
+    c.set_defaults(func=cmd_compare)
     d = sub.add_parser("datasets", help="list the datasets and where each was found", allow_abbrev=False)
     d.add_argument("--data-dir", default=None)
     d.set_defaults(func=cmd_datasets)

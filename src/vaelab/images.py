@@ -1,7 +1,10 @@
-"""Pictures: image grids, reconstructions, interpolations, the AEVB manifold, training curves."""
+"""Pictures: image grids (with their rows and columns labelled), reconstructions,
+interpolations, the AEVB manifold, training curves; and :class:`Figure`, a picture that knows its
+title and caption, as the models and the report pass them."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,16 @@ from .io import atomic_write
 
 
 GRID_PADDING = 2
+LABEL_GAP = 6  # pixels between a label and the grid
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A picture a run holds, with what the report says of it: ``title`` (a few words) and
+    ``caption`` (what it shows and how it was made)."""
+    path: Path
+    title: str
+    caption: str
 
 
 def grid_scale(hw: tuple[int, int]) -> int:
@@ -64,13 +77,67 @@ def grid(images: torch.Tensor, nrow: int | None = None, padding: int = GRID_PADD
     return out
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Write a grid of images to a PNG (atomically)."""
+def _font(cell: int):
+    from PIL import ImageFont
+    return ImageFont.load_default(size=max(11, min(16, cell // 2)))
+
+
+def label_margins(n: int, hw: tuple[int, int], nrow: int | None = None, row_labels=None, col_labels=None,
+                  title: str | None = None) -> tuple[int, int]:
+    """(left, top) margins in pixels that :func:`save_grid` adds for its labels."""
+    from PIL import ImageDraw
+    font = _font(grid_cell(hw))
+    draw = ImageDraw.Draw(Image.new("L", (1, 1)))
+    def width(t): return int(math.ceil(draw.textlength(str(t), font=font)))
+    line = font.size + 4
+    left = max((width(t) for t in row_labels), default=0) + LABEL_GAP if row_labels else 0
+    top = (line if title else 0) + (line if col_labels else 0)
+    return left, top
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, row_labels=None, col_labels=None,
+              title: str | None = None) -> Path:
+    """Write a grid of images to a PNG (atomically). ``row_labels``: a label for each row of the
+    grid, written to its left (a shorter list repeats: ``["input", "reconstruction"]``);
+    ``col_labels``: one above each column; ``title``: a line above all. Without them, the bare
+    grid (:func:`grid`)."""
     arr = grid(images, nrow)
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if row_labels or col_labels or title:
+        img = _labelled(img, images.shape, nrow, row_labels, col_labels, title)
     path = Path(path)
     atomic_write(path, lambda p: img.save(p, format="PNG"))
     return path
+
+
+def _labelled(img: Image.Image, shape, nrow: int | None, row_labels, col_labels, title) -> Image.Image:
+    """``img``, the grid of ``shape`` [N, C, H, W], on a white canvas with its labels."""
+    from PIL import ImageDraw
+    n, hw = shape[0], tuple(shape[2:])
+    nrow = nrow or math.ceil(math.sqrt(n))
+    left, top = label_margins(n, hw, nrow, row_labels, col_labels, title)
+    font = _font(grid_cell(hw))
+    canvas = Image.new(img.mode, (img.width + left, img.height + top), 255 if img.mode == "L" else (255, 255, 255))
+    canvas.paste(img, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    ink = 0 if img.mode == "L" else (20, 20, 20)
+    cell = grid_cell(hw) + GRID_PADDING
+    cell_w = hw[1] * grid_scale(hw) + GRID_PADDING
+    line = font.size + 4
+    if title:
+        draw.text((left + GRID_PADDING, 1), str(title), fill=ink, font=font)
+    if col_labels:
+        y = (line if title else 0) + 1
+        for j, text in enumerate(col_labels[:nrow]):
+            w = draw.textlength(str(text), font=font)
+            draw.text((left + GRID_PADDING + j * cell_w + (cell_w - GRID_PADDING - w) / 2, y), str(text), fill=ink,
+                      font=font)
+    if row_labels:
+        for r in range(math.ceil(n / nrow)):
+            text = str(row_labels[r % len(row_labels)])
+            y = top + GRID_PADDING + r * cell + (cell - GRID_PADDING - font.size) / 2
+            draw.text((0, y), text, fill=ink, font=font)
+    return canvas
 
 
 def rows_interleaved(top: torch.Tensor, bottom: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -97,21 +164,74 @@ def manifold_codes(n: int) -> torch.Tensor:
     return torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)
 
 
-def plot_curves(history: list[dict], path: str | Path) -> Path:
-    """Per-epoch training loss and validation score."""
+# what the pictures decode, asked of any model (duck-typed: codes, decode_mean, prior, reconstruct)
+
+@torch.no_grad()
+def interpolate(model, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """Decoded means along straight lines between the posterior means of x0[i] and x1[i]."""
+    dev = next(model.parameters()).device
+    z = interpolation_codes(model.codes(x0.to(dev)), model.codes(x1.to(dev)), steps)
+    return model.decode_mean(z)
+
+
+@torch.no_grad()
+def interpolate_prior(model, pairs: int = 8, steps: int = 10, seed: int = 0) -> torch.Tensor:
+    """Generated images along straight lines between pairs of prior draws (a model with no
+    encoder, such as the GAN): [pairs * steps, *shape]."""
+    z = model.prior(2 * pairs, torch.Generator().manual_seed(seed))
+    return model.decode_mean(interpolation_codes(z[:pairs], z[pairs:], steps))
+
+
+@torch.no_grad()
+def reconstruction_rows(model, x: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """Rows of inputs, each above the same row of their reconstructions."""
+    return rows_interleaved(x.cpu(), model.reconstruct(x.to(next(model.parameters()).device)).cpu(), nrow)
+
+
+@torch.no_grad()
+def manifold(model, n: int = 20) -> torch.Tensor:
+    """Decoded means over the AEVB Figure 4 grid of a 2-D latent: [n*n, *shape]."""
+    return model.decode_mean(manifold_codes(n).to(next(model.parameters()).device))
+
+
+def plot_curves(history: list[dict], path: str | Path, loss_label: str = "training loss (nats/example)") -> Path:
+    """Per-epoch training loss (``loss_label``: what it is, and its unit) and validation score;
+    each epoch a marker too, so a one-epoch run shows its point."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
+    mark = "o" if len(epochs) <= 30 else None
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(epochs, [h["train_loss"] for h in history])
-    ax[0].set(xlabel="epoch", ylabel="training loss (nats/example)", title="training")
+    ax[0].plot(epochs, [h["train_loss"] for h in history], marker=mark)
+    ax[0].set(xlabel="epoch", ylabel=loss_label, title="training")
     val = [(h["epoch"], h["val"]) for h in history if h.get("val") is not None]
     if val:
-        ax[1].plot(*zip(*val), color="C1")
+        ax[1].plot(*zip(*val), color="C1", marker=mark)
     ax[1].set(xlabel="epoch", ylabel=f"validation {history[0].get('val_name', 'score') if history else ''}",
               title="validation")
+    return save_figure(fig, path)
+
+
+def save_manifold(images: torch.Tensor, n: int, path: str | Path) -> Path:
+    """manifold.png: the decoded :func:`manifold_codes` grid of ``n`` x ``n`` images with the
+    values of z1 (columns) and z2 (rows) on its axes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arr = grid(images, n, padding=0)
+    zs = manifold_codes(n)[:n, 0].tolist()  # the columns' z1, left to right; the rows' z2 are the same, flipped
+    cell = arr.shape[0] / n
+    side = min(9.0, max(4.0, arr.shape[0] / 60))
+    fig, ax = plt.subplots(figsize=(side + 0.8, side + 0.6))
+    ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    every = max(1, n // 8)
+    ticks = list(range(0, n, every))
+    ax.set_xticks([(i + 0.5) * cell - 0.5 for i in ticks], [f"{zs[i]:.2f}" for i in ticks])
+    ax.set_yticks([(i + 0.5) * cell - 0.5 for i in ticks], [f"{-zs[i]:.2f}" for i in ticks])
+    ax.set(xlabel="z1", ylabel="z2")
     return save_figure(fig, path)
 
 
@@ -131,15 +251,29 @@ def _read_png(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-def progress_strip(files: list[Path], shape: tuple[int, ...], run_dir: Path, rows: int = 10) -> Path | None:
-    """progress.png: the first row of the grids ``files`` (one per epoch, in order) at up to
-    ``rows`` epochs spread over the run, earliest at the top, so the run's progress reads downwards."""
+def progress_strip(files: list[Path], shape: tuple[int, ...], run_dir: Path, rows: int = 10,
+                   epochs: list[int] | None = None) -> Path | None:
+    """progress.png: the first row of the grids ``files`` (one per epoch, in order; ``epochs``:
+    theirs, labelled on the left) at up to ``rows`` epochs spread over the run, earliest at the
+    top, so the run's progress reads downwards."""
     if not files:
         return None
     n = min(rows, len(files))
-    pick = sorted({files[round(i * (len(files) - 1) / max(1, n - 1))] for i in range(n)})
+    picked = sorted({round(i * (len(files) - 1) / max(1, n - 1)) for i in range(n)})
     height = grid_cell(shape[1:]) + 2 * GRID_PADDING  # the first row of a grid with its borders
-    img = Image.fromarray(np.concatenate([_read_png(f)[:height] for f in pick]))
+    img = Image.fromarray(np.concatenate([_read_png(files[i])[:height] for i in picked]))
+    if epochs is not None:
+        from PIL import ImageDraw
+        font = _font(grid_cell(shape[1:]))
+        labels = [f"epoch {epochs[i]}" for i in picked]
+        left = max(int(math.ceil(ImageDraw.Draw(img).textlength(t, font=font))) for t in labels) + LABEL_GAP
+        canvas = Image.new(img.mode, (img.width + left, img.height), 255 if img.mode == "L" else (255, 255, 255))
+        canvas.paste(img, (left, 0))
+        draw = ImageDraw.Draw(canvas)
+        for r, text in enumerate(labels):
+            draw.text((0, r * height + (height - font.size) / 2), text, fill=0 if img.mode == "L" else (20, 20, 20),
+                      font=font)
+        img = canvas
     path = Path(run_dir) / "progress.png"
     atomic_write(path, lambda p: img.save(p, format="PNG"))
     return path

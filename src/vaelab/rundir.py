@@ -14,6 +14,7 @@ the trainer, evaluation, the samplers, the pictures and the report ask for it. L
     RUN/progress/epoch-NNNN.png     a grid of each epoch (a GAN's fixed noise)
     RUN/samplers/<name>-<ckpt>.safetensors   fitted samplers (:func:`sampler_cache`)
     RUN/report.html                 the run's page (:mod:`vaelab.report`)
+    RUN/figures.json                the pictures' titles and captions
     RUN/finished.json               written once the final evaluation and pictures are done
     RUN/.vaelab.lock                held while a process writes the run
 """
@@ -41,6 +42,7 @@ TENSORBOARD = "tensorboard"  # --tensorboard: event files
 FINISHED = "finished.json"  # the final evaluation and pictures are done
 TRAINING_EVAL = "eval-test.json"  # training's final evaluation (vaelab.api.train)
 REPORT = "report.html"
+FIGURES = "figures.json"    # the pictures' titles and captions, for the report
 PROGRESS = "progress"       # per-epoch grids
 SAMPLERS = "samplers"       # fitted samplers
 
@@ -52,7 +54,8 @@ PICTURES = ("samples.png", "reconstructions.png", "interpolation.png", "manifold
 # reconstruct, interpolate, manifold) writes under a name that carries every setting deciding
 # its content (:func:`result_name`), so running it again with the same settings replaces only its
 # own file, with the same result (it is seeded); elsewhere only where -o says.
-RUN_FILES = (CONFIG, CHECKPOINTS["last"], CHECKPOINTS["best"], RESUME, METRICS, STEPS, CSV, FINISHED, REPORT)
+RUN_FILES = (CONFIG, CHECKPOINTS["last"], CHECKPOINTS["best"], RESUME, METRICS, STEPS, CSV, FINISHED, REPORT,
+             FIGURES)
 # results of the run, replaced with it
 RUN_PATTERNS = ("eval-*.json", "*.png", f"{PROGRESS}/epoch-*.png", f"{SAMPLERS}/*.safetensors",
                 f"{TENSORBOARD}/events.out.tfevents.*")

@@ -186,8 +186,9 @@ class Model(nn.Module):
         """Extra evaluation numbers of this model on a split."""
         return {}
 
-    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Path]:
-        """Extra pictures after training."""
+    def pictures(self, x: torch.Tensor, run_dir: Path) -> list:
+        """Extra pictures after training, each a :class:`vaelab.images.Figure` (its file, title
+        and caption, for the report)."""
         return []
 
     @torch.no_grad()

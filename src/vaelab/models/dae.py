@@ -15,7 +15,7 @@ import torch
 
 from ..config import opt
 from ..corruption import corrupt, parse_corruption
-from ..images import save_grid
+from ..images import Figure, save_grid
 from ..registry import register
 from .ae import AE, AEConfig
 
@@ -61,8 +61,11 @@ class DAE(AE):
         return {"corruption": self.cfg.corruption, "psnr_corrupted": corrupted, "psnr_denoised": denoised,
                 "psnr_gain": denoised - corrupted}
 
-    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Path]:
-        """denoising.png: rows of corrupted, denoised and clean images (8 per row)."""
+    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Figure]:
+        """denoising.png: rows of corrupted, denoised and clean images (8 per row), labelled."""
         xc, den = self._denoise(x[:8])
         rows = torch.cat([xc.clamp(0, 1).cpu(), den.cpu(), x[:8].cpu()])
-        return [save_grid(rows, Path(run_dir) / "denoising.png", nrow=8)]
+        path = save_grid(rows, Path(run_dir) / "denoising.png", nrow=8, row_labels=["corrupted", "denoised", "clean"])
+        return [Figure(path, "Denoising", f"The first {len(rows) // 3} test images corrupted by "
+                       f"{self.cfg.corruption} (top row; one fixed draw, seed 0), the autoencoder's reconstruction "
+                       "of each corrupted image (middle) and the clean image (bottom).")]

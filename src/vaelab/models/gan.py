@@ -28,11 +28,11 @@ from torch import nn
 
 from ..config import ModelConfig, opt
 from ..errors import VaelabError
-from ..images import plot_game, progress_strip
+from ..images import Figure, plot_game, progress_strip
 from ..losses import discriminator_loss, generator_loss
 from ..nets import check_latent_and_hidden, full_precision
 from ..registry import register
-from ..rundir import METRICS, progress_pictures, read_jsonl
+from ..rundir import METRICS, epoch_of, progress_pictures, read_jsonl
 from .base import SAMPLE, Model, StepInfo, Update, adam, with_base_lr
 
 
@@ -265,11 +265,19 @@ class GAN(Model):
     def sample(self, n: int) -> torch.Tensor:
         return self.generate(self.prior(n))
 
-    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Path]:
+    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Figure]:
         """progress.png (the fixed-noise grids' first rows down the epochs) and game.png (D(x),
         D(G(z)) and both losses per epoch)."""
-        out = [p for p in [progress_strip(progress_pictures(run_dir), self.cfg.shape, Path(run_dir))] if p]
+        out, grids = [], progress_pictures(run_dir)
+        strip = progress_strip(grids, self.cfg.shape, Path(run_dir), epochs=[epoch_of(g) for g in grids])
+        if strip:
+            out.append(Figure(strip, "Progress", "The first row of the generator's images of one fixed noise batch "
+                              "after each epoch (up to 10 epochs spread over the run, labelled on the left), earliest "
+                              "at the top."))
         hist = read_jsonl(Path(run_dir) / METRICS)
         if hist:
-            out.append(plot_game(hist, Path(run_dir) / "game.png"))
+            out.append(Figure(plot_game(hist, Path(run_dir) / "game.png"), "The game",
+                              "Left: the discriminator's mean output on training images, D(x), and on the generator's "
+                              "samples, D(G(z)), per epoch; at the game's equilibrium p_g = p_data both are 1/2 "
+                              "(dashed). Right: both players' losses; the discriminator's is log 4 there (dashed)."))
         return out

@@ -17,7 +17,7 @@ import torch
 
 from ..config import opt
 from ..errors import VaelabError
-from ..images import save_figure
+from ..images import Figure, save_figure
 from ..losses import kl_sparsity, l1_penalty
 from ..registry import register
 from .ae import AE, AEConfig, AEOutput
@@ -69,7 +69,7 @@ class SparseAE(AE):
         return {"near_zero_fraction": (z.abs() < NEAR_ZERO).float().mean().item(),
                 "mean_abs_code": z.abs().mean().item(), "mean_activation": z.mean().item()}
 
-    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Path]:
+    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Figure]:
         """codes_histogram.png: the distribution of code values over the split."""
         import matplotlib
         matplotlib.use("Agg")
@@ -81,4 +81,7 @@ class SparseAE(AE):
         frac = float((abs(z) < NEAR_ZERO).mean())
         ax.set(xlabel="code value z_i", ylabel="count (log)",
                title=f"code values: {100 * frac:.1f}% with |z| < {NEAR_ZERO:g}")
-        return [save_figure(fig, Path(run_dir) / "codes_histogram.png")]
+        path = save_figure(fig, Path(run_dir) / "codes_histogram.png")
+        return [Figure(path, "Code values", f"A histogram (log counts) of every code value z_i of the {len(x):,} "
+                       f"test images; the sparsity penalty pushes them to 0 ({100 * frac:.1f}% have |z_i| < "
+                       f"{NEAR_ZERO:g}).")]

@@ -1,0 +1,108 @@
+"""The figures a run directory holds, as rows of one table: each evaluation file one row, with how
+it was measured (split, checkpoint, K, sampler and samples) beside what it measured. Shared by
+a run's page and ``vaelab compare``."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..rundir import TRAINING_EVAL, eval_files, read_jsonl, METRICS
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str        # in an eval JSON (or a record of metrics.jsonl)
+    label: str      # the column's heading
+    better: str     # "higher", "lower" or "" (neither: reported, not ranked)
+    note: str       # the unit, or how it was measured
+    depends: tuple = ("split", "checkpoint")  # what of HOW the figure depends on
+
+
+SAMPLED = ("split", "checkpoint", "sampler", "samples")
+METRIC_COLUMNS = [
+    Metric("elbo", "ELBO", "higher", "nats per example"),
+    Metric("nll", "NLL", "lower", "nats per example, importance-sampled with K samples",
+           ("split", "checkpoint", "k")),
+    Metric("bpd", "bits/dim", "lower", "the NLL in bits per pixel value", ("split", "checkpoint", "k")),
+    Metric("kl", "KL", "", "KL(q(z|x) || p(z)), nats per example"),
+    Metric("mse", "recon. MSE", "lower", "mean squared error per pixel at the code (pixels in [0, 1])"),
+    Metric("parzen_ll", "Parzen LL", "higher", "Gaussian Parzen-window log-likelihood of the samples, nats", SAMPLED),
+    Metric("frechet", "Fréchet", "lower", "Fréchet distance of the samples' features (vaelab's classifier)", SAMPLED),
+    Metric("psnr_denoised", "PSNR denoised", "higher", "dB, corrupted test images denoised"),
+    Metric("near_zero_fraction", "codes ≈ 0", "", "fraction of code values with |z| < 0.01"),
+]
+# how a figure was measured: what must match for two runs' figures to share a column
+HOW = ("split", "checkpoint", "k", "sampler", "samples")
+
+
+@dataclass
+class Measurement:
+    """One evaluation file of a run: how it was measured and what."""
+    file: str
+    how: dict
+    values: dict
+
+    @property
+    def label(self) -> str:
+        h = self.how
+        parts = [f"{h.get('split', '?')} split", f"{h.get('checkpoint', '?')} checkpoint"]
+        if h.get("k") is not None:
+            parts.append(f"K = {h['k']:,}")
+        if h.get("sampler"):
+            parts.append(f"samples by {h['sampler']} (n = {h.get('samples', '?'):,})"
+                         if isinstance(h.get("samples"), int) else f"samples by {h['sampler']}")
+        return ", ".join(parts)
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def measurements(run_dir) -> list[Measurement]:
+    """Every evaluation of the run (training's first), unreadable files left out."""
+    out = []
+    for p in eval_files(run_dir):
+        try:
+            d = json.loads(Path(p).read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(d, dict):
+            continue
+        how = {k: d.get(k) for k in HOW}
+        if "nll" not in d:
+            how["k"] = None
+        if "sampler" not in d:
+            how["samples"] = None
+        values = {m.key: d[m.key] for m in METRIC_COLUMNS if _finite(d.get(m.key))}
+        out.append(Measurement(p.name, how, values))
+    return out
+
+
+def training_rows(run_dir) -> list[Measurement]:
+    """The last epoch's training figures and its validation score, from metrics.jsonl."""
+    hist = read_jsonl(Path(run_dir) / METRICS)
+    if not hist:
+        return []
+    last = hist[-1]
+    rows = []
+    train = {m.key: last[f"train_{m.key}"] for m in METRIC_COLUMNS if _finite(last.get(f"train_{m.key}"))}
+    if train:
+        rows.append(Measurement(METRICS, {"split": "train", "checkpoint": f"epoch {last['epoch']} (mean over its steps)"},
+                                train))
+    if _finite(last.get("val")) and last.get("val_name"):
+        key = last["val_name"]
+        rows.append(Measurement(METRICS, {"split": "val", "checkpoint": f"epoch {last['epoch']}"},
+                                {key: last["val"]} if any(m.key == key for m in METRIC_COLUMNS) else {}))
+        if not rows[-1].values:
+            rows[-1].values["val_" + key] = last["val"]
+    return rows
+
+
+def used_columns(rows: list[Measurement]) -> list[Metric]:
+    return [m for m in METRIC_COLUMNS if any(m.key in r.values for r in rows)]
+
+
+__all__ = ["Metric", "METRIC_COLUMNS", "Measurement", "measurements", "training_rows", "used_columns", "HOW",
+           "TRAINING_EVAL"]

@@ -1,0 +1,193 @@
+"""report.html, vaelab report and vaelab compare: what they show, checked in the files and in a
+real browser (headless Chromium: every image loads, no console error, no network request)."""
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import vaelab
+from vaelab.cli import main
+from vaelab.images import grid_size, label_margins
+from vaelab.report.compare import compare
+from vaelab.report.run import write_report
+from vaelab.rundir import FIGURES, PICTURES, REPORT
+
+from browser import Browser, require_browser
+
+TINY = dict(data="digits", hidden=(32,), latent_dim=2, batch_size=64, epochs=2, nll_samples=5, progress=False,
+            lr=3e-3)
+QUIET = dict(log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A finished VAE (2-D latent: every picture), a WAE, a GAN and an autoencoder on the digits."""
+    d = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, over in (("vae", {}), ("wae", {"model": "wae"}), ("gan", {"model": "gan"}), ("ae", {"model": "ae"})):
+        out[name] = vaelab.train(vaelab.make_config(**{**TINY, **over}, out=str(d / name)), **QUIET)
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_browser()
+    with Browser() as b:
+        yield b
+
+
+def _html(run: Path, name: str = REPORT) -> str:
+    return (run / name).read_text()
+
+
+def _figures(html: str) -> list[tuple[str, str]]:
+    """(img src, caption text) of every <figure>."""
+    out = []
+    for fig in re.findall(r"<figure>(.*?)</figure>", html, re.S):
+        src = re.search(r'<img[^>]*src="([^"]+)"', fig)
+        cap = re.search(r"<figcaption>(.*?)</figcaption>", fig, re.S)
+        out.append((src.group(1) if src else "", re.sub(r"<[^>]+>", "", cap.group(1)).strip() if cap else ""))
+    return out
+
+
+def test_training_writes_a_report_whose_every_figure_has_a_caption(runs):
+    for name, run in runs.items():
+        html = _html(run)
+        figs = _figures(html)
+        assert figs and all(cap for _, cap in figs), name
+        assert all(src.startswith("data:image/") for src, _ in figs if src), name
+        # self-contained: nothing from the network, no file beside it
+        assert not re.search(r'(src|href)="(?!data:|#)', html.replace('href="https://', 'href="#'))
+
+
+def test_every_picture_a_run_writes_is_in_its_report_with_a_caption(runs):
+    for name, run in runs.items():
+        recorded = {f["file"]: f for f in json.loads((run / FIGURES).read_text())}
+        pngs = {p.name for p in run.glob("*.png")}
+        assert pngs <= set(recorded), (name, pngs - set(recorded))
+        assert pngs <= set(PICTURES), name  # the layout knows each
+        html = _html(run)
+        for f in recorded.values():
+            assert f["caption"] and f["title"], f
+            assert f"<code>{f['file']}</code>" in html
+            assert f["caption"].replace("'", "&#39;")[:60] in html
+
+
+def test_the_metrics_table_holds_the_evaluation_and_how_it_was_measured(runs):
+    run = runs["vae"]
+    ev = json.loads((run / "eval-test.json").read_text())
+    html = _html(run)
+    assert "test split, best checkpoint, K = 5" in html
+    for key in ("nll", "elbo", "bpd", "mse"):
+        assert f"{ev[key]:.4g}" in html, key
+    gan = _html(runs["gan"])
+    assert "Not shown: a likelihood (ELBO, NLL, bits/dim).</b> A gan defines no density p(x)." in gan
+
+
+def test_the_report_shows_the_curves_progress_traversals_codes_and_errors(runs):
+    html = _html(runs["vae"])
+    for title in ("Every quantity per epoch", "Every quantity per step", "Epoch 1", "Epoch 2", "Latent traversals",
+                  "The test codes in 2-D", "Reconstruction error per image", "The worst reconstructions",
+                  "Reconstructions", "Samples", "Interpolations", "The learned manifold", "Training curves"):
+        assert f"<b>{title}.</b>" in html, title
+    gan = _html(runs["gan"])
+    for title in ("The game", "Progress", "Every quantity per epoch"):
+        assert f"<b>{title}.</b>" in gan, title
+    assert "Dashed: the game&#39;s equilibrium values" in gan  # the 1/2 and log 4 lines
+    ae = _html(runs["ae"])
+    assert "Samples over training" not in ae and "<b>Latent traversals.</b>" in ae
+
+
+def test_pictures_are_labelled(runs):
+    run = runs["vae"]
+    with Image.open(run / "reconstructions.png") as im:
+        h, w = grid_size(64, (8, 8), 8)  # 32 test images, each above its reconstruction
+        left, top = label_margins(64, (8, 8), 8, ["input", "reconstruction"])
+        assert im.size == (w + left, h + top) and left > 40
+    with Image.open(run / "progress.png" if (run / "progress.png").exists() else runs["gan"] / "progress.png") as im:
+        assert im.size[0] > grid_size(8, (8, 8), 8)[1]  # the epochs' labels on the left
+    gan_curves = json.loads((runs["gan"] / FIGURES).read_text())
+    assert not any("nats" in f["caption"] and f["file"] == "curves.png" for f in gan_curves)
+
+
+def test_a_partial_run_gets_a_report_of_what_it_holds(runs, tmp_path):
+    run = shutil.copytree(runs["vae"], tmp_path / "killed")
+    # as a run killed after its first epoch leaves it: no final evaluation, pictures or second epoch
+    for p in [*run.glob("*.png"), run / "eval-test.json", run / "finished.json", run / FIGURES, run / REPORT]:
+        p.unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")
+    assert main(["report", str(run)]) == 0
+    html = _html(run)
+    assert "Not shown: the final evaluation and pictures.</b> Training has not finished: 1 of 2 epochs" in html
+    assert f"--resume {run}" in html
+    assert "No evaluation file" in html
+    assert "<b>Latent traversals.</b>" in html  # drawn from the checkpoint that exists
+    # no checkpoint at all: the page says so, and still shows the settings
+    for p in run.glob("*.safetensors"):
+        p.unlink()
+    (run / "metrics.jsonl").write_text("")
+    assert main(["report", str(run)]) == 0
+    html = _html(run)
+    assert "no epoch finished" in html and "<h2 id=\"settings\">" in html
+
+
+def test_report_of_a_folder_that_is_no_run_says_so(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.json is missing" in err and "Traceback" not in err
+
+
+def test_compare_writes_page_csv_and_markdown(runs, tmp_path):
+    page = compare([str(runs["vae"]), str(runs["wae"])], tmp_path / "cmp")
+    html = page.read_text()
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    rows = list(csv.reader((tmp_path / "cmp" / "compare.csv").read_text().splitlines()))
+    assert rows[0][0] == "run" and [r[0] for r in rows[1:]] == ["vae", "wae"]
+    mse = [i for i, h in enumerate(rows[0]) if h.startswith("recon. MSE")]
+    assert len(mse) == 1  # measured alike on both: one column
+    a, b = float(rows[1][mse[0]]), float(rows[2][mse[0]])
+    assert a == json.loads((runs["vae"] / "eval-test.json").read_text())["mse"]
+    best = f"{min(a, b):.4g}"
+    assert f"<b>{best}</b>" in html and f"**{best}**" in md
+    # the settings that differ: the model, not the seed
+    assert "train.model" in html and "train.seed" not in html
+    assert all(cap for _, cap in _figures(html))
+
+
+def test_compare_keeps_figures_measured_differently_apart(runs, tmp_path):
+    run = shutil.copytree(runs["vae"], tmp_path / "other-k")
+    assert main(["eval", str(run), "-k", "7", "--no-sample-metrics", "--threads", "1"]) == 0
+    compare([str(runs["vae"]), str(run)], tmp_path / "cmp")
+    head = next(csv.reader((tmp_path / "cmp" / "compare.csv").read_text().splitlines()))
+    assert "NLL (test, best, K=5)" in head and "NLL (test, best, K=7)" in head
+
+
+def test_compare_takes_a_folder_of_runs_and_refuses_what_is_not_one(runs, tmp_path, capsys):
+    folder = runs["vae"].parent
+    assert main(["compare", str(folder), "--out", str(tmp_path / "all")]) == 0
+    names = [r[0] for r in csv.reader((tmp_path / "all" / "compare.csv").read_text().splitlines())][1:]
+    assert names == sorted(runs)
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a folder" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("")
+    assert main(["compare", str(runs["vae"]), "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_pages_in_a_real_browser(runs, tmp_path, browser):
+    compare([str(runs["vae"]), str(runs["wae"])], tmp_path / "cmp")
+    pages = [runs[name] / REPORT for name in runs] + [tmp_path / "cmp" / "compare.html"]
+    for page in pages:
+        shot = tmp_path / f"{page.parent.name}-{page.stem}.png"
+        c = browser.open_page(page, shot)
+        assert c.images and not c.broken_images, (page, c.images)
+        assert c.console_errors == [] and c.requests == [], page
+        assert not c.uncaptioned_figures, page
+        assert shot.stat().st_size > 10_000
