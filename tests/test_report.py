@@ -13,7 +13,6 @@ import vaelab
 from vaelab.cli import main
 from vaelab.images import grid_size, label_margins
 from vaelab.report.compare import compare
-from vaelab.report.run import write_report
 from vaelab.rundir import FIGURES, PICTURES, REPORT
 
 from browser import Browser, require_browser
