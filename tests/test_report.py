@@ -58,6 +58,7 @@ def test_training_writes_a_report_whose_every_figure_has_a_caption(runs):
         html = _html(run)
         figs = _figures(html)
         assert figs and all(cap for _, cap in figs), name
+        assert "not finished" not in html and "Not shown: the final evaluation" not in html, name
         assert all(src.startswith("data:image/") for src, _ in figs if src), name
         # self-contained: nothing from the network, no file beside it
         assert not re.search(r'(src|href)="(?!data:|#)', html.replace('href="https://', 'href="#'))

@@ -221,16 +221,16 @@ def save_manifold(images: torch.Tensor, n: int, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arr = grid(images, n, padding=0)
+    arr = grid(images, n)
     zs = manifold_codes(n)[:n, 0].tolist()  # the columns' z1, left to right; the rows' z2 are the same, flipped
-    cell = arr.shape[0] / n
-    side = min(9.0, max(4.0, arr.shape[0] / 60))
+    cell = (arr.shape[0] - GRID_PADDING) / n  # a cell with its padding: the ticks at the images' centres
+    side = min(7.5, max(4.0, arr.shape[0] / 80))
     fig, ax = plt.subplots(figsize=(side + 0.8, side + 0.6))
     ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     every = max(1, n // 8)
     ticks = list(range(0, n, every))
-    ax.set_xticks([(i + 0.5) * cell - 0.5 for i in ticks], [f"{zs[i]:.2f}" for i in ticks])
-    ax.set_yticks([(i + 0.5) * cell - 0.5 for i in ticks], [f"{-zs[i]:.2f}" for i in ticks])
+    ax.set_xticks([GRID_PADDING / 2 + (i + 0.5) * cell - 0.5 for i in ticks], [f"{zs[i]:.2f}" for i in ticks])
+    ax.set_yticks([GRID_PADDING / 2 + (i + 0.5) * cell - 0.5 for i in ticks], [f"{-zs[i]:.2f}" for i in ticks])
     ax.set(xlabel="z1", ylabel="z2")
     return save_figure(fig, path)
 
