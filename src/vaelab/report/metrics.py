@@ -43,9 +43,12 @@ class Measurement:
     file: str
     how: dict
     values: dict
+    text: str | None = None  # what the row says of how it was measured, where the file does not
 
     @property
     def label(self) -> str:
+        if self.text:
+            return self.text
         h = self.how
         parts = [f"{h.get('split', '?')} split", f"{h.get('checkpoint', '?')} checkpoint"]
         if h.get("k") is not None:
@@ -89,12 +92,13 @@ def training_rows(run_dir) -> list[Measurement]:
     rows = []
     train = {m.key: last[f"train_{m.key}"] for m in METRIC_COLUMNS if _finite(last.get(f"train_{m.key}"))}
     if train:
-        rows.append(Measurement(METRICS, {"split": "train", "checkpoint": f"epoch {last['epoch']} (mean over its steps)"},
-                                train))
+        rows.append(Measurement(METRICS, {"split": "train"}, train,
+                                f"train split, epoch {last['epoch']} (the mean over its steps)"))
     if _finite(last.get("val")) and last.get("val_name"):
         key = last["val_name"]
-        rows.append(Measurement(METRICS, {"split": "val", "checkpoint": f"epoch {last['epoch']}"},
-                                {key: last["val"]} if any(m.key == key for m in METRIC_COLUMNS) else {}))
+        rows.append(Measurement(METRICS, {"split": "val"},
+                                {key: last["val"]} if any(m.key == key for m in METRIC_COLUMNS) else {},
+                                f"val split, the weights after epoch {last['epoch']}"))
         if not rows[-1].values:
             rows[-1].values["val_" + key] = last["val"]
     return rows
