@@ -17,6 +17,7 @@ from vaelab.distributions import DiagonalGaussian
 from vaelab.evaluation.probe import codes_of
 from vaelab.io import save_weights
 from vaelab.loading import split_inputs
+from vaelab.registry import SAMPLERS, register_sampler
 from vaelab.training.trainer import train as train_loop
 
 
@@ -262,3 +263,82 @@ def test_two_stage_draws_an_iafs_codes_through_its_flow(monkeypatch):
         ref = model.posterior_sample(x, 20)[0].reshape(-1, 2)  # z_T ~ q(z_T|x)
     torch.testing.assert_close(stage.std ** 2, ref.var(0), rtol=0.05, atol=0)
     assert not torch.allclose(seen[0], seen[1])
+
+
+# ---- the registry: a sampler is one class, registered by one line ----
+
+def test_every_registered_sampler_has_a_name_a_title_and_a_caption():
+    assert {"prior", "gmm", "two-stage", "pixelcnn"} <= set(SAMPLERS)
+    for name, cls in SAMPLERS.items():
+        assert cls.name == name and issubclass(cls, samplers.BaseSampler)
+        assert all(isinstance(t, str) and t.strip() for t in (cls.title, cls.caption)), name
+        spec = samplers.parse_sampler(name if cls.argument is None else f"{name}:{cls.example}")
+        assert spec.sampler_class is cls and str(spec.sampler) == str(spec)
+        assert "{" not in spec.title + spec.caption, name  # the argument filled in
+        assert spec.caption[0].islower() and not spec.caption.endswith("."), name  # completes "samples drawn from"
+    spec = samplers.parse_sampler("gmm:10")
+    assert (str(spec), spec.slug, spec.title) == ("gmm:10", "gmm-10", "Gaussian mixture of 10 components")
+    assert spec.caption.startswith("a Gaussian mixture of 10 full-covariance components fitted by EM to the codes "
+                                   "of the training images")
+    assert samplers.USAGE == samplers.usage() == \
+        "prior, gmm:K (K a whole number from 1 to 1000), two-stage or pixelcnn"
+    with pytest.raises(ValueError, match="two samplers"):
+        register_sampler("gmm")(type("Again", (samplers.BaseSampler,), {}))
+
+
+class _Shifted(torch.nn.Module):
+    """The test sampler's stage: N(mean, (1/S)^2 I)."""
+
+    def __init__(self, d: int, s: int):
+        super().__init__()
+        self.s = s
+        self.register_buffer("mean", torch.zeros(d))
+
+    def sample(self, n):
+        return self.mean + torch.randn(n, len(self.mean)) / self.s
+
+
+def test_a_sampler_registered_by_one_line_is_parsed_resolved_fitted_and_cached(vae_run, tmp_path, capsys):
+    fits = []
+
+    @register_sampler("test-mean")  # the one line
+    class MeanSampler(samplers.base.VectorSampler):
+        title, caption = "Mean code, S = {S}", "a Gaussian at the mean code, of standard deviation 1/{S}"
+        argument, bounds, example = "S", (1, 9), 2
+
+        def fit(self, model, x, train):
+            fits.append(self)
+            stage = self.build({"dim": model.code_dim})
+            stage.mean.copy_(self.codes(model, x).mean(0))
+            return stage, {"dim": model.code_dim}, "the mean code"
+
+        def build(self, settings):
+            return _Shifted(settings["dim"], self.arg)
+
+    try:
+        spec = samplers.parse_sampler("test-mean:3")
+        assert (str(spec), spec.slug, spec.caption) == ("test-mean:3", "test-mean-3",
+                                                        "a Gaussian at the mean code, of standard deviation 1/3")
+        assert samplers.usage().endswith(", pixelcnn or test-mean:S (S a whole number from 1 to 9)")
+        with pytest.raises(vaelab.VaelabError, match=r"got 'test-man:4' \(did you mean 'test-mean:4'\?\)"):
+            samplers.parse_sampler("test-man:4")
+        with pytest.raises(vaelab.VaelabError, match="from 1 to 9"):
+            samplers.parse_sampler("test-mean:10")
+        model = vaelab.load(vae_run, device="cpu")
+        assert samplers.resolve_sampler("test-mean:3", type(model), vae_run) == spec
+        from vaelab.models import MODELS
+        with pytest.raises(vaelab.VaelabError, match="which has no encoder"):  # VectorSampler's check
+            samplers.resolve_sampler("test-mean:3", MODELS["gan"], "RUN")
+        drawer = samplers.sampler_for(vae_run, model, "test-mean:3")
+        assert len(fits) == 1 and (vae_run / "samplers" / "test-mean-3-best.safetensors").is_file()
+        again = samplers.sampler_for(vae_run, model, "test-mean:3")  # read back through build
+        assert len(fits) == 1 and torch.equal(again.stage.mean, drawer.stage.mean)
+        assert drawer.sample(5).shape == (5, *model.data_spec.shape)
+        out = tmp_path / "mean.png"
+        assert main(["sample", str(vae_run), "--sampler", "test-mean:3", "-n", "4", "-o", str(out)]) == 0
+        assert out.is_file() and len(fits) == 1
+        capsys.readouterr()
+    finally:
+        SAMPLERS.pop("test-mean", None)
+    _fails(capsys, ["sample", str(vae_run), "--sampler", "test-mean:3"],
+           "--sampler must be prior, gmm:K (K a whole number from 1 to 1000), two-stage or pixelcnn, got 'test-mean:3'")

@@ -1,7 +1,10 @@
-"""Models by name. A model file registers its module with one line, ``@register("name")``;
-the CLI, the trainer, the checkpoint loader, evaluation and the tests look models up here and
-ask them what they can do (:attr:`vaelab.models.base.Model.capabilities`). Every module of
-:mod:`vaelab.models` is imported with the package, so a new model file needs no other edit."""
+"""Models and samplers by name. A model file registers its module with one line,
+``@register("name")``; the CLI, the trainer, the checkpoint loader, evaluation and the tests look
+models up here and ask them what they can do (:attr:`vaelab.models.base.Model.capabilities`).
+A sampler file (:mod:`vaelab.samplers`) registers its class the same way,
+``@register_sampler("name")``, and ``--sampler`` is parsed against :data:`SAMPLERS`. Every module
+of :mod:`vaelab.models` and of :mod:`vaelab.samplers` is imported with its package, so a new
+model or sampler file needs no other edit."""
 from __future__ import annotations
 
 from .errors import VaelabError, did_you_mean, quote
@@ -40,3 +43,28 @@ def get_model(name: str) -> type:
     except (KeyError, TypeError):
         raise VaelabError(f"--model must be one of {', '.join(sorted(MODELS))}, got {quote(name)}"
                           f"{did_you_mean(name, MODELS)}.") from None
+
+
+SAMPLERS: dict[str, type] = {}  # --sampler's names (vaelab.samplers.base.BaseSampler subclasses)
+
+
+def register_sampler(name: str):
+    """Class decorator: make the sampler class known as ``--sampler name`` (or ``name:ARG``, for
+    one that declares an ``argument``)."""
+    def add(cls):
+        if name in SAMPLERS or ":" in name:
+            raise ValueError(f"two samplers are registered as {name!r}, or it has a ':'")
+        cls.name = name
+        SAMPLERS[name] = cls
+        return cls
+    return add
+
+
+def get_sampler(name: str) -> type:
+    """The sampler class registered as ``name`` (import :mod:`vaelab.samplers`, whose import
+    registers them all)."""
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise VaelabError(f"--sampler must be one of {', '.join(sorted(SAMPLERS))}, got {quote(name)}"
+                          f"{did_you_mean(name, SAMPLERS)}.") from None
