@@ -263,37 +263,25 @@ def start_from_data(model, x: torch.Tensor, levels: int, seed: int, device: torc
         model.init_from_data(eval_inputs(x[pick], levels, "none").to(device))
 
 
-def train(run: RunConfig, resume: str | Path | None = None, log=_log,
-          hold: contextlib.ExitStack | None = None) -> Path:
-    """Train ``run`` (or continue the run in ``resume``) and return its run directory.
+def _resumed_settings(run: RunConfig, resume) -> tuple[RunConfig, str | None]:
+    """The settings to train with: ``run``'s, or for a resumed run its own but the fields of
+    :data:`RESUMABLE`, taken from ``run``; and where a resumed run found its data (looked at first,
+    unless the data flags moved it)."""
+    if resume is None:
+        return run, None
+    old_doc = dist.together(lambda: read_run_config(Path(resume)))
+    old = dist.together(lambda: RunConfig.from_dict(old_doc["run"], f"{resume}/{CONFIG}"))
+    run = dataclasses.replace(old, **{
+        part: dataclasses.replace(getattr(old, part), **{f: getattr(getattr(run, part), f) for f in fields})
+        for part, fields in RESUMABLE.items()})
+    same_place = (run.data.data_dir, run.data.data_path) == (old.data.data_dir, old.data.data_path)
+    return run, old_doc.get("data_source") if same_place else None
 
-    The run directory receives config.json, the checkpoints and metrics.jsonl (evaluation and
-    pictures are :func:`vaelab.api.train`'s). On resume, the run's own settings are used except
-    the fields in :data:`RESUMABLE`, which are taken from ``run``. The run directory is locked
-    (:func:`checkpoint.lock_run`) until ``hold`` closes (without one, until this returns).
 
-    Training stops with a VaelabError when ``--max-bad-steps`` steps in a row were dropped
-    for a non-finite loss or gradient (checked every ``--log-every`` steps and at the end of
-    each epoch, so the host never waits for a step in between), or when an epoch ends with a
-    non-finite score; that epoch is not saved, so the checkpoints are the last good epoch's.
-    """
-    if hold is None:
-        with contextlib.ExitStack() as hold:
-            return train(run, resume, log, hold)
-    # under torchrun: join the ranks (the device, the timeout and the threads may change on a
-    # resume, so they are this call's); every rank computes, rank 0 alone writes and logs
-    device = dist.setup(resolve_device(run.train.device), run.train.dist_timeout, run.train.threads)
-    if not dist.is_main():
-        log = lambda msg: None  # noqa: E731
-    found_at = None  # where a resumed run read its data: looked at first, unless the data flags moved it
-    if resume is not None:
-        old_doc = dist.together(lambda: read_run_config(Path(resume)))
-        old = dist.together(lambda: RunConfig.from_dict(old_doc["run"], f"{resume}/config.json"))
-        run = dataclasses.replace(old, **{
-            part: dataclasses.replace(getattr(old, part), **{f: getattr(getattr(run, part), f) for f in fields})
-            for part, fields in RESUMABLE.items()})
-        if (run.data.data_dir, run.data.data_path) == (old.data.data_dir, old.data.data_path):
-            found_at = old_doc.get("data_source")
+def _fitted_to_data(run: RunConfig, resume, found_at, device: torch.device):
+    """The run's data, read on every rank (rank 0 first: what it downloads the others then find),
+    and the run with its model config fitted to it (:func:`settle_for_data`), checked against it
+    on every rank; and the line saying what the data chose (None: nothing)."""
     t, d = run.train, run.data
     model_cls = get_model(t.model)
 
@@ -305,7 +293,7 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
 
     def load():
         return run_dataset(d, found_at=found_at, download=d.download, defer_cache=True)
-    ds = dist.together(load, main_only=True)  # rank 0 first: what it downloads, the other ranks then find
+    ds = dist.together(load, main_only=True)
     ds = dist.together(lambda: load() if ds is None else ds)
     # what the model takes from the data: its image shape (and pixel levels, where it has them),
     # and what it left to the data to decide (a resumed run's config.json holds its choices)
@@ -324,136 +312,153 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
         model_cls.check_batch(t.batch_size, dist.world_size())  # each rank's part of it
         check_model_size(t.model, model_cfg, batch_size=-(-t.batch_size // dist.world_size()))  # a rank's part
     dist.together(check_data)
-    run = dataclasses.replace(run, model=model_cfg)
-    torch.manual_seed(t.seed)
-    model = model_cls(model_cfg).to(device)
-    if resume is None:
-        start_from_data(model, ds.train.x, ds.spec.levels, t.seed, device)
-    if dist.rank():  # rank 0 keeps one process's noise; the others draw their own, reproducibly
-        torch.manual_seed(dist.rank_seed(t.seed, dist.rank()))
-    channels_last = uses_channels_last(t, model, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizers = model.optimizers(t)
-    ema = EMA(model, t.ema) if t.ema else None
-    measured = ema.model if ema else model  # what validation, the checkpoints and the pictures see
-    scalers = make_scalers(t.precision, device.type, optimizers)
-    gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
-    # how the model takes the data's pixels: its own binarization or dequantization
-    binarize, deq = model_cfg.binarize, model_cfg.dequantizes
-    batches = Batches(ds.train.x, ds.spec.levels, binarize, t.batch_size, gen, device, dequantize=deq,
-                      drop_last=model_cls.drop_last, shard=(dist.rank(), dist.world_size()) if dist.active() else None)
-    shares = batches.shares()  # (this rank's images, the global minibatch's) of each minibatch
-    x_val = eval_inputs(ds.val.x, ds.spec.levels, binarize).to(device)
-    if deq:
-        x_val = dequantize_fixed(x_val, ds.spec.levels)
-    x_val_part = x_val[dist.shard(len(x_val))]  # what this rank scores of it
-    per_step = model.batches_per_step
-    if len(batches) < per_step:
-        raise dist.alike(VaelabError(f"--model {t.model} takes {per_step} minibatches a step, but the training set "
-                                     f"makes {len(batches)} of --batch-size {t.batch_size}."))
-    # a step's minibatches take one share of the global minibatch (StepInfo.shard): whole ones
-    assert per_step == 1 or model_cls.drop_last, f"{model_cls.__name__} takes {per_step} minibatches a step: " \
-        "it must set drop_last, so that they are all whole"
+    return ds, dataclasses.replace(run, model=model_cfg), chosen
 
-    out = run_dir(run, resume)
-    start_epoch, step, history, best = 0, 0, [], -math.inf
-    bad = _BadSteps(t.max_bad_steps)
-    if resume is not None:
-        def claim():
-            hold.enter_context(lock_run(out, "--resume"))
-            _remove_temporaries(out)
-            _check_subfolders(out)
-            if not (out / RESUME).exists():
-                raise VaelabError(f"--resume {out}: no finished epoch to resume from (resume.safetensors is missing).")
 
-        def read():  # on every rank: the run directory is shared
-            rng, loop = ckpt.load_resume(out / RESUME, model, optimizers, measured if ema else None)
-            ckpt.check_loop(out / RESUME, loop)
-            return rng, loop
-        dist.together(claim, main_only=True)
-        rng, loop = dist.together(read)
-        _restore_rng(rng, device, t.seed, loop["epoch"])
-        gen.set_state(rng["data"])
-        start_epoch, step, history, best = loop["epoch"], loop["global_step"], loop["history"], loop["best"]
-        bad.run = loop.get("bad_run", 0)
-        if ema:
-            ema.updates = loop.get("ema_updates", 0)
-        for name, state in loop.get("scalers", {}).items():
-            scalers[name].load_state_dict(state)
-        if start_epoch >= t.epochs and finished_epochs(out) == start_epoch:
-            raise dist.alike(VaelabError(f"--resume {out}: the run already finished {start_epoch} epochs and its "
-                                         f"final evaluation; pass --epochs larger than {start_epoch} to continue it."))
-        if start_epoch >= t.epochs:  # killed after its last epoch: vaelab.api.train finishes it
-            log(f"resuming {out}: its {start_epoch} epochs are trained; finishing its evaluation and pictures")
-            return out
-        log(f"resuming {out} at epoch {start_epoch + 1}/{t.epochs}")
-    else:
-        dist.together(lambda: _prepare_out(out, t.overwrite, hold), main_only=True)
+def _write_config(out: Path, run: RunConfig, ds) -> None:
     # where the data was found, absolute, so that later commands find it again from anywhere
     # (loading.split_inputs); the bundled digits' source is no path
     source = ds.source if not Path(ds.source).exists() else str(Path(ds.source).absolute())
     config_doc = {"format_version": FORMAT_VERSION, "vaelab_version": __version__,
                   "run": run.to_dict(), "data_spec": ds.spec.to_dict(), "data_source": source}
 
-    def write_config():
+    def write():
         ds.keep_cache()  # the arguments passed: a later run may skip the decoding
         write_json(out / CONFIG, config_doc)
-    dist.together(write_config, main_only=True)
-    if dist.active():  # one model on every rank from the start, whatever each built or read
-        dist.broadcast_([*model.parameters(), *model.buffers(), *(measured.parameters() if ema else ()),
-                         *(measured.buffers() if ema else ())])
+    dist.together(write, main_only=True)
 
-    # who receives what the loop measures (rank 0's): metrics.jsonl, steps.jsonl, the progress
-    # grids, TensorBoard, CSV (vaelab.training.loggers); a resumed run's cut back to its resume file
-    # (a --tensorboard without its package stops every rank, rank 0 saying why)
-    loggers = dist.together(lambda: run_loggers(out, t, (start_epoch, step) if resume is not None else None,
-                                                model.can(SAMPLE)), main_only=True) or Logger()
-    hold.callback(loggers.close)
-    fast = FastPaths(precision=t.precision, device_type=device.type, compile=t.compile,
-                     channels_last=channels_last, grad_clip=t.grad_clip, scalers=scalers)
-    n_params = sum(p.numel() for p in model.parameters())
 
-    def check_bad_steps(upto: int):
-        last = bad.check(upto)
+class _Loop:
+    """What the loop carries from epoch to epoch: the model, its optimizers (and weight average,
+    loss scalers), the batches, the validation images, the step count, the history and the best
+    score; and the loggers that receive what it measures."""
+
+    def __init__(self, run: RunConfig, ds, device: torch.device, resume, log):
+        t, cfg = run.train, run.model
+        self.t, self.ds, self.device, self.log = t, ds, device, log
+        self.model_cls = model_cls = get_model(t.model)
+        torch.manual_seed(t.seed)
+        model = model_cls(cfg).to(device)
+        if resume is None:
+            start_from_data(model, ds.train.x, ds.spec.levels, t.seed, device)
+        if dist.rank():  # rank 0 keeps one process's noise; the others draw their own, reproducibly
+            torch.manual_seed(dist.rank_seed(t.seed, dist.rank()))
+        self.channels_last = uses_channels_last(t, model, device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizers = model.optimizers(t)
+        self.ema = EMA(model, t.ema) if t.ema else None
+        self.measured = self.ema.model if self.ema else model  # what validation, the checkpoints and the pictures see
+        self.scalers = make_scalers(t.precision, device.type, self.optimizers)
+        self.gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
+        # how the model takes the data's pixels: its own binarization or dequantization
+        binarize, deq = cfg.binarize, cfg.dequantizes
+        self.batches = Batches(ds.train.x, ds.spec.levels, binarize, t.batch_size, self.gen, device, dequantize=deq,
+                               drop_last=model_cls.drop_last,
+                               shard=(dist.rank(), dist.world_size()) if dist.active() else None)
+        self.shares = self.batches.shares()  # (this rank's images, the global minibatch's) of each minibatch
+        x_val = eval_inputs(ds.val.x, ds.spec.levels, binarize).to(device)
+        self.x_val = dequantize_fixed(x_val, ds.spec.levels) if deq else x_val
+        self.x_val_part = self.x_val[dist.shard(len(self.x_val))]  # what this rank scores of it
+        self.per_step = per_step = model.batches_per_step
+        if len(self.batches) < per_step:
+            raise dist.alike(VaelabError(f"--model {t.model} takes {per_step} minibatches a step, but the training "
+                                         f"set makes {len(self.batches)} of --batch-size {t.batch_size}."))
+        # a step's minibatches take one share of the global minibatch (StepInfo.shard): whole ones
+        assert per_step == 1 or model_cls.drop_last, f"{model_cls.__name__} takes {per_step} minibatches a step: " \
+            "it must set drop_last, so that they are all whole"
+        self.start_epoch, self.step, self.history, self.best = 0, 0, [], -math.inf
+        self.bad = _BadSteps(t.max_bad_steps)
+        self.loggers: Logger = Logger()
+
+    def restore(self, out: Path, hold: contextlib.ExitStack) -> bool:
+        """Take up the run in ``out`` where its resume file left it; True where every epoch is
+        trained already (killed before its final evaluation, which vaelab.api.train finishes)."""
+        t, ema = self.t, self.ema
+
+        def claim():
+            hold.enter_context(lock_run(out, "--resume"))
+            _remove_temporaries(out)
+            _check_subfolders(out)
+            if not (out / RESUME).exists():
+                raise VaelabError(f"--resume {out}: no finished epoch to resume from ({RESUME} is missing).")
+
+        def read():  # on every rank: the run directory is shared
+            rng, loop = ckpt.load_resume(out / RESUME, self.model, self.optimizers, self.measured if ema else None)
+            ckpt.check_loop(out / RESUME, loop)
+            return rng, loop
+        dist.together(claim, main_only=True)
+        rng, loop = dist.together(read)
+        _restore_rng(rng, self.device, t.seed, loop["epoch"])
+        self.gen.set_state(rng["data"])
+        self.start_epoch, self.step, self.history, self.best = (loop["epoch"], loop["global_step"], loop["history"],
+                                                                loop["best"])
+        self.bad.run = loop.get("bad_run", 0)
+        if ema:
+            ema.updates = loop.get("ema_updates", 0)
+        for name, state in loop.get("scalers", {}).items():
+            self.scalers[name].load_state_dict(state)
+        if self.start_epoch >= t.epochs and finished_epochs(out) == self.start_epoch:
+            raise dist.alike(VaelabError(f"--resume {out}: the run already finished {self.start_epoch} epochs and "
+                                         f"its final evaluation; pass --epochs larger than {self.start_epoch} to "
+                                         "continue it."))
+        if self.start_epoch >= t.epochs:
+            self.log(f"resuming {out}: its {self.start_epoch} epochs are trained; finishing its evaluation and "
+                     "pictures")
+            return True
+        self.log(f"resuming {out} at epoch {self.start_epoch + 1}/{t.epochs}")
+        return False
+
+    def start(self, out: Path, hold: contextlib.ExitStack, resumed: bool) -> None:
+        """The same model on every rank, the loggers (rank 0's) and the update path's settings."""
+        t, model, measured = self.t, self.model, self.measured
+        self.out = out
+        if dist.active():  # one model on every rank from the start, whatever each built or read
+            dist.broadcast_([*model.parameters(), *model.buffers(), *(measured.parameters() if self.ema else ()),
+                             *(measured.buffers() if self.ema else ())])
+        # who receives what the loop measures (rank 0's): metrics.jsonl, steps.jsonl, the progress
+        # grids, TensorBoard, CSV (vaelab.training.loggers); a resumed run's cut back to its resume
+        # file (a --tensorboard without its package stops every rank, rank 0 saying why)
+        self.loggers = dist.together(lambda: run_loggers(out, t, (self.start_epoch, self.step) if resumed else None,
+                                                         model.can(SAMPLE)), main_only=True) or Logger()
+        hold.callback(self.loggers.close)
+        self.fast = FastPaths(precision=t.precision, device_type=self.device.type, compile=t.compile,
+                              channels_last=self.channels_last, grad_clip=t.grad_clip, scalers=self.scalers)
+
+    def _check_bad_steps(self, upto: int, lr: float) -> None:
+        last = self.bad.check(upto)
         if last is not None:
-            raise _diverged(out, f"steps {last - t.max_bad_steps + 1} to {last} ({t.max_bad_steps} in a row, "
-                                 "--max-bad-steps) had a non-finite loss or gradient", lr, len(history))
+            n = self.t.max_bad_steps
+            raise _diverged(self.out, f"steps {last - n + 1} to {last} ({n} in a row, --max-bad-steps) had a "
+                                      "non-finite loss or gradient", lr, len(self.history))
 
-    if start_epoch == 0:
-        if chosen:
-            log(chosen)
-        log(f"training {t.model} ({n_params:,} parameters) on {d.data} "
-            f"({len(ds.train)} train / {len(ds.val)} val) on "
-            f"{f'{dist.world_size()} ranks ({device.type})' if dist.active() else device} -> {out}")
-    for epoch in range(start_epoch, t.epochs):
-        elapsed = sum(h["seconds"] for h in history)
-        if t.time_budget and elapsed >= 60 * t.time_budget:
-            log(f"time budget of {t.time_budget:g} min spent after {epoch} epochs")
-            break
-        lr = learning_rate(t, epoch, elapsed)
-        for opt in optimizers.values():  # each group's own rate (a GAN's players), scheduled alike
+    def train_steps(self, epoch: int, lr: float) -> tuple[dict[str, torch.Tensor], int, float]:
+        """One epoch's steps: the sums of their metrics (on the device, each rank's share of its
+        minibatch; a dropped step's left out), the steps and the seconds they took."""
+        t, model, per_step = self.t, self.model, self.per_step
+        for opt in self.optimizers.values():  # each group's own rate (a GAN's players), scheduled alike
             for g in opt.param_groups:
                 g["lr"] = g.get("base_lr", t.lr) * lr / t.lr
         model.train()
         # the sums stay on the device: a step never waits for the host, except at the checks
-        # every --log-every steps (the bar's loss, the dropped steps)
+        # every --log-every steps (the bar's loss, the logged step, the dropped steps)
         sums: dict[str, torch.Tensor] = {}
-        n_steps = len(batches) // per_step
-        bad.new_epoch(n_steps, device, step)
+        n_steps = len(self.batches) // per_step
+        self.bad.new_epoch(n_steps, self.device, self.step)
         t0 = time.perf_counter()
-        bar = tqdm(_steps(batches, per_step), total=n_steps, desc=f"epoch {epoch + 1}/{t.epochs}",
+        bar = tqdm(_steps(self.batches, per_step), total=n_steps, desc=f"epoch {epoch + 1}/{t.epochs}",
                    leave=False, disable=not t.progress or not dist.is_main() or None, file=sys.stderr)
         for i, xb in enumerate(bar):
             # a step of several minibatches (a GAN's k) takes its last one's share: all whole (drop_last)
-            share = shares[(i + 1) * per_step - 1] if dist.active() else None
-            m = take_step(model, optimizers, xb, StepInfo(epoch, step, n_steps, len(ds.train), fast.compiled, share),
-                          fast)
-            step += 1
+            share = self.shares[(i + 1) * per_step - 1] if dist.active() else None
+            info = StepInfo(epoch, self.step, n_steps, len(self.ds.train), self.fast.compiled, share)
+            m = take_step(model, self.optimizers, xb, info, self.fast)
+            self.step += 1
             dropped = m.pop("skipped").bool()
-            if ema:
-                ema.update(dropped.float())
-            bad.flags[i] = dropped
+            if self.ema:
+                self.ema.update(dropped.float())
+            self.bad.flags[i] = dropped
             for k, v in m.items():  # a dropped step's metrics (NaN, maybe) are left out
                 if share:  # this rank's part of the global minibatch's mean (none for a stand-in)
                     v = v * (share[0] / share[1]) if share[0] else torch.zeros_like(v)
@@ -462,66 +467,126 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
                 if not bar.disable:
                     bar.set_postfix(loss=f"{m['loss'].item():.2f}")
                 if dist.is_main():
-                    loggers.steps(step, epoch + 1, {"lr": lr, **{k: v.item() for k, v in m.items()}})
-                check_bad_steps(i + 1)
-        check_bad_steps(n_steps)
-        n_skipped = bad.skipped
+                    self.loggers.steps(self.step, epoch + 1, {"lr": lr, **{k: v.item() for k, v in m.items()}})
+                self._check_bad_steps(i + 1, lr)
+        self._check_bad_steps(n_steps, lr)
+        return sums, n_steps, time.perf_counter() - t0
+
+    def end_epoch(self, epoch: int, lr: float, sums: dict[str, torch.Tensor], n_steps: int, seconds: float) -> None:
+        """Validate, log and keep the epoch: its record, checked for divergence, then its
+        checkpoints and logs, written together."""
+        cls, measured = self.model_cls, self.measured
+        n_skipped = self.bad.skipped
         taken = n_steps - n_skipped
-        seconds = time.perf_counter() - t0
-        model.eval()
+        self.model.eval()
+        val = None
         if dist.active():
-            sums, seconds, val = _sum_over_ranks(sums, seconds, measured, x_val_part, len(x_val))
-        elif len(x_val):
-            val = _validation_scores(measured, x_val).mean().item()
+            sums, seconds, val = _sum_over_ranks(sums, seconds, measured, self.x_val_part, len(self.x_val))
+        elif len(self.x_val):
+            val = _validation_scores(measured, self.x_val).mean().item()
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3), "skipped_steps": n_skipped,
                "train_loss": (sums["loss"] / taken).item() if taken else float("nan")}
         rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k != "loss"})
-        if len(x_val):
+        if len(self.x_val):
             rec["val"] = val
-            rec["val_name"] = model_cls.val_name
+            rec["val_name"] = cls.val_name
         # without a validation set, the training score of the same quantity (not the loss,
         # which carries beta and the warm-up weight)
-        metric = rec.get("val", rec.get(f"train_{model_cls.val_name}"))
-        if model_cls.higher_is_better is None:  # no ranking of epochs: the best is the latest
+        metric = rec.get("val", rec.get(f"train_{cls.val_name}"))
+        if cls.higher_is_better is None:  # no ranking of epochs: the best is the latest
             score = float(epoch + 1)
         elif metric is None:  # e.g. the IWAE bound is trained: its loss is the bound's negative
             score = -rec["train_loss"]
         else:
-            score = metric if model_cls.higher_is_better else -metric
+            score = metric if cls.higher_is_better else -metric
         # the same figures on the data's scale, as eval reports them; the score stays on the
         # model's own, so that a run resumed from an older vaelab ranks its epochs alike
-        rec = on_data_scale(rec, model, model_cls.val_name)
-        val_txt = f", val {model_cls.val_name} {rec['val']:.3f}" if "val" in rec else ""
+        rec = on_data_scale(rec, self.model, cls.val_name)
+        val_txt = f", val {cls.val_name} {rec['val']:.3f}" if "val" in rec else ""
         skip_txt = f", {n_skipped} of {n_steps} steps skipped (non-finite loss or gradient)" if n_skipped else ""
-        log(f"epoch {epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.3f}{val_txt}{skip_txt} ({seconds:.1f}s)")
+        self.log(f"epoch {epoch + 1}/{self.t.epochs}: train loss {rec['train_loss']:.3f}{val_txt}{skip_txt} "
+                 f"({seconds:.1f}s)")
         if not all(math.isfinite(v) for v in (score, rec["train_loss"], metric or 0.0)):
             # not saved: the checkpoints stay the last good epoch's
             what = (f"every step of epoch {epoch + 1} had a non-finite loss or gradient" if not taken else
-                    f"epoch {epoch + 1} ended at step {step} with a non-finite "
-                    f"{'validation ' + model_cls.val_name if 'val' in rec else 'training loss'}")
-            raise _diverged(out, what, lr, len(history))
-        history.append(rec)
-        improved = score > best
-        best = max(best, score)
-        rng = _rng_states(device, gen)
+                    f"epoch {epoch + 1} ended at step {self.step} with a non-finite "
+                    f"{'validation ' + cls.val_name if 'val' in rec else 'training loss'}")
+            raise _diverged(self.out, what, lr, len(self.history))
+        self.history.append(rec)
+        improved = score > self.best
+        self.best = max(self.best, score)
+        rng = _rng_states(self.device, self.gen)
+        dist.together(lambda: self._save(epoch, rec, improved, rng), main_only=True)  # the others wait for the files
 
-        def write_epoch():
-            # the checkpoints and metrics move to this epoch together or not at all: a write that
-            # fails (a full disk) leaves the last epoch's set whole, resumable and consistent
-            kept = (f"the checkpoints and metrics of epoch {epoch} are intact (--resume continues from there)"
-                    if epoch else "no checkpoint was written")
-            with all_or_nothing(kept):
-                save_weights(measured, out / CHECKPOINTS["last"], {"epoch": epoch + 1})
-                if improved:
-                    save_weights(measured, out / CHECKPOINTS["best"], {"epoch": epoch + 1})
-                ckpt.save_resume(out / RESUME, model, optimizers, rng,
-                                 {"epoch": epoch + 1, "global_step": step, "history": history, "best": best,
-                                  "bad_run": bad.run, **({"ema_updates": ema.updates} if ema else {}),
-                                  "scalers": {name: s.state_dict() for name, s in scalers.items()}},
-                                 measured if ema else None)
-                loggers.epoch(rec, history, step)
-            grid = measured.epoch_grid() if loggers.wants_images else None
-            if grid is not None:
-                loggers.images(epoch + 1, step, "samples", grid)
-        dist.together(write_epoch, main_only=True)  # also keeps the others until the files are there
+    def _save(self, epoch: int, rec: dict, improved: bool, rng: dict) -> None:
+        out, measured, ema = self.out, self.measured, self.ema
+        # the checkpoints and logs move to this epoch together or not at all: a write that fails
+        # (a full disk) leaves the last epoch's set whole, resumable and consistent
+        kept = (f"the checkpoints and metrics of epoch {epoch} are intact (--resume continues from there)"
+                if epoch else "no checkpoint was written")
+        with all_or_nothing(kept):
+            save_weights(measured, out / CHECKPOINTS["last"], {"epoch": epoch + 1})
+            if improved:
+                save_weights(measured, out / CHECKPOINTS["best"], {"epoch": epoch + 1})
+            ckpt.save_resume(out / RESUME, self.model, self.optimizers, rng,
+                             {"epoch": epoch + 1, "global_step": self.step, "history": self.history,
+                              "best": self.best, "bad_run": self.bad.run,
+                              **({"ema_updates": ema.updates} if ema else {}),
+                              "scalers": {name: s.state_dict() for name, s in self.scalers.items()}},
+                             measured if ema else None)
+            self.loggers.epoch(rec, self.history, self.step)
+        grid = measured.epoch_grid() if self.loggers.wants_images else None
+        if grid is not None:
+            self.loggers.images(epoch + 1, self.step, "samples", grid)
+
+
+def train(run: RunConfig, resume: str | Path | None = None, log=_log,
+          hold: contextlib.ExitStack | None = None) -> Path:
+    """Train ``run`` (or continue the run in ``resume``) and return its run directory.
+
+    The run directory receives config.json, the checkpoints and the logs (evaluation, pictures
+    and the report are :func:`vaelab.api.train`'s). On resume, the run's own settings are used
+    except the fields in :data:`RESUMABLE`, which are taken from ``run``. The run directory is
+    locked (:func:`vaelab.io.lock_run`) until ``hold`` closes (without one, until this returns).
+
+    Training stops with a VaelabError when ``--max-bad-steps`` steps in a row were dropped
+    for a non-finite loss or gradient (checked every ``--log-every`` steps and at the end of
+    each epoch, so the host never waits for a step in between), or when an epoch ends with a
+    non-finite score; that epoch is not saved, so the checkpoints are the last good epoch's.
+    """
+    if hold is None:
+        with contextlib.ExitStack() as hold:
+            return train(run, resume, log, hold)
+    # under torchrun: join the ranks (the device, the timeout and the threads may change on a
+    # resume, so they are this call's); every rank computes, rank 0 alone writes and logs
+    device = dist.setup(resolve_device(run.train.device), run.train.dist_timeout, run.train.threads)
+    if not dist.is_main():
+        log = lambda msg: None  # noqa: E731
+    run, found_at = _resumed_settings(run, resume)
+    ds, run, chosen = _fitted_to_data(run, resume, found_at, device)
+    t = run.train
+    loop = _Loop(run, ds, device, resume, log)
+    out = run_dir(run, resume)
+    if resume is not None:
+        if loop.restore(out, hold):
+            return out
+    else:
+        dist.together(lambda: _prepare_out(out, t.overwrite, hold), main_only=True)
+    _write_config(out, run, ds)
+    loop.start(out, hold, resumed=resume is not None)
+    if loop.start_epoch == 0:
+        if chosen:
+            log(chosen)
+        n_params = sum(p.numel() for p in loop.model.parameters())
+        log(f"training {t.model} ({n_params:,} parameters) on {run.data.data} "
+            f"({len(ds.train)} train / {len(ds.val)} val) on "
+            f"{f'{dist.world_size()} ranks ({device.type})' if dist.active() else device} -> {out}")
+    for epoch in range(loop.start_epoch, t.epochs):
+        elapsed = sum(h["seconds"] for h in loop.history)
+        if t.time_budget and elapsed >= 60 * t.time_budget:
+            log(f"time budget of {t.time_budget:g} min spent after {epoch} epochs")
+            break
+        lr = learning_rate(t, epoch, elapsed)
+        sums, n_steps, seconds = loop.train_steps(epoch, lr)
+        loop.end_epoch(epoch, lr, sums, n_steps, seconds)
     return out
