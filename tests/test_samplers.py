@@ -198,7 +198,7 @@ def _fit_two_stage(model, x, monkeypatch, epochs=None):
         return real(stage, lambda e: seen.append(data(e)) or seen[-1], recipe)
     monkeypatch.setattr(samplers, "_train", spy)
     if epochs is not None:
-        monkeypatch.setattr(samplers, "TWO_STAGE", {**samplers.TWO_STAGE, "epochs": epochs})
+        monkeypatch.setitem(samplers.TWO_STAGE, "epochs", epochs)  # the sampler's own recipe, restored after
     torch.manual_seed(0)
     stage = samplers._fit(samplers.parse_sampler("two-stage"), model, x)[0]
     return stage, [s * stage.std + stage.mean for s in seen]

@@ -19,8 +19,8 @@ def _device(model) -> torch.device:
 
 
 def sampler_words(spec) -> str:
-    """How a sampler draws, for a caption: its own caption where it has one."""
-    return getattr(spec, "caption", None) or f"the sampler {spec}"
+    """How a sampler draws, for a caption (its own: it completes "samples drawn from ...")."""
+    return spec.caption
 
 
 def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 0,
@@ -64,7 +64,7 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
         spec = resolve_sampler(None, type(model), run_dir)
         drawer = sampler_for(run_dir, model, spec, ckpt, data_dir, log)
         path = save_grid(drawer.sample(n), run_dir / "samples.png", nrow=8)
-        out.append(Figure(path, "Samples", f"{n} samples (seed {seed}) from the {ckpt} checkpoint, drawn by "
+        out.append(Figure(path, "Samples", f"{n} samples (seed {seed}) of the {ckpt} checkpoint, drawn from "
                           f"{sampler_words(spec)} (--sampler {spec}); each is the decoder's mean, not a draw of "
                           "p(x|z)."))
         if model.cfg.latent_dim == 2 and model.normal_prior:
