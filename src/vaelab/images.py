@@ -251,9 +251,9 @@ def _read_png(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-def progress_strip(files: list[Path], shape: tuple[int, ...], run_dir: Path, rows: int = 10,
+def progress_strip(files: list[Path], shape: tuple[int, ...], path: Path, rows: int = 10,
                    epochs: list[int] | None = None) -> Path | None:
-    """progress.png: the first row of the grids ``files`` (one per epoch, in order; ``epochs``:
+    """progress.png (``path``): the first row of the grids ``files`` (one per epoch, in order; ``epochs``:
     theirs, labelled on the left) at up to ``rows`` epochs spread over the run, earliest at the
     top, so the run's progress reads downwards."""
     if not files:
@@ -274,7 +274,7 @@ def progress_strip(files: list[Path], shape: tuple[int, ...], run_dir: Path, row
             draw.text((0, r * height + (height - font.size) / 2), text, fill=0 if img.mode == "L" else (20, 20, 20),
                       font=font)
         img = canvas
-    path = Path(run_dir) / "progress.png"
+    path = Path(path)
     atomic_write(path, lambda p: img.save(p, format="PNG"))
     return path
 

@@ -21,6 +21,7 @@ the trainer, evaluation, the samplers, the pictures and the report ask for it. L
 from __future__ import annotations
 
 import json
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,25 @@ FIGURES = "figures.json"    # the pictures' titles and captions, for the report
 PROGRESS = "progress"       # per-epoch grids
 SAMPLERS = "samplers"       # fitted samplers
 
-# the pictures training writes, by name: the report shows them in this order
-PICTURES = ("samples.png", "reconstructions.png", "interpolation.png", "manifold.png", "denoising.png",
-            "codes_histogram.png", "progress.png", "game.png", "curves.png")
+
+
+@dataclass(frozen=True)
+class _Pictures:
+    """The pictures training writes (the report shows them in this order)."""
+    samples: str = "samples.png"
+    reconstructions: str = "reconstructions.png"
+    interpolation: str = "interpolation.png"
+    manifold: str = "manifold.png"
+    denoising: str = "denoising.png"               # the denoising autoencoder's
+    codes_histogram: str = "codes_histogram.png"   # the sparse autoencoder's
+    progress: str = "progress.png"                 # the GAN's
+    game: str = "game.png"                         # the GAN's
+    curves: str = "curves.png"
+
+
+PNG = _Pictures()
+PICTURES = tuple(astuple(PNG))
+PLOTS = (PNG.manifold, PNG.codes_histogram, PNG.game, PNG.curves)  # drawn by matplotlib, not pixel grids
 
 # What training writes and a later command never does. A later command (eval, sample,
 # reconstruct, interpolate, manifold) writes under a name that carries every setting deciding

@@ -17,6 +17,7 @@ from ..config import opt
 from ..corruption import corrupt, parse_corruption
 from ..images import Figure, save_grid
 from ..registry import register
+from ..rundir import PNG
 from .ae import AE, AEConfig
 
 
@@ -65,7 +66,7 @@ class DAE(AE):
         """denoising.png: rows of corrupted, denoised and clean images (8 per row), labelled."""
         xc, den = self._denoise(x[:8])
         rows = torch.cat([xc.clamp(0, 1).cpu(), den.cpu(), x[:8].cpu()])
-        path = save_grid(rows, Path(run_dir) / "denoising.png", nrow=8, row_labels=["corrupted", "denoised", "clean"])
+        path = save_grid(rows, Path(run_dir) / PNG.denoising, nrow=8, row_labels=["corrupted", "denoised", "clean"])
         return [Figure(path, "Denoising", f"The first {len(rows) // 3} test images corrupted by "
                        f"{self.cfg.corruption} (top row; one fixed draw, seed 0), the autoencoder's reconstruction "
                        "of each corrupted image (middle) and the clean image (bottom).")]

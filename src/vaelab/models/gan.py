@@ -32,7 +32,7 @@ from ..images import Figure, plot_game, progress_strip
 from ..losses import discriminator_loss, generator_loss
 from ..nets import check_latent_and_hidden, full_precision
 from ..registry import register
-from ..rundir import METRICS, epoch_of, progress_pictures, read_jsonl
+from ..rundir import METRICS, PNG, epoch_of, progress_pictures, read_jsonl
 from .base import SAMPLE, Model, StepInfo, Update, adam, with_base_lr
 
 
@@ -269,14 +269,15 @@ class GAN(Model):
         """progress.png (the fixed-noise grids' first rows down the epochs) and game.png (D(x),
         D(G(z)) and both losses per epoch)."""
         out, grids = [], progress_pictures(run_dir)
-        strip = progress_strip(grids, self.cfg.shape, Path(run_dir), epochs=[epoch_of(g) for g in grids])
+        strip = progress_strip(grids, self.cfg.shape, Path(run_dir) / PNG.progress,
+                               epochs=[epoch_of(g) for g in grids])
         if strip:
             out.append(Figure(strip, "Progress", "The first row of the generator's images of one fixed noise batch "
                               "after each epoch (up to 10 epochs spread over the run, labelled on the left), earliest "
                               "at the top."))
         hist = read_jsonl(Path(run_dir) / METRICS)
         if hist:
-            out.append(Figure(plot_game(hist, Path(run_dir) / "game.png"), "The game",
+            out.append(Figure(plot_game(hist, Path(run_dir) / PNG.game), "The game",
                               "Left: the discriminator's mean output on training images, D(x), and on the generator's "
                               "samples, D(G(z)), per epoch; at the game's equilibrium p_g = p_data both are 1/2 "
                               "(dashed). Right: both players' losses; the discriminator's is log 4 there (dashed)."))

@@ -20,6 +20,7 @@ from ..errors import VaelabError
 from ..images import Figure, save_figure
 from ..losses import kl_sparsity, l1_penalty
 from ..registry import register
+from ..rundir import PNG
 from .ae import AE, AEConfig, AEOutput
 
 NEAR_ZERO = 1e-2  # |z_i| below this counts as an inactive code unit
@@ -81,7 +82,7 @@ class SparseAE(AE):
         frac = float((abs(z) < NEAR_ZERO).mean())
         ax.set(xlabel="code value z_i", ylabel="count (log)",
                title=f"code values: {100 * frac:.1f}% with |z| < {NEAR_ZERO:g}")
-        path = save_figure(fig, Path(run_dir) / "codes_histogram.png")
+        path = save_figure(fig, Path(run_dir) / PNG.codes_histogram)
         return [Figure(path, "Code values", f"A histogram (log counts) of every code value z_i of the {len(x):,} "
                        f"test images; the sparsity penalty pushes them to 0 ({100 * frac:.1f}% have |z_i| < "
                        f"{NEAR_ZERO:g}).")]

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from ..errors import VaelabError, clip
 from ..io import atomic_write
-from ..rundir import CONFIG, METRICS, read_jsonl, read_run_config
+from ..rundir import CONFIG, METRICS, PNG, STEPS, read_jsonl, read_run_config
 from ..version import __version__
 from .curves import plot_panels
 from .metrics import METRIC_COLUMNS, measurements
 from .page import data_uri, figure_uri, number, write_page
 
 MAX_RUNS = 64           # runs on one page (each adds its pictures)
-SIDE_BY_SIDE = ("samples.png", "reconstructions.png", "interpolation.png", "manifold.png", "denoising.png")
+SIDE_BY_SIDE = (PNG.samples, PNG.reconstructions, PNG.interpolation, PNG.manifold, PNG.denoising)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def compare(paths: list[str], out: str | Path, log=None) -> Path:
                        "caption": "Each panel one quantity of the runs' metrics.jsonl against the epoch, a line per "
                                   "run (the legend names them). The validation score is each run's own "
                                   "(its model's val_name), so compare it only between runs of the same kind."})
-    steps = [read_jsonl(r / "steps.jsonl") for r in runs]
+    steps = [read_jsonl(r / STEPS) for r in runs]
     if any(steps):
         fig, _ = plot_panels([(n, s) for n, s in zip(names, steps) if s], "step")
         if fig is not None:

@@ -10,7 +10,7 @@ from ..images import (Figure, interpolate, interpolate_prior, manifold, plot_cur
                       save_manifold)
 from ..loading import load, split_inputs
 from ..models.base import ENCODE, LIKELIHOOD, SAMPLE
-from ..rundir import METRICS, read_jsonl
+from ..rundir import METRICS, PNG, read_jsonl
 from ..samplers import resolve_sampler, sampler_for
 
 
@@ -37,7 +37,7 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
     out = []
     if model.can(ENCODE):
         shown = min(32, len(x))
-        path = save_grid(reconstruction_rows(model, x[:shown], 8), run_dir / "reconstructions.png", nrow=8,
+        path = save_grid(reconstruction_rows(model, x[:shown], 8), run_dir / PNG.reconstructions, nrow=8,
                          row_labels=["input", "reconstruction"])
         out.append(Figure(path, "Reconstructions",
                           f"The first {shown} test images (rows labelled input), each above its reconstruction "
@@ -46,7 +46,7 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
         pairs = min(8, len(x) // 2)  # a small test set gives fewer lines
         if pairs:
             steps = 10
-            path = save_grid(interpolate(model, x[:pairs], x[pairs:2 * pairs], steps), run_dir / "interpolation.png",
+            path = save_grid(interpolate(model, x[:pairs], x[pairs:2 * pairs], steps), run_dir / PNG.interpolation,
                              nrow=steps, col_labels=[f"{i / (steps - 1):.1f}" for i in range(steps)])
             out.append(Figure(path, "Interpolations",
                               f"Each row decodes {steps} evenly spaced points t (above each column) on the straight "
@@ -54,7 +54,7 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
                               f"test image {pairs} + i at t = 1, for the first {pairs} pairs."))
     else:
         steps = 10
-        path = save_grid(interpolate_prior(model, 8, steps, seed), run_dir / "interpolation.png", nrow=steps,
+        path = save_grid(interpolate_prior(model, 8, steps, seed), run_dir / PNG.interpolation, nrow=steps,
                          col_labels=[f"{i / (steps - 1):.1f}" for i in range(steps)])
         out.append(Figure(path, "Interpolations",
                           f"Each row decodes {steps} evenly spaced points t (above each column) on the straight line "
@@ -63,13 +63,13 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
     if model.can(SAMPLE):
         spec = resolve_sampler(None, type(model), run_dir)
         drawer = sampler_for(run_dir, model, spec, ckpt, data_dir, log)
-        path = save_grid(drawer.sample(n), run_dir / "samples.png", nrow=8)
+        path = save_grid(drawer.sample(n), run_dir / PNG.samples, nrow=8)
         out.append(Figure(path, "Samples", f"{n} samples (seed {seed}) of the {ckpt} checkpoint, drawn from "
                           f"{sampler_words(spec)} (--sampler {spec}); each is the decoder's mean, not a draw of "
                           "p(x|z)."))
         if model.cfg.latent_dim == 2 and model.normal_prior:
             grid_n = 20
-            path = save_manifold(manifold(model, grid_n), grid_n, run_dir / "manifold.png")
+            path = save_manifold(manifold(model, grid_n), grid_n, run_dir / PNG.manifold)
             out.append(Figure(path, "The learned manifold",
                               f"The decoder's mean over a {grid_n} x {grid_n} grid of the 2-D latent space, as in "
                               "Kingma & Welling's Figure 4: evenly spaced points of the unit square mapped through the "
@@ -80,7 +80,7 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
     if hist:
         likelihood = model.can(LIKELIHOOD)
         label = "training loss (nats/example)" if likelihood else "training loss"
-        path = plot_curves(hist, run_dir / "curves.png", label)
+        path = plot_curves(hist, run_dir / PNG.curves, label)
         val = hist[0].get("val_name")
         loss = "the negative ELBO in nats per example, " if likelihood else ""
         right = f"the validation {val} at each epoch's end" if val else "nothing: the run had no validation set"

@@ -12,7 +12,7 @@ import torch
 from ..errors import VaelabError
 from ..loading import load, split_inputs
 from ..models.base import ENCODE, LIKELIHOOD, SAMPLE
-from ..rundir import (CHECKPOINTS, FIGURES, METRICS, PICTURES, REPORT, STEPS, epoch_of, finished_epochs,
+from ..rundir import (CHECKPOINTS, FIGURES, METRICS, PICTURES, PLOTS, PNG, REPORT, STEPS, epoch_of, finished_epochs,
                       progress_pictures, read_jsonl, read_run_config)
 from ..version import __version__
 from . import analysis
@@ -24,15 +24,15 @@ PROGRESS_SHOWN = 6  # epochs' grids on the page, spread over the run
 
 # what a picture of the run shows, where the run did not record it (a run of an older vaelab)
 KNOWN = {
-    "samples.png": ("Samples", "Samples drawn by the model's default sampler."),
-    "reconstructions.png": ("Reconstructions", "Test images, each row above the row of their reconstructions."),
-    "interpolation.png": ("Interpolations", "Decoded points on straight lines between two codes."),
-    "manifold.png": ("The learned manifold", "The decoder's mean over a grid of the 2-D latent space."),
-    "denoising.png": ("Denoising", "Corrupted, denoised and clean test images."),
-    "codes_histogram.png": ("Code values", "A histogram of the code values of the test images."),
-    "progress.png": ("Progress", "The first row of the fixed-noise grid after each epoch."),
-    "game.png": ("The game", "D(x), D(G(z)) and both players' losses per epoch."),
-    "curves.png": ("Training curves", "The training loss and the validation score per epoch."),
+    PNG.samples: ("Samples", "Samples drawn by the model's default sampler."),
+    PNG.reconstructions: ("Reconstructions", "Test images, each row above the row of their reconstructions."),
+    PNG.interpolation: ("Interpolations", "Decoded points on straight lines between two codes."),
+    PNG.manifold: ("The learned manifold", "The decoder's mean over a grid of the 2-D latent space."),
+    PNG.denoising: ("Denoising", "Corrupted, denoised and clean test images."),
+    PNG.codes_histogram: ("Code values", "A histogram of the code values of the test images."),
+    PNG.progress: ("Progress", "The first row of the fixed-noise grid after each epoch."),
+    PNG.game: ("The game", "D(x), D(G(z)) and both players' losses per epoch."),
+    PNG.curves: ("Training curves", "The training loss and the validation score per epoch."),
 }
 
 
@@ -66,8 +66,7 @@ def _recorded_figures(run_dir: Path) -> list[dict]:
         p = run_dir / f["file"]
         if p.is_file() and p.parent == run_dir:
             out.append({"src": data_uri(p), "title": f.get("title", ""), "caption": f.get("caption", ""),
-                        "file": f["file"], "plot": f["file"] in ("curves.png", "game.png", "codes_histogram.png",
-                                                                  "manifold.png")})
+                        "file": f["file"], "plot": f["file"] in PLOTS})
     return out
 
 
