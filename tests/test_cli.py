@@ -21,6 +21,7 @@ from PIL import Image
 import vaelab
 from vaelab.api import split_inputs
 from vaelab.cli import main
+from vaelab.images import label_margins
 from vaelab.models import MODELS
 from vaelab.models.base import ENCODE, LIKELIHOOD, SAMPLE
 
@@ -74,17 +75,23 @@ def test_eval_prints_json(run_dir, capsys):
     assert (run_dir / "eval-val-best-k5-prior-n10000-seed0.json").is_file()
 
 
-@pytest.mark.parametrize("cmd,args,size", [
-    ("sample", ["-n", "16", "--nrow", "4"], (4 * 34 + 2, 4 * 34 + 2)),
-    ("reconstruct", ["-n", "8", "--nrow", "8"], (8 * 34 + 2, 2 * 34 + 2)),
-    ("interpolate", ["--pairs", "3", "--steps", "5"], (5 * 34 + 2, 3 * 34 + 2)),
-    ("manifold", ["-n", "6"], (6 * 34 + 2, 6 * 34 + 2)),
+@pytest.mark.parametrize("cmd,args,size,labels", [
+    ("sample", ["-n", "16", "--nrow", "4"], (4 * 34 + 2, 4 * 34 + 2), {}),
+    ("reconstruct", ["-n", "8", "--nrow", "8"], (8 * 34 + 2, 2 * 34 + 2), {"row_labels": ["input", "reconstruction"]}),
+    ("interpolate", ["--pairs", "3", "--steps", "5"], (5 * 34 + 2, 3 * 34 + 2),
+     {"col_labels": ["0", "0.25", "0.5", "0.75", "1"]}),
+    ("manifold", ["-n", "6"], (6 * 34 + 2, 6 * 34 + 2), {}),
 ])
-def test_picture_commands(run_dir, tmp_path, capsys, cmd, args, size):
+def test_picture_commands(run_dir, tmp_path, capsys, cmd, args, size, labels):
     out = tmp_path / f"{cmd}.png"
     assert main([cmd, str(run_dir), *args, "-o", str(out)]) == 0
+    # 8x8 digits are drawn 4x, 2 px apart; rows of inputs and reconstructions are labelled on the
+    # left, an interpolation's steps above
+    n = (size[0] // 34) * (size[1] // 34)
+    left, top = label_margins(n, (8, 8), size[0] // 34, **labels) if labels else (0, 0)
     with Image.open(out) as im:
-        assert im.size == size  # 8x8 digits are drawn 4x, 2 px apart
+        assert im.size == (size[0] + left, size[1] + top)
+    assert (left > 0) == ("row_labels" in labels) and (top > 0) == ("col_labels" in labels)
 
 
 # flags that switch on what a model's defaults leave off (a penalty, another corruption, k > 1),

@@ -13,7 +13,7 @@ import vaelab
 from vaelab.cli import main
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
-from vaelab.images import save_grid
+from vaelab.images import label_margins, save_grid
 from vaelab.losses import discriminator_loss, generator_loss
 from vaelab.models import MODELS
 from vaelab.models.base import SAMPLE, StepInfo
@@ -284,8 +284,9 @@ def test_gan_bad_input(tmp_path, capsys):
     for cmd in ("reconstruct", "probe", "finetune"):
         fails([cmd, str(run)], "no encoder", cmd)
     assert main(["interpolate", str(run), "-o", str(tmp_path / "i.png"), "--pairs", "2", "--steps", "5"]) == 0
+    top = label_margins(10, (8, 8), 5, col_labels=["0"])[1]  # the steps labelled above the columns
     with Image.open(tmp_path / "i.png") as im:
-        assert im.size == (5 * 34 + 2, 2 * 34 + 2)
+        assert im.size == (5 * 34 + 2, 2 * 34 + 2 + top) and top > 0
 
 
 def test_gan_is_registered_with_what_it_can_do():

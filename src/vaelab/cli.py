@@ -258,7 +258,8 @@ def cmd_reconstruct(a) -> int:
     _need_encoder(a.run_dir, "reconstruct")
     model, x = _model_and_split(a)
     check_grid(f"-n {a.n} with --nrow {a.nrow}", 2 * len(x[: a.n]), model.data_spec.shape[1:], a.nrow)
-    return _wrote(save_grid(api.reconstruction_rows(model, x[: a.n], a.nrow), out, nrow=a.nrow))
+    return _wrote(save_grid(api.reconstruction_rows(model, x[: a.n], a.nrow), out, nrow=a.nrow,
+                            row_labels=["input", "reconstruction"]))
 
 
 def cmd_interpolate(a) -> int:
@@ -278,7 +279,7 @@ def cmd_interpolate(a) -> int:
     check_grid(f"--pairs {a.pairs} with --steps {a.steps}", a.pairs * a.steps, model.data_spec.shape[1:], a.steps)
     lines = (api.interpolate(model, x[: a.pairs], x[a.pairs: 2 * a.pairs], a.steps) if encoder
              else api.interpolate_prior(model, a.pairs, a.steps, a.seed))
-    return _wrote(save_grid(lines, out, nrow=a.steps))
+    return _wrote(save_grid(lines, out, nrow=a.steps, col_labels=[f"{i / (a.steps - 1):.2g}" for i in range(a.steps)]))
 
 
 def cmd_manifold(a) -> int:
