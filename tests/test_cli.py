@@ -177,6 +177,9 @@ def test_probe_and_finetune_print_json(run_dir, capsys):
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(f_tr, y_tr[idx].numpy())
         expected = float((clf.predict(f_te) == y_te.numpy()).mean())
         assert res["accuracy"] == pytest.approx(expected, abs=1.01 / 360)  # batched codes: one image's rounding
+        # kept in the run directory under a name that says how it was measured
+        assert json.loads((run_dir / f"probe-labels{'-all' if labels == 'all' else labels}-seed0.json").read_text()) \
+            == res
     assert main(["finetune", str(run_dir), "--labels", "100", "--epochs", "1"]) == 0
     res = json.loads(capsys.readouterr().out)
     # a fifth of the labels held out to choose the epochs (early stopping), then all of them

@@ -162,9 +162,15 @@ def test_compare_writes_page_csv_and_markdown(runs, tmp_path):
 def test_compare_keeps_figures_measured_differently_apart(runs, tmp_path):
     run = shutil.copytree(runs["vae"], tmp_path / "other-k")
     assert main(["eval", str(run), "-k", "7", "--no-sample-metrics", "--threads", "1"]) == 0
+    assert main(["probe", str(run), "--labels", "50", "--threads", "1"]) == 0
     compare([str(runs["vae"]), str(run)], tmp_path / "cmp")
     head = next(csv.reader((tmp_path / "cmp" / "compare.csv").read_text().splitlines()))
     assert "NLL (test, best, K=5)" in head and "NLL (test, best, K=7)" in head
+    assert "probe acc. (test, best, 50 labels)" in head
+    assert main(["report", str(run)]) == 0
+    html = _html(run)
+    probe = json.loads((run / "probe-labels50-seed0.json").read_text())
+    assert "a linear probe on 50 labelled training images" in html and f"{probe['accuracy']:.4g}" in html
 
 
 def test_compare_takes_a_folder_of_runs_and_refuses_what_is_not_one(runs, tmp_path, capsys):

@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 
 from . import distributed
-from .io import dumps, not_finite
+from .io import dumps, not_finite, write_json
 from .config import DataConfig, TrainConfig, _unwrap_optional, field_types, flag_name
 from .config import check_path
 from .errors import VaelabError, clip, did_you_mean, quote
@@ -315,7 +315,13 @@ def cmd_probe(a) -> int:
     from .evaluation.probe import linear_probe
     _threads(a)
     _need_encoder(a.run_dir, "probe")
-    print(dumps(linear_probe(a.run_dir, _labels(a.labels), a.data_dir, a.seed, a.device)))
+    labels = _labels(a.labels)
+    out = result_path(a.run_dir, None, result_name("probe", ".json", f"labels{labels}" if labels else "labels-all",
+                                                    f"seed{a.seed}"))
+    res = linear_probe(a.run_dir, labels, a.data_dir, a.seed, a.device)
+    print(dumps(res))
+    write_json(out, res)  # its name says how it was measured: the report and compare read it
+    _say(f"wrote {out}")
     return 0
 
 

@@ -10,6 +10,7 @@ the trainer, evaluation, the samplers, the pictures and the report ask for it. L
     RUN/tensorboard/                event files (--tensorboard)
     RUN/eval-test.json              training's final evaluation
     RUN/eval-<settings>.json        a later `vaelab eval`'s (:func:`result_name`)
+    RUN/probe-<settings>.json       a `vaelab probe`'s
     RUN/<picture>.png               training's pictures (:data:`PICTURES`)
     RUN/progress/epoch-NNNN.png     a grid of each epoch (a GAN's fixed noise)
     RUN/samplers/<name>-<ckpt>.safetensors   fitted samplers (:func:`sampler_cache`)
@@ -74,7 +75,7 @@ PLOTS = (PNG.manifold, PNG.codes_histogram, PNG.game, PNG.curves)  # drawn by ma
 RUN_FILES = (CONFIG, CHECKPOINTS["last"], CHECKPOINTS["best"], RESUME, METRICS, STEPS, CSV, FINISHED, REPORT,
              FIGURES)
 # results of the run, replaced with it
-RUN_PATTERNS = ("eval-*.json", "*.png", f"{PROGRESS}/epoch-*.png", f"{SAMPLERS}/*.safetensors",
+RUN_PATTERNS = ("eval-*.json", "probe-*.json", "*.png", f"{PROGRESS}/epoch-*.png", f"{SAMPLERS}/*.safetensors",
                 f"{TENSORBOARD}/events.out.tfevents.*")
 SUBFOLDERS = (PROGRESS, SAMPLERS, TENSORBOARD)  # each refused if it is a link out of the run
 
@@ -103,6 +104,11 @@ def eval_files(run_dir) -> list[Path]:
     run_dir = Path(run_dir)
     rest = sorted(p for p in run_dir.glob("eval-*.json") if p.name != TRAINING_EVAL)
     return [p for p in [run_dir / TRAINING_EVAL] if p.is_file()] + rest
+
+
+def probe_files(run_dir) -> list[Path]:
+    """Every linear probe's result a run holds (``vaelab probe``)."""
+    return sorted(Path(run_dir).glob("probe-*.json"))
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:

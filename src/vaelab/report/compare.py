@@ -16,7 +16,7 @@ from ..io import atomic_write
 from ..rundir import CONFIG, METRICS, PNG, STEPS, read_jsonl, read_run_config
 from ..version import __version__
 from .curves import plot_panels
-from .metrics import METRIC_COLUMNS, measurements
+from .metrics import HOW, METRIC_COLUMNS, measurements
 from .page import data_uri, figure_uri, number, write_page
 
 MAX_RUNS = 64           # runs on one page (each adds its pictures)
@@ -29,12 +29,13 @@ class Column:
     key: str
     label: str
     better: str
-    how: tuple   # (split, checkpoint, k, sampler, samples)
+    how: tuple   # (split, checkpoint, k, sampler, samples, labels): metrics.HOW
 
     @property
     def heading(self) -> str:
-        split, ckpt, k, sampler, n = self.how
-        parts = [split, ckpt] + ([f"K={k}"] if k is not None else []) + ([f"{sampler}, n={n}"] if sampler else [])
+        split, ckpt, k, sampler, n, labels = self.how
+        parts = ([split] + ([ckpt] if ckpt else []) + ([f"K={k}"] if k is not None else [])
+                 + ([f"{sampler}, n={n}"] if sampler else []) + ([f"{labels} labels"] if labels is not None else []))
         return f"{self.label} ({', '.join(str(p) for p in parts)})"
 
 
@@ -87,8 +88,7 @@ def table(runs: list[Path]) -> tuple[list[Column], list[dict]]:
         row = {}
         for m in ms:
             for metric in METRIC_COLUMNS:
-                how = tuple(m.how.get(k) if k in metric.depends else None
-                            for k in ("split", "checkpoint", "k", "sampler", "samples"))
+                how = tuple(m.how.get(k) if k in metric.depends else None for k in HOW)
                 if metric.key in m.values:
                     col = cols.setdefault((metric.key, how), Column(metric.key, metric.label, metric.better, how))
                     row.setdefault(col, m.values[metric.key])  # training's evaluation first

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..rundir import TRAINING_EVAL, eval_files, read_jsonl, METRICS
+from ..rundir import METRICS, TRAINING_EVAL, eval_files, probe_files, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,11 @@ METRIC_COLUMNS = [
     Metric("frechet", "Fréchet", "lower", "Fréchet distance of the samples' features (vaelab's classifier)", SAMPLED),
     Metric("psnr_denoised", "PSNR denoised", "higher", "dB, corrupted test images denoised"),
     Metric("near_zero_fraction", "codes ≈ 0", "", "fraction of code values with |z| < 0.01"),
+    Metric("accuracy", "probe acc.", "higher", "test accuracy of a logistic regression on the best checkpoint's codes, "
+           "trained on the given number of labelled images (vaelab probe)", ("split", "checkpoint", "labels")),
 ]
 # how a figure was measured: what must match for two runs' figures to share a column
-HOW = ("split", "checkpoint", "k", "sampler", "samples")
+HOW = ("split", "checkpoint", "k", "sampler", "samples", "labels")
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Measurement:
         parts = [f"{h.get('split', '?')} split", f"{h.get('checkpoint', '?')} checkpoint"]
         if h.get("k") is not None:
             parts.append(f"K = {h['k']:,}")
+        if h.get("labels") is not None:
+            parts = ["test split", f"a linear probe on {h['labels']:,} labelled training images"]
         if h.get("sampler"):
             parts.append(f"samples by {h['sampler']} (n = {h.get('samples', '?'):,})"
                          if isinstance(h.get("samples"), int) else f"samples by {h['sampler']}")
@@ -80,6 +84,14 @@ def measurements(run_dir) -> list[Measurement]:
             how["samples"] = None
         values = {m.key: d[m.key] for m in METRIC_COLUMNS if _finite(d.get(m.key))}
         out.append(Measurement(p.name, how, values))
+    for p in probe_files(run_dir):
+        try:
+            d = json.loads(Path(p).read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(d, dict) and _finite(d.get("accuracy")) and isinstance(d.get("labels"), int):
+            out.append(Measurement(p.name, {"split": "test", "checkpoint": "best", "labels": d["labels"]},
+                                   {"accuracy": d["accuracy"]}))
     return out
 
 
