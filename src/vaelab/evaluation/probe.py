@@ -9,7 +9,8 @@
 
 The N labelled images are a class-balanced subset of the run's training split
 (:func:`balanced_subset`); the inputs are binarized exactly as the run evaluates them
-(:func:`vaelab.loading.split_inputs`). Nothing is written to the run directory.
+(:func:`vaelab.loading.split_inputs`). These functions write nothing; `vaelab probe` keeps its result
+in the run directory (probe-labels<N>-seed<S>.json), for the report and compare.
 """
 from __future__ import annotations
 
