@@ -176,10 +176,10 @@ def test_a_non_numeric_epoch_in_the_resume_metadata_is_refused(run_copy, capsys)
         md = f.metadata()
     md["loop"] = json.dumps({**json.loads(md["loop"]), "epoch": "one"})
     save_file(load_file(str(path)), str(path), metadata=md)
-    before = {p: p.read_bytes() for p in run_copy.iterdir()}
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
     fails(capsys, ["train", "--resume", str(run_copy), "--epochs", "3"], str(path), "'epoch' is 'one'",
           "whole number")
-    assert {p: p.read_bytes() for p in run_copy.iterdir()} == before
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before
 
 
 def test_o_naming_an_existing_folder_is_refused(run, tmp_path, capsys):

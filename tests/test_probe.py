@@ -42,8 +42,9 @@ def runs(tmp_path_factory):
 
 
 def _files(run_dir):
-    """Every file of a run directory and a hash of its bytes."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir())}
+    """Every file of a run directory (its sub-folders' too) and a hash of its bytes."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 def _weights(model):
