@@ -21,13 +21,15 @@ each figure forks torch's RNG so that it neither reads nor moves the caller's.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,12 +40,12 @@ from ..data import locate_dataset, run_dataset
 from ..errors import VaelabError, clip, did_you_mean
 from ..evaluation.pca import pca_report, principal_angles
 from ..images import manifold_codes, save_figure
-from ..io import write_json
+from ..io import atomic_write, write_json
 from ..loading import load
 from ..losses import discriminator_loss, generator_loss
 from ..models.ae import AE, AEConfig
-from ..rundir import METRICS, STEPS, read_jsonl
 from ..run import make_config
+from ..rundir import METRICS, STEPS, read_jsonl, read_run_config
 from ..training.trainer import train
 from ..version import __version__
 from .page import data_uri, write_page
@@ -90,10 +92,24 @@ def _r(a, digits: int = 6):
     return round(float(a), digits)
 
 
-def _finish(fig: Figure, plot, out_dir: Path) -> Figure:
-    """Write the figure's PNG (the matplotlib figure ``plot``) and its JSON."""
+def _finish(fig: Figure, plot, out_dir: Path, layout: bool = True, grey: bool = False) -> Figure:
+    """Write the figure's PNG (the matplotlib figure ``plot``, laid out tight unless ``layout``
+    is False: its axes are placed by hand; one grey channel where ``grey``: a picture drawn in
+    greys only, stored in a third of the bytes and nothing lost) and its JSON."""
     fig.png, fig.json = out_dir / f"{fig.name}.png", out_dir / f"{fig.name}.json"
-    save_figure(plot, fig.png)
+    if layout and not grey:
+        save_figure(plot, fig.png)
+    else:
+        import matplotlib.pyplot as plt
+        from PIL import Image
+        if layout:
+            plot.tight_layout()
+        buf = io.BytesIO()
+        plot.savefig(buf, format="png")
+        plt.close(plot)
+        with Image.open(buf) as im:
+            im = im.convert("L") if grey else im.copy()
+        atomic_write(fig.png, lambda p: im.save(p, format="PNG", optimize=True))
     write_json(fig.json, {"figure": fig.name, "title": fig.title, "paper": fig.paper, "url": fig.url,
                           **fig.numbers})
     return fig
@@ -109,6 +125,26 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
+# torch's CPU threads for every figure's training. One: these nets are small, so a second thread
+# saves a third at best (an MNIST epoch of the 2-D VAE: 3.1 s with 2 threads, 4.8 s with 1, on an
+# idle 2-core AMD EPYC), and two stall whenever other work shares the cores (the same VAE epoch
+# took 75-118 s with 2 threads on that machine busy with a test suite; a GAN epoch 53 s against
+# 14 s with 1), which would break the figures' 10-minute budget.
+THREADS = 1
+
+
+@contextlib.contextmanager
+def _threads(n: int | None = THREADS):
+    """torch's CPU threads set to ``n`` (None: left alone) for the block, then put back."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------------------------
 # 1. Goodfellow et al. 2014, Figure 1: the GAN's game in one dimension
 # --------------------------------------------------------------------------------------------
@@ -119,13 +155,13 @@ class Gan1D:
     mu: float = 2.0
     sigma: float = 0.5
     hidden: int = 32
-    steps: int = 1200
+    steps: int = 2500
     k: int = 1               # discriminator steps per generator step (Algorithm 1's k)
     batch: int = 512
     lr_d: float = 4e-3       # D learns faster than G: each panel shows a D close to its best response
     lr_g: float = 1e-3
     g_loss: str = "non-saturating"
-    panels: tuple[int, ...] = (10, 50, 200, 1200)
+    panels: tuple[int, ...] = (10, 100, 500, 2500)
     every: int = 10          # steps between the records of mean |D - 1/2|
     samples: int = 20_000    # draws of G(z) behind each panel's histogram and KDE
     grid: tuple[float, float, int] = (-1.0, 4.0, 201)
@@ -133,19 +169,22 @@ class Gan1D:
 
 def _gan_1d_nets(c: Gan1D) -> tuple[nn.Module, nn.Module]:
     h = c.hidden
-    g = nn.Sequential(nn.Linear(1, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
+    # one hidden layer for G: a deeper tanh net folds z's line more, and each fold is a spike in
+    # p_g that the game takes long to iron out (measured over 6 seeds: 2 of 6 runs ended > 0.2 in
+    # total variation with two layers, 1 of 6 with one)
+    g = nn.Sequential(nn.Linear(1, h), nn.Tanh(), nn.Linear(h, 1))
     d = nn.Sequential(nn.Linear(1, h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
     return g, d
 
 
-def train_gan_1d(c: Gan1D, seed: int) -> dict:
+def train_gan_1d(c: Gan1D, seed: int, threads: int | None = THREADS) -> dict:
     """Train the 1-D GAN by Algorithm 1 and record each panel: the x grid, p_data(x), the density
     of G(z) (a histogram and a Gaussian KDE of ``c.samples`` draws), D(x), and
     E_{x ~ p_data} |D(x) - 1/2| (on the grid, weighted by p_data), with its record every
     ``c.every`` steps. Deterministic given ``seed``; the global RNG is left as it was."""
     from scipy.stats import gaussian_kde
 
-    with torch.random.fork_rng(devices=[]):
+    with _threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         G, D = _gan_1d_nets(c)
         gen = torch.Generator().manual_seed(seed + 1)  # data and noise draws
@@ -197,14 +236,15 @@ def train_gan_1d(c: Gan1D, seed: int) -> dict:
     return {"x": xs.numpy(), "p_data": p_data.numpy(), "hist_edges": edges, "panels": panels, "trace": trace}
 
 
-def gan_1d(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print, settings: Gan1D = Gan1D()) -> Figure:
+def gan_1d(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print, settings: Gan1D = Gan1D(),
+           threads: int | None = THREADS) -> Figure:
     """Figure 1 of Goodfellow et al. (2014), from a GAN trained on a 1-D Gaussian: per panel the
     data's density, the generator's and D(x); D flattens towards 1/2 as p_g approaches p_data."""
     c = settings
-    r = train_gan_1d(c, seed)
+    r = train_gan_1d(c, seed, threads)
     plt = _plt()
     n = len(r["panels"])
-    fig, axes = plt.subplots(1, n + 1, figsize=(3.0 * n + 3.4, 3.1),
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.5 * n + 2.9, 2.8),
                              gridspec_kw={"width_ratios": [1] * n + [1.15]})
     x = r["x"]
     for ax, p in zip(axes, r["panels"]):
@@ -215,15 +255,15 @@ def gan_1d(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print,
         ax.axhline(0.5, color="grey", lw=0.6)
         ax.set(xlim=(x[0], x[-1]), ylim=(0, 1.05), xlabel="x",
                title=f"step {p['step']}: E|D − ½| = {p['mean_abs_d_minus_half']:.3f}")
-        ax.title.set_fontsize(9.5)
-    axes[0].legend(fontsize=7.5, loc="upper left")
+        ax.title.set_fontsize(8.5)
+    axes[0].legend(fontsize=7, loc="upper left")
     steps, vals = zip(*r["trace"])
     ax = axes[-1]
     ax.plot(steps, vals, color=D_COLOUR, lw=1.2)
     for p in r["panels"]:
         ax.plot(p["step"], p["mean_abs_d_minus_half"], "o", color=D_COLOUR, ms=4)
     ax.set(xscale="log", yscale="log", xlabel="step", title="E over p_data of |D(x) − ½|")
-    ax.title.set_fontsize(9.5)
+    ax.title.set_fontsize(8.5)
     panels = [{"step": p["step"], "mean_abs_d_minus_half": _r(p["mean_abs_d_minus_half"]),
                "tv_distance": _r(p["tv_distance"]), "g_mean": _r(p["g_mean"]), "g_std": _r(p["g_std"]),
                "d_loss": _r(p["d_loss"]), "d": _r(p["d"]), "p_g_kde": _r(p["p_g_kde"]), "p_g_hist": _r(p["p_g_hist"])}
@@ -231,7 +271,7 @@ def gan_1d(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print,
     first, last = panels[0], panels[-1]
     numbers = {
         "seed": seed, "settings": dataclasses.asdict(c),
-        "protocol": (f"p_data = N({c.mu:g}, {c.sigma:g}^2); z ~ N(0, 1); G: 1-{c.hidden}-{c.hidden}-1 tanh MLP; "
+        "protocol": (f"p_data = N({c.mu:g}, {c.sigma:g}^2); z ~ N(0, 1); G: 1-{c.hidden}-1 tanh MLP; "
                      f"D: 1-{c.hidden}-{c.hidden}-1 LeakyReLU(0.2) MLP, sigmoid output; Algorithm 1 with "
                      f"k = {c.k}, minibatches of {c.batch}, {c.steps} generator steps, {c.g_loss} G loss; "
                      f"Adam (beta1 0.5), lr D {c.lr_d:g}, G {c.lr_g:g}, cosine decay to 1%"),
@@ -248,17 +288,19 @@ def gan_1d(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print,
     caption = (f"A GAN trained on a 1-D distribution, drawn at steps {', '.join(str(p['step']) for p in panels)}: "
                f"the data's density p_data = N({c.mu:g}, {c.sigma:g}²) (black dots), the generator's density "
                f"(green: a histogram and a Gaussian KDE of {c.samples:,} draws of G(z)) and the discriminator "
-               f"D(x) (blue dashes). As p_g approaches p_data, D flattens towards ½: E over p_data of |D(x) − ½| "
-               f"falls from {first['mean_abs_d_minus_half']:.3f} to {last['mean_abs_d_minus_half']:.3f} (right, "
-               f"every {c.every} steps), and p_g ends at N({last['g_mean']:.2f}, {last['g_std']:.2f}²), "
-               f"a total variation distance of {last['tv_distance']:.3f} from p_data. Trained here with "
-               f"Algorithm 1: z ~ N(0, 1), G and D MLPs of two hidden layers of {c.hidden} units (tanh; "
-               f"LeakyReLU), k = {c.k} discriminator step per generator step, the {c.g_loss} generator loss, "
-               f"minibatches of {c.batch}, {c.steps} steps of Adam (β1 0.5; learning rates {c.lr_d:g} for D, "
-               f"{c.lr_g:g} for G, cosine-decayed), seed {seed}. After Figure 1 of")
+               f"D(x) (blue dashes). As p_g approaches p_data, D flattens towards ½: the mean over p_data of "
+               f"|D(x) − ½| falls from {first['mean_abs_d_minus_half']:.3f} to {last['mean_abs_d_minus_half']:.3f} "
+               f"(right: every {c.every} steps; at step 1, D is flat only because it has learnt nothing yet), "
+               f"and p_g ends at N({last['g_mean']:.2f}, {last['g_std']:.2f}²) in mean and spread, a total "
+               f"variation distance of {last['tv_distance']:.3f} from p_data. Where p_data has little mass, as in "
+               f"its tails, nothing holds D near ½. Trained here by Algorithm 1: z ~ N(0, 1); G an MLP with one "
+               f"hidden layer of {c.hidden} tanh units, D one with two of {c.hidden} LeakyReLU units; k = {c.k} "
+               f"discriminator step{'s' if c.k > 1 else ''} per generator step; the {c.g_loss} generator loss; "
+               f"minibatches of {c.batch}; {c.steps:,} steps of Adam (β1 0.5; learning rates {c.lr_d:g} for D and "
+               f"{c.lr_g:g} for G, cosine-decayed); seed {seed}. After Figure 1 of")
     f = Figure("gan-1d", "Goodfellow's 1-D intuition",
-               "Four panels of a 1-D GAN over training: the data's density, the generator's density and D(x), "
-               "which flattens towards 1/2; and E|D - 1/2| against the step.",
+               f"{len(panels)} panels of a 1-D GAN over training: the data's density, the generator's density and "
+               "D(x), which flattens towards 1/2; and the mean of |D - 1/2| against the step.",
                caption, "Goodfellow et al. (2014), Generative adversarial nets", "https://arxiv.org/abs/1406.2661",
                numbers)
     return _finish(f, fig, out_dir)
@@ -282,6 +324,7 @@ class DAEField:
     extent: float = 1.6        # ... over [-extent, extent]^2
     on_curve: float = 0.1      # grid points nearer the circle than this are on it (no direction to judge)
     shown_points: int = 300    # data points drawn (and kept in the JSON)
+    shrink: float = 3.0        # arrows drawn at 1/shrink of their length (the corners' would overlap)
 
 
 class _DAE(nn.Module):
@@ -296,11 +339,11 @@ class _DAE(nn.Module):
         return self.g(self.f(x))
 
 
-def train_dae_field(c: DAEField, seed: int) -> dict:
+def train_dae_field(c: DAEField, seed: int, threads: int | None = THREADS) -> dict:
     """Train the DAE on points near the unit circle (squared error of r(x + noise) against x,
     fresh noise every step) and measure r(x) - x on the grid, with the cosine between each arrow
     and the direction to the nearest point of the circle. Deterministic given ``seed``."""
-    with torch.random.fork_rng(devices=[]):
+    with _threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed + 1)
         theta = 2 * math.pi * torch.rand(c.points, generator=gen)
@@ -337,10 +380,10 @@ def train_dae_field(c: DAEField, seed: int) -> dict:
 
 
 def dae_field(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print,
-              settings: DAEField = DAEField()) -> Figure:
+              settings: DAEField = DAEField(), threads: int | None = THREADS) -> Figure:
     """Alain & Bengio (2014): a DAE's r(x) - x on a grid points back to the data's manifold."""
     c = settings
-    r = train_dae_field(c, seed)
+    r = train_dae_field(c, seed, threads)
     cos, off, near = r["cosine"], r["off"], r["near"]
     mean_cos, near_cos = float(cos[off].mean()), float(cos[near].mean())
     frac_pos = float((cos[off] > 0).double().mean())
@@ -351,7 +394,7 @@ def dae_field(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=pri
     ax.scatter(*r["shown"].numpy().T, s=5, color="#d0842b", alpha=0.7, label=f"data ({c.shown_points} of {c.points})")
     p, v = r["points"].numpy(), r["vectors"].float().numpy()
     ax.quiver(p[:, 0], p[:, 1], v[:, 0], v[:, 1], cos.numpy(), cmap="coolwarm_r", clim=(-1, 1), angles="xy",
-              scale_units="xy", scale=1, width=0.0042)
+              scale_units="xy", scale=c.shrink, width=0.004)
     ax.set(xlim=(-c.extent - 0.15, c.extent + 0.15), ylim=(-c.extent - 0.15, c.extent + 0.15), aspect="equal",
            xlabel="x₁", ylabel="x₂",
            title=f"r(x) − x: mean cosine with the way to the curve {mean_cos:.2f}")
@@ -376,10 +419,11 @@ def dae_field(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=pri
         f"({near_cos:.3f} within 2 sigma of the curve; {100 * frac_pos:.0f}% positive)")
     caption = (f"A denoising autoencoder r(x̃) = g(f(x̃)) trained on {c.points:,} 2-D points near the unit circle "
                f"(orange, {c.shown_points} shown; std {c.data_noise:g} around it) to undo Gaussian corruption "
-               f"x̃ = x + N(0, {c.corruption:g}² I). The arrows are r(x) − x on a {c.grid}×{c.grid} grid, drawn to "
-               f"scale and coloured by their cosine with the way to the nearest point of the circle (blue 1, "
-               f"red −1): they point back to the manifold, approximating σ² ∇ log p(x). Over the {int(off.sum())} "
-               f"grid points more than {c.on_curve:g} off the curve the mean cosine is {mean_cos:.2f} "
+               f"x̃ = x + N(0, {c.corruption:g}² I). The arrows are r(x) − x on a {c.grid}×{c.grid} grid, drawn at "
+               f"1/{c.shrink:g} of their length and coloured by their cosine with the way to the nearest point of "
+               f"the circle (blue 1, red −1): they point back to the manifold, as r(x) − x ≈ σ² ∂log p(x)/∂x "
+               f"for small σ. Over the {int(off.sum())} grid points more than {c.on_curve:g} off the curve the "
+               f"mean cosine is {mean_cos:.2f} "
                f"({near_cos:.2f} within 2σ = {2 * c.corruption:g} of it, where the corrupted training points "
                f"reach; {100 * frac_pos:.0f}% of the arrows point towards the curve). f and g: softplus MLPs "
                f"with {c.hidden}-unit layers; {c.steps:,} Adam steps of {c.batch} points, seed {seed}. After")
@@ -400,40 +444,44 @@ class LinearAEPCA:
     """The linear autoencoder's settings: vaelab's ``ae`` with ``--arch linear``, L2 loss."""
     images: int = 10_000     # the first images of vaelab's MNIST training split
     latent_dim: int = 10
-    epochs: int = 20
+    epochs: int = 50
     batch: int = 100
-    lr: float = 3e-3
-    every: int = 20          # steps between the principal angles' records
+    lr: float = 1e-2         # cosine-decayed to 1%: 5,000 steps take the largest angle below 1 degree
+    every: int = 25          # steps between the principal angles' records
 
 
-def _mnist(data_dir: str | None) -> "object":
-    """vaelab's MNIST splits (the default validation split), as the trainer reads them."""
+def _mnist(data_dir: str | None):
+    """vaelab's MNIST splits (the default validation split, as the trainer reads them); read
+    once per process, the loader keeps the arrays."""
     return run_dataset(DataConfig(data="mnist", data_dir=data_dir))
 
 
 def linear_ae_pca(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print,
-                  settings: LinearAEPCA = LinearAEPCA()) -> Figure:
+                  settings: LinearAEPCA = LinearAEPCA(), threads: int | None = THREADS) -> Figure:
     """The principal angles between a linear autoencoder's decoder columns and PCA's top-d
     subspace of the same images, over training: they fall towards 0."""
     c = settings
+    from sklearn.decomposition import PCA
     ds = _mnist(data_dir)
     x = ds.train.x[:c.images].float() / 255  # [N, 1, 28, 28] intensities in [0, 1]
-    x_test = ds.test.x.float() / 255
-    from sklearn.decomposition import PCA
-    t0 = time.perf_counter()
-    pca = PCA(n_components=c.latent_dim, svd_solver="full").fit(x.flatten(1).double().numpy())
-    top = pca.components_.T  # [784, d]: PCA's top-d directions
-    log(f"linear-ae-pca: PCA of {len(x):,} images in {time.perf_counter() - t0:.1f}s")
-    with torch.random.fork_rng(devices=[]):
+    flat = x.flatten(1).double().numpy()
+    with _threads(threads), torch.random.fork_rng(devices=[]):
+        # the reference: PCA of the same images (the exact eigendecomposition of their covariance)
+        pca = PCA(n_components=c.latent_dim, svd_solver="covariance_eigh").fit(flat)
+        top = pca.components_.T  # [784, d]
+        pca_mse = float(np.mean((pca.inverse_transform(pca.transform(flat)) - flat) ** 2))
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed + 1)
         model = AE(AEConfig(shape=tuple(x.shape[1:]), arch="linear", latent_dim=c.latent_dim, recon_loss="l2"))
         opt = torch.optim.Adam(model.parameters(), c.lr)
-        decoder = model.decoder.net[0].weight  # [784, d]: z -> pixels; its columns span the code's image
+        decoder = model.decoder.net[0].weight  # [784, d]: z -> pixels; its columns span what it decodes
+
+        def mse() -> float:
+            with torch.no_grad():
+                return float(((model.reconstruct(x) - x) ** 2).mean())
         steps_per_epoch = len(x) // c.batch
         total = c.epochs * steps_per_epoch
-        record = [(0, principal_angles(decoder, top))]
-        losses = []
+        record, errors = [(0, principal_angles(decoder, top))], [(0, mse())]
         step = 0
         for _ in range(c.epochs):
             order = torch.randperm(len(x), generator=gen)
@@ -446,57 +494,59 @@ def linear_ae_pca(out_dir: Path, seed: int = 0, data_dir: str | None = None, log
                 step += 1
                 if step % c.every == 0 or step in (1, 2, 5, 10):
                     record.append((step, principal_angles(decoder, top)))
-            losses.append((step, loss.item()))
+            errors.append((step, mse()))
         model.eval()
-        final = pca_report(model, x, x_test)  # the check `vaelab eval` makes of a linear AE
+        test = pca_report(model, x, ds.test.x.float() / 255)  # the check `vaelab eval` makes of a linear AE
     steps = [s for s, _ in record]
-    angles = np.stack([a for _, a in record])  # [records, d], ascending per record
-    plt = _plt()
-    fig, ax = plt.subplots(1, 2, figsize=(10.5, 3.7))
-    for j in range(angles.shape[1]):
-        ax[0].plot(np.maximum(steps, 0.7), angles[:, j], lw=2.0 if j == angles.shape[1] - 1 else 0.8,
-                   color="C3" if j == angles.shape[1] - 1 else "C0", alpha=1 if j == angles.shape[1] - 1 else 0.6)
-    ax[0].set(xscale="log", yscale="log", xlabel="Adam step (the first drawn at 0.7: step 0)",
-              ylabel="principal angle (degrees)",
-              title=f"the {c.latent_dim} principal angles (largest in red)")
-    ax[0].set_ylim(top=100)
-    ax[0].axhline(90, color="grey", lw=0.6, ls="--")
-    ls, lv = zip(*losses)
-    ax[1].plot(ls, lv, "o-", ms=3, label="linear AE (per-pixel MSE × 784, last minibatch of each epoch)")
-    ax[1].axhline(final["pca_mse"] * x[0].numel(), color="grey", ls="--", lw=0.8,
-                  label="PCA with d = {} (test images)".format(c.latent_dim))
-    ax[1].set(xlabel="Adam step", ylabel="squared error per image", title="reconstruction error")
-    ax[1].legend(fontsize=7.5)
+    angles = np.stack([a for _, a in record])  # [records, d], ascending in each record
     start_max, end_max = float(angles[0].max()), float(angles[-1].max())
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(10.5, 3.7), gridspec_kw={"width_ratios": [1.25, 1]})
+    d = angles.shape[1]
+    for j in range(d):
+        largest = j == d - 1
+        ax[0].plot(np.maximum(steps, 0.7), angles[:, j], lw=2.0 if largest else 0.8, color="C3" if largest else "C0",
+                   alpha=1 if largest else 0.55, label="the largest" if largest else ("the others" if j == 0 else None))
+    ax[0].axhline(90, color="grey", lw=0.6, ls="--")
+    ax[0].set(xscale="log", yscale="log", xlabel="Adam step (step 0 drawn at 0.7)", ylabel="degrees",
+              title=f"principal angles to PCA's top-{d} subspace")
+    ax[0].legend(fontsize=8, loc="lower left")
+    es, ev = zip(*errors)
+    ax[1].plot(es, ev, "o-", ms=2.5, lw=1, label="linear AE, per epoch")
+    ax[1].axhline(pca_mse, color="black", ls="--", lw=0.9, label=f"PCA, d = {d}")
+    ax[1].set(xlabel="Adam step", ylabel="mean squared error per pixel", yscale="log",
+              title="reconstruction error, the training images")
+    ax[1].legend(fontsize=8)
     numbers = {
         "seed": seed, "settings": dataclasses.asdict(c),
         "protocol": (f"the first {len(x):,} images of vaelab's MNIST training split (of {len(ds.train):,}; "
-                     f"intensities in [0, 1]); vaelab's ae, --arch linear (784-{c.latent_dim}-784 affine maps), "
-                     f"L2 loss; {c.epochs} epochs of minibatches of {c.batch} ({total:,} Adam steps, lr {c.lr:g} "
-                     f"cosine-decayed); PCA: scikit-learn, svd_solver full, on the same images"),
+                     f"intensities in [0, 1]); vaelab's ae, --arch linear (affine maps 784-{d}-784), L2 loss; "
+                     f"{c.epochs} epochs of minibatches of {c.batch} ({total:,} Adam steps, lr {c.lr:g} "
+                     f"cosine-decayed to 1%); PCA: scikit-learn on the same images"),
         "angles_mean": ("principal angles in degrees, ascending, between the decoder weight's column space and "
                         "PCA's top-d subspace (vaelab.evaluation.pca.principal_angles)"),
         "steps": steps, "angles_deg": _r(angles), "start_max_angle_deg": _r(start_max),
         "final_max_angle_deg": _r(end_max), "final_angles_deg": _r(angles[-1]),
-        "final_test": {k: _r(v) if isinstance(v, float) else v for k, v in final.items() if k != "angles_deg"},
-        "loss": {"step": list(ls), "value": _r(lv)},
+        "train_mse": {"step": list(es), "ae": _r(ev), "pca": _r(pca_mse)},
+        "test": {k: _r(v) for k, v in test.items() if k not in ("angles_deg", "max_angle_deg", "d")},
     }
     log(f"linear-ae-pca: largest principal angle {start_max:.1f} -> {end_max:.2f} degrees after {total:,} steps; "
-        f"test MSE AE/PCA {final['mse_ratio']:.4f}")
-    caption = (f"A linear autoencoder (vaelab's ae with --arch linear: affine maps 784 → {c.latent_dim} → 784, "
-               f"squared error) trained on the first {len(x):,} images of MNIST's training split for "
-               f"{c.epochs} epochs ({total:,} Adam steps of {c.batch}, learning rate {c.lr:g} cosine-decayed, "
-               f"seed {seed}). Left: the {c.latent_dim} principal angles between the decoder's column space and "
-               f"the span of PCA's top {c.latent_dim} components of the same images (scikit-learn), over "
-               f"training: the largest falls from {start_max:.1f}° to {end_max:.2f}°. The linear AE's optimum "
-               f"spans the principal subspace, though its weights are any invertible mix of the components. "
-               f"Right: the reconstruction error approaches PCA's; on the 10,000 test images the AE's MSE is "
-               f"{final['mse_ratio']:.3f} times PCA's. See")
+        f"test MSE AE/PCA {test['mse_ratio']:.4f}")
+    caption = (f"A linear autoencoder (vaelab's ae with --arch linear: affine maps 784 → {d} → 784, squared "
+               f"error) trained on the first {len(x):,} images of MNIST's training split for {c.epochs} epochs "
+               f"({total:,} Adam steps of {c.batch} images, learning rate {c.lr:g} cosine-decayed, seed {seed}). "
+               f"Left: the {d} principal angles between the decoder's column space and the span of PCA's top "
+               f"{d} components of the same images (scikit-learn), over training; the largest falls from "
+               f"{start_max:.1f}° to {end_max:.2f}°. The optimum spans the principal subspace, though its weights "
+               f"are any invertible mix of the components, so subspaces are compared, not weights; the last "
+               f"directions to settle are those of nearly equal eigenvalues. Right: the reconstruction error "
+               f"approaches PCA's, the least any rank-{d} linear map reaches; on MNIST's {len(ds.test):,} "
+               f"test images the AE's is {test['mse_ratio']:.4f} times PCA's. See")
     f = Figure("linear-ae-pca", "The linear autoencoder and PCA",
                "Principal angles in degrees between a linear autoencoder's decoder and PCA's subspace, falling "
-               "towards zero over training; and the reconstruction error against PCA's.",
-               caption, "Baldi & Hornik (1989), Neural networks and principal component analysis; Bourlard & Kamp "
-               "(1988)", "https://doi.org/10.1016/0893-6080(89)90014-2", numbers)
+               "towards zero over training; and its reconstruction error against PCA's.",
+               caption, "Baldi & Hornik (1989), Neural networks and principal component analysis: learning from "
+               "examples without local minima", "https://doi.org/10.1016/0893-6080(89)90014-2", numbers)
     return _finish(f, fig, out_dir)
 
 
@@ -507,76 +557,84 @@ def linear_ae_pca(out_dir: Path, seed: int = 0, data_dir: str | None = None, log
 @dataclass(frozen=True)
 class AEVBManifold:
     """The 2-D VAE's run: vaelab's ``vae`` at ``--preset aevb`` (784-500-2, tanh, Bernoulli)."""
-    epochs: int = 5
+    epochs: int = 10
     n: int = 20              # the grid is n x n
-    threads: int | None = None
 
 
-def _train_run(out_dir: Path, name: str, log, **flags) -> Path:
-    """A vaelab run in DIR/runs/<name> (replaced if there), trained by vaelab's trainer."""
-    cfg = make_config(out=str(out_dir / RUNS / name), overwrite=True, progress=False, **flags)
-    return train(cfg, log=log)
+def _train_run(out_dir: Path, name: str, log, threads: int | None, device: str, **flags) -> Path:
+    """A vaelab run in DIR/runs/<name> (replaced if there), trained by vaelab's trainer; torch's
+    RNG and threads are the caller's again afterwards."""
+    cfg = make_config(out=str(out_dir / RUNS / name), overwrite=True, progress=False, threads=threads, device=device,
+                      **flags)
+    with _threads(threads), torch.random.fork_rng(devices=[]):
+        return train(cfg, log=log)
 
 
 def aevb_manifold(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print,
-                  settings: AEVBManifold = AEVBManifold()) -> Figure:
+                  settings: AEVBManifold = AEVBManifold(), threads: int | None = THREADS,
+                  device: str = "auto") -> Figure:
     """Figure 4 of Kingma & Welling (2014): a 2-D latent VAE's decoded means over z = Phi^-1(u),
     u on a regular grid of the unit square, with the z values on the axes."""
     c = settings
-    with torch.random.fork_rng(devices=[]):
-        run = _train_run(out_dir, "aevb-manifold", log, data="mnist", data_dir=data_dir, model="vae",
-                         preset="aevb", latent_dim=2, epochs=c.epochs, seed=seed, threads=c.threads)
-        model = load(run, "last", "cpu")
-        codes = manifold_codes(c.n)  # [n*n, 2] row-major, top row the largest z2
-        with torch.no_grad():
-            images = model.decode_mean(codes).float()  # [n*n, 1, 28, 28]
+    run = _train_run(out_dir, "aevb-manifold", log, threads, device, data="mnist", data_dir=data_dir, model="vae",
+                     preset="aevb", latent_dim=2, epochs=c.epochs, seed=seed)
+    model = load(run, "last", "cpu")
+    codes = manifold_codes(c.n)  # [n*n, 2], row-major, the top row the largest z2
+    with _threads(threads), torch.no_grad():
+        images = model.decode_mean(codes).float()  # [n*n, 1, 28, 28]
     hist = read_jsonl(run / METRICS)
     t = model.run_config.train
+    n_train, n_val = _split_sizes(data_dir)
     h, w = images.shape[-2:]
     tiles = images[:, 0].reshape(c.n, c.n, h, w).permute(0, 2, 1, 3).reshape(c.n * h, c.n * w).numpy()
-    z1 = codes[:c.n, 0].double().numpy()           # the columns' z1, left to right
-    z2 = codes[::c.n, 1].double().numpy()          # the rows' z2, top to bottom
+    z1 = codes[:c.n, 0].double().numpy()   # the columns' z1, left to right
+    z2 = codes[::c.n, 1].double().numpy()  # the rows' z2, top to bottom
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.4, 7.4))
+    # the grid at one screen pixel per image pixel: axes placed in pixels, no resampling
+    dpi, left, bottom, pad = 100, 62, 78, 12
+    width, height = left + tiles.shape[1] + pad, bottom + tiles.shape[0] + pad
+    fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax = fig.add_axes((left / width, bottom / height, tiles.shape[1] / width, tiles.shape[0] / height))
     ax.imshow(tiles, cmap="gray", vmin=0, vmax=1, extent=(0, c.n, c.n, 0), interpolation="nearest")
     centres = np.arange(c.n) + 0.5
     ax.set_xticks(centres, [f"{v:.2f}" for v in z1], rotation=90, fontsize=7)
     ax.set_yticks(centres, [f"{v:.2f}" for v in z2], fontsize=7)
-    ax.set(xlabel="z₁ = Φ⁻¹(u₁)", ylabel="z₂ = Φ⁻¹(u₂)")
+    ax.set_xlabel("z₁ = Φ⁻¹(u₁)", fontsize=9)
+    ax.set_ylabel("z₂ = Φ⁻¹(u₂)", fontsize=9)
     val = [e["val"] for e in hist if e.get("val") is not None]
-    elbo = val[-1] if val else None
+    elbo = val[-1]
     numbers = {
-        "seed": seed, "settings": dataclasses.asdict(c), "run": str(run),
-        "protocol": (f"vaelab's vae at --preset aevb with --latent-dim 2 (MLP 784-500-2, tanh; Bernoulli "
-                     f"decoder on dynamically binarized pixels), on vaelab's MNIST training split, {len(hist)} "
-                     f"epochs of minibatches of {t.batch_size}, Adam lr {t.lr:g}; the last epoch's weights"),
-        "grid": f"z = Phi^-1(u), u = (i + 1/2) / {c.n} for i = 0..{c.n - 1} in each coordinate",
-        "z1_columns": _r(z1), "z2_rows_top_to_bottom": _r(z2),
-        "final_val_elbo": _r(elbo) if elbo is not None else None,
-        "val_elbo_per_epoch": _r(val), "train_loss_per_epoch": _r([e["train_loss"] for e in hist]),
-        "epochs": len(hist),
+        "seed": seed, "settings": dataclasses.asdict(c), "run": f"{RUNS}/aevb-manifold",
+        "protocol": (f"vaelab's vae at --preset aevb with --latent-dim 2 (MLP 784-500-2 and back, tanh; Bernoulli "
+                     f"decoder on dynamically binarized pixels), on vaelab's MNIST training split ({n_train:,} "
+                     f"images; {n_val:,} held out), {len(hist)} epochs of minibatches of {t.batch_size}, Adam lr "
+                     f"{t.lr:g}; the last epoch's weights"),
+        "grid": f"z = Phi^-1(u), u = (i + 1/2) / {c.n} for i = 0..{c.n - 1} in each coordinate "
+                "(vaelab.images.manifold_codes)",
+        "z1_columns_left_to_right": _r(z1), "z2_rows_top_to_bottom": _r(z2),
+        "final_val_elbo": _r(elbo), "val_elbo_per_epoch": _r(val),
+        "train_loss_per_epoch": _r([e["train_loss"] for e in hist]), "epochs": len(hist),
+        "train_images": n_train, "val_images": n_val,
     }
     log(f"aevb-manifold: {len(hist)} epochs, validation ELBO {elbo:.2f} nats")
-    n_val = _split_sizes(data_dir)
-    caption = (f"A VAE with a 2-D latent space (vaelab's vae at --preset aevb, --latent-dim 2: an MLP with one "
+    caption = (f"A VAE with a 2-D latent space (vaelab's vae at --preset aevb with --latent-dim 2: MLPs with one "
                f"hidden layer of 500 tanh units each way, a Bernoulli decoder on dynamically binarized pixels) "
-               f"trained on MNIST's {n_val[0]:,} training images (the other {n_val[1]:,} held out for validation) "
-               f"for {len(hist)} epochs (minibatches of {t.batch_size}, Adam at {t.lr:g}, seed {seed}; "
-               f"validation ELBO {elbo:.1f} nats after the last). Each cell is the decoder's mean at z = "
-               f"Φ⁻¹(u), u on a regular {c.n}×{c.n} grid of the unit square (cell centres (i + ½)/{c.n}), so "
-               f"equal areas carry equal prior mass; the axes give z₁ and z₂ at the cell centres. "
-               f"The run is in {RUNS}/aevb-manifold. After Figure 4 of")
+               f"trained on MNIST's {n_train:,} training images ({n_val:,} more held out) for {len(hist)} epochs "
+               f"(minibatches of {t.batch_size}, Adam at {t.lr:g}, seed {seed}); its validation ELBO after the last "
+               f"is {elbo:.1f} nats. Each cell is the decoder's mean at z = Φ⁻¹(u), u on a regular {c.n}×{c.n} grid "
+               f"of the unit square (cell centres (i + ½)/{c.n}), so that equal areas carry equal prior mass; the "
+               f"axes give z₁ and z₂ at the cell centres. The run is kept in {RUNS}/aevb-manifold. After Figure 4 "
+               f"of")
     f = Figure("aevb-manifold", "The AEVB manifold",
-               f"A {c.n} by {c.n} grid of MNIST digits decoded from a 2-D latent space, with z1 and z2 values "
+               f"A {c.n} by {c.n} grid of MNIST digits decoded from a 2-D latent space, with the z1 and z2 values "
                "on the axes.",
                caption, "Kingma & Welling (2014), Auto-encoding variational Bayes", "https://arxiv.org/abs/1312.6114",
                numbers, runs=[str(run)])
-    return _finish(f, fig, out_dir)
+    return _finish(f, fig, out_dir, layout=False, grey=True)
 
 
 def _split_sizes(data_dir: str | None) -> tuple[int, int]:
-    """(training, validation) images of vaelab's MNIST splits, as the runs here train on them
-    (read once per process: the loader keeps the arrays)."""
+    """(training, validation) images of vaelab's MNIST splits, as the runs here train on them."""
     ds = _mnist(data_dir)
     return len(ds.train), len(ds.val)
 
@@ -588,95 +646,95 @@ def _split_sizes(data_dir: str | None) -> tuple[int, int]:
 @dataclass(frozen=True)
 class GANGame:
     """The MNIST GAN's run: vaelab's ``gan`` with its defaults (MLPs 100-512-512-784 and back)."""
-    epochs: int = 3
+    epochs: int = 5
     log_every: int = 10      # steps between the per-step records (steps.jsonl)
-    threads: int | None = None
+    smooth: int = 20         # records in the moving average drawn over them
+
+
+def _moving_average(v: list[float], n: int) -> np.ndarray:
+    """The mean of each run of ``n`` consecutive values (fewer at the start): as long as ``v``."""
+    a = np.asarray(v, dtype=np.float64)
+    c = np.cumsum(np.insert(a, 0, 0.0))
+    k = np.minimum(np.arange(1, len(a) + 1), n)
+    return (c[1:] - c[np.arange(1, len(a) + 1) - k]) / k
 
 
 def gan_game(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print,
-             settings: GANGame = GANGame()) -> Figure:
+             settings: GANGame = GANGame(), threads: int | None = THREADS,
+             device: str = "auto") -> Figure:
     """D(x) on data and D(G(z)) on samples over an MNIST GAN's training, beside the equilibrium's
     1/2; and D's loss beside its equilibrium value log 4."""
     c = settings
-    with torch.random.fork_rng(devices=[]):
-        run = _train_run(out_dir, "gan-game", log, data="mnist", data_dir=data_dir, model="gan", epochs=c.epochs,
-                         seed=seed, log_every=c.log_every, threads=c.threads)
-    import json
-    cfg = json.loads((run / "config.json").read_text())["run"]
+    run = _train_run(out_dir, "gan-game", log, threads, device, data="mnist", data_dir=data_dir, model="gan",
+                     epochs=c.epochs, seed=seed, log_every=c.log_every)
+    doc = read_run_config(run)["run"]
+    mc, tc = doc["model"], doc["train"]
     hist, steps = read_jsonl(run / METRICS), read_jsonl(run / STEPS)
-    plt = _plt()
-    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    n_train, n_val = _split_sizes(data_dir)
+    per_epoch_steps = n_train // tc["batch_size"] // mc["k"]  # whole minibatches only (drop_last), k a step
+    ends = [per_epoch_steps * h["epoch"] for h in hist]
     s = [r["step"] for r in steps]
-    ends = _epoch_ends(hist, steps)
-    ax[0].plot(s, [r["d_real"] for r in steps], color="C0", lw=0.6, alpha=0.45)
-    ax[0].plot(s, [r["d_fake"] for r in steps], color="C3", lw=0.6, alpha=0.45)
-    ax[0].plot(ends, [h["train_d_real"] for h in hist], "o-", color="C0", lw=1.8, label="D(x), data (epoch mean)")
-    ax[0].plot(ends, [h["train_d_fake"] for h in hist], "o-", color="C3", lw=1.8,
-               label="D(G(z)), samples (epoch mean)")
-    if any(h.get("val") is not None for h in hist):
-        ax[0].plot(ends, [h.get("val") for h in hist], "s:", color="C2", lw=1.2, label="D(x), held-out data")
-    ax[0].axhline(0.5, color="black", lw=0.9, ls="--", label="½: the equilibrium")
-    ax[0].set(xlabel="step", ylabel="mean D", ylim=(0, 1), title="the discriminator's view")
-    ax[0].legend(fontsize=7.5, loc="center right")
-    ax[1].plot(s, [r["d_loss"] for r in steps], color="C0", lw=0.6, alpha=0.45)
-    ax[1].plot(s, [r["g_loss"] for r in steps], color="C1", lw=0.6, alpha=0.45)
-    ax[1].plot(ends, [h["train_d_loss"] for h in hist], "o-", color="C0", lw=1.8, label="D's loss (epoch mean)")
-    ax[1].plot(ends, [h["train_g_loss"] for h in hist], "o-", color="C1", lw=1.8,
-               label="G's loss, non-saturating (epoch mean)")
-    ax[1].axhline(math.log(4), color="black", lw=0.9, ls="--", label="log 4: D's loss at the equilibrium")
-    ax[1].set(xlabel="step", ylabel="nats", title="the players' losses")
-    ax[1].legend(fontsize=7.5)
-    for a in ax:
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.9))
+    # faint: each logged step's minibatch; line: their moving average; dots: the epoch's mean
+    for a, series in ((ax[0], (("d_real", "train_d_real", "C0", "D(x), data"),
+                               ("d_fake", "train_d_fake", "C3", "D(G(z)), samples"))),
+                      (ax[1], (("d_loss", "train_d_loss", "C0", "D's loss"),
+                               ("g_loss", "train_g_loss", "C1", f"G's loss ({mc['g_loss']})")))):
+        for key, epoch_key, colour, label in series:
+            v = [r[key] for r in steps]
+            a.plot(s, v, color=colour, lw=0.5, alpha=0.3)
+            a.plot(s, _moving_average(v, c.smooth), color=colour, lw=1.3, label=label)
+            a.plot(ends, [h[epoch_key] for h in hist], "o", color=colour, ms=6, mec="black", mew=0.6)
         for e in ends:
-            a.axvline(e, color="grey", lw=0.4, alpha=0.5)
-    per_epoch_keys = ("train_d_real", "train_d_fake", "val", "train_d_loss", "train_g_loss", "seconds")
-    model_cfg, train_cfg = cfg["model"], cfg["train"]
+            a.axvline(e, color="grey", lw=0.4, alpha=0.6)
+    if any(h.get("val") is not None for h in hist):
+        ax[0].plot(ends, [h.get("val") for h in hist], "s", color="C2", ms=6, mec="black", mew=0.6,
+                   label="D(x), held-out data")
+    ax[0].axhline(0.5, color="black", lw=1.0, ls="--", label="½")
+    ax[0].set(xlabel="step", ylabel="mean D", ylim=(0, 1), title="the discriminator's view")
+    ax[0].legend(fontsize=7.5, loc="lower center", ncol=2, framealpha=0.85)
+    ax[1].axhline(math.log(4), color="black", lw=1.0, ls="--", label="log 4")
+    ax[1].set(xlabel="step", ylabel="nats", title="the players' losses")
+    ax[1].legend(fontsize=7.5, loc="upper left", ncol=3, framealpha=0.85)
     last = hist[-1]
     numbers = {
-        "seed": seed, "settings": dataclasses.asdict(c), "run": str(run),
-        "protocol": (f"vaelab's gan (MLPs: G {model_cfg['latent_dim']}-{'-'.join(map(str, model_cfg['hidden']))}"
-                     f"-784 with batch norm, D mirrored, LeakyReLU 0.2), k = {model_cfg['k']}, "
-                     f"{model_cfg['g_loss']} G loss, Adam (beta1 {model_cfg['beta1']}) lr {train_cfg['lr']:g}, "
-                     f"minibatches of {train_cfg['batch_size']}, on vaelab's MNIST training split, {len(hist)} "
-                     "epochs"),
+        "seed": seed, "settings": dataclasses.asdict(c), "run": f"{RUNS}/gan-game",
+        "protocol": (f"vaelab's gan (MLPs: G {mc['latent_dim']}-{'-'.join(map(str, mc['hidden']))}-784 with batch "
+                     f"norm, tanh output; D mirrored, LeakyReLU 0.2), Algorithm 1 with k = {mc['k']}, "
+                     f"{mc['g_loss']} G loss, Adam (beta1 {mc['beta1']}) lr {tc['lr']:g}, minibatches of "
+                     f"{tc['batch_size']}, on vaelab's MNIST training split ({n_train:,} images; {n_val:,} held "
+                     f"out), {len(hist)} epochs"),
         "per_epoch": {"epoch": [h["epoch"] for h in hist], "end_step": ends,
-                      **{k.replace("train_", ""): _r([h.get(k) for h in hist]) for k in per_epoch_keys[:-1]}},
+                      "d_real": _r([h["train_d_real"] for h in hist]),
+                      "d_fake": _r([h["train_d_fake"] for h in hist]),
+                      "held_out_d_real": _r([h.get("val") for h in hist]) if hist[0].get("val") is not None else None,
+                      "d_loss": _r([h["train_d_loss"] for h in hist]),
+                      "g_loss": _r([h["train_g_loss"] for h in hist])},
         "per_step": {"step": s, **{k: _r([r[k] for r in steps]) for k in ("d_real", "d_fake", "d_loss", "g_loss")}},
         "log4": math.log(4),
         "final_d_real": _r(last["train_d_real"]), "final_d_fake": _r(last["train_d_fake"]),
         "final_d_loss": _r(last["train_d_loss"]),
     }
-    numbers["per_epoch"]["val_d_real"] = numbers["per_epoch"].pop("val")
     log(f"gan-game: {len(hist)} epochs; D(x) {last['train_d_real']:.3f}, D(G(z)) {last['train_d_fake']:.3f}, "
         f"D's loss {last['train_d_loss']:.3f} (log 4 = {math.log(4):.3f})")
-    n_train, n_val = _split_sizes(data_dir)
-    caption = (f"vaelab's gan on MNIST: MLPs (G: {model_cfg['latent_dim']}-"
-               f"{'-'.join(map(str, model_cfg['hidden']))}-784 with batch norm; D mirrored, LeakyReLU) trained "
-               f"by Algorithm 1 with k = {model_cfg['k']}, the {model_cfg['g_loss']} generator loss and Adam "
-               f"(β1 {model_cfg['beta1']}, learning rate {train_cfg['lr']:g}) on the {n_train:,} training images "
-               f"for {len(hist)} epochs (minibatches of {train_cfg['batch_size']}, seed {seed}). Left: the "
-               f"discriminator's mean output on data, D(x), and on samples, D(G(z)), every {c.log_every} steps "
-               f"(thin) and per epoch (dots; squares: D(x) on the {n_val:,} held-out images); at the game's "
-               f"equilibrium p_g = p_data both are ½. Right: D's loss, which is log 4 there, and G's. After "
+    caption = (f"vaelab's gan on MNIST: MLPs (G: {mc['latent_dim']}-{'-'.join(map(str, mc['hidden']))}-784 with "
+               f"batch norm; D mirrored, LeakyReLU) trained by Algorithm 1 with k = {mc['k']}, the "
+               f"{mc['g_loss']} generator loss and Adam (β1 {mc['beta1']}, learning rate {tc['lr']:g}) on MNIST's "
+               f"{n_train:,} training images for {len(hist)} epochs ({ends[-1]:,} steps of {tc['batch_size']} "
+               f"images, seed {seed}). Left: the discriminator's mean output on data, D(x), and on samples, "
+               f"D(G(z)), on each step's minibatch every {c.log_every} steps (faint), their moving average over "
+               f"{c.smooth} records, and each epoch's mean (dots; squares: D(x) on the {n_val:,} held-out images). "
+               f"At the game's equilibrium, p_g = p_data, both are ½. Right: D's loss, log 4 there, and G's. After "
                f"{len(hist)} epochs D(x) = {last['train_d_real']:.2f} and D(G(z)) = {last['train_d_fake']:.2f}: "
-               f"the game is still being played. The run is in {RUNS}/gan-game. The game of")
+               f"the discriminator still tells them apart, and the game goes on. The run is kept in "
+               f"{RUNS}/gan-game. The game of")
     f = Figure("gan-game", "The GAN game",
                "D(x) and D(G(z)) of an MNIST GAN over training with the line at 1/2, and both players' losses with "
                "the line at log 4.",
                caption, "Goodfellow et al. (2014), Generative adversarial nets", "https://arxiv.org/abs/1406.2661",
                numbers, runs=[str(run)])
     return _finish(f, fig, out_dir)
-
-
-def _epoch_ends(hist: list[dict], steps: list[dict]) -> list[int]:
-    """The step at which each epoch of ``hist`` ended: from steps.jsonl's spacing of epochs."""
-    first_of = {}
-    for r in steps:
-        first_of.setdefault(r["epoch"], r["step"])
-    per = (first_of[2] - first_of[1]) if 1 in first_of and 2 in first_of else None
-    if per is None:
-        per = max((r["step"] for r in steps), default=0)
-    return [per * h["epoch"] for h in hist]
 
 
 # --------------------------------------------------------------------------------------------
@@ -692,13 +750,16 @@ MAKERS: dict[str, Callable[..., Figure]] = {
 }
 FIGURES = tuple(MAKERS)
 NEEDS_MNIST = ("linear-ae-pca", "aevb-manifold", "gan-game")
+TRAINER_RUNS = ("aevb-manifold", "gan-game")  # trained by vaelab's trainer, on --device
 
 
-def chosen(only: list[str] | None) -> list[str]:
-    """The figures ``only`` names, in the page's order (all five for None)."""
+def chosen(only: list[str] | str | None) -> list[str]:
+    """The figures ``only`` names (a list, or one string of names with commas), in the page's
+    order; all five for None."""
     if only is None:
         return list(FIGURES)
-    names = [n.strip() for n in only]
+    names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only)]
+    names = [n for n in names if n]
     unknown = [n for n in names if n not in MAKERS]
     if unknown:
         raise VaelabError(f"--only takes figure names among {', '.join(FIGURES)}; got {clip(unknown[0])!r}"
@@ -709,7 +770,7 @@ def chosen(only: list[str] | None) -> list[str]:
 
 
 def write_figures(out_dir: Path, seed: int = 0, data_dir: str | None = None, log=print,
-                  only: list[str] | None = None) -> Path:
+                  only: list[str] | str | None = None, threads: int | None = THREADS, device: str = "auto") -> Path:
     """Train and draw the lecture's figures into ``out_dir``: ``<name>.png`` and ``<name>.json``
     for each, ``index.json`` (files and seconds) and the page ``figures.html``.
 
@@ -719,7 +780,14 @@ def write_figures(out_dir: Path, seed: int = 0, data_dir: str | None = None, log
         data_dir: where MNIST is (a folder holding ``mnist/``); default ``$VAELAB_DATA`` and
             vaelab's usual places. Needed by linear-ae-pca, aevb-manifold and gan-game.
         log: called with a line of progress at a time.
-        only: the names of the figures to make (default all of :data:`FIGURES`), in any order.
+        only: the names of the figures to make (default all of :data:`FIGURES`), in any order: a
+            list, or one string with commas (``"gan-1d,dae-field"``).
+        threads: torch's CPU threads for the figures' training (default :data:`THREADS`, one;
+            None: whatever torch has); put back afterwards. The numbers may differ in their last
+            digits from one thread count to another.
+        device: where the two MNIST runs of vaelab's trainer (aevb-manifold, gan-game) train:
+            ``auto`` (CUDA where there is one), ``cpu``, ``cuda[:N]``; the other figures' small
+            nets train on the CPU.
 
     Returns:
         The page's path, ``out_dir/figures.html``.
@@ -730,7 +798,8 @@ def write_figures(out_dir: Path, seed: int = 0, data_dir: str | None = None, log
         raise VaelabError(f"--out {clip(out_dir)} is a file, not a directory.")
     mnist = [n for n in names if n in NEEDS_MNIST]
     if mnist and locate_dataset("mnist", data_dir) is None:  # before any training starts
-        where = f"--data-dir {clip(data_dir)}" if data_dir is not None else "$VAELAB_DATA, ./data or ~/.local/share/vaelab"
+        where = (f"--data-dir {clip(data_dir)}" if data_dir is not None
+                 else "$VAELAB_DATA, ./data or ~/.local/share/vaelab")
         raise VaelabError(f"the figures {', '.join(mnist)} train on MNIST, which is not in {where} (a folder "
                           f"mnist/ with its 4 IDX files): pass --data-dir, or --only "
                           f"{','.join(n for n in FIGURES if n not in NEEDS_MNIST)}.")
@@ -743,13 +812,15 @@ def write_figures(out_dir: Path, seed: int = 0, data_dir: str | None = None, log
     for name in names:
         log(f"figure {name}: training")
         t0 = time.perf_counter()
-        fig = MAKERS[name](out_dir, seed=seed, data_dir=data_dir, log=log)
+        more = {"device": device} if name in TRAINER_RUNS else {}
+        fig = MAKERS[name](out_dir, seed=seed, data_dir=data_dir, log=log, threads=threads, **more)
         fig.seconds = time.perf_counter() - t0
         log(f"figure {name}: {fig.png.name} and {fig.json.name} in {fig.seconds:.1f}s")
         made.append(fig)
     total = time.perf_counter() - start
     write_json(out_dir / INDEX, {
-        "vaelab_version": __version__, "seed": seed, "total_seconds": round(total, 2), "threads": torch.get_num_threads(),
+        "vaelab_version": __version__, "seed": seed, "total_seconds": round(total, 2),
+        "threads": threads if threads is not None else torch.get_num_threads(),
         "figures": [{"name": f.name, "title": f.title, "png": f.png.name, "json": f.json.name,
                      "seconds": round(f.seconds, 2), "runs": [Path(r).relative_to(out_dir).as_posix()
                                                               if Path(r).is_relative_to(out_dir) else r
