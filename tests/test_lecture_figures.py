@@ -186,3 +186,13 @@ def test_linear_ae_spans_pca_subspace(mnist_dir, tmp_path):
     assert doc["train_mse"]["ae"][-1] == pytest.approx(doc["train_mse"]["pca"], rel=0.01)
     assert doc["test"]["mse_ratio"] == pytest.approx(1.0, abs=0.01)
     assert page.read_text(encoding="utf-8").count("<figure>") == 1
+
+
+def test_the_command_writes_the_page_and_refuses_an_unknown_name(tmp_path, capsys):
+    from vaelab.cli import main
+    assert main(["figures", "--out", str(tmp_path / "f"), "--only", "dae-field", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "f" / "figures.html")
+    assert {p.name for p in (tmp_path / "f").iterdir()} >= {"dae-field.png", "dae-field.json", "figures.html"}
+    assert main(["figures", "--out", str(tmp_path / "g"), "--only", "dae-feild"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --only") and "did you mean 'dae-field'" in err and not (tmp_path / "g").exists()

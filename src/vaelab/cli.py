@@ -347,6 +347,14 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_figures(a) -> int:
+    from .report.lecture import write_figures
+    _threads(a)
+    only = [n for n in a.only.split(",")] if a.only is not None else None
+    print(write_figures(a.out, seed=a.seed, data_dir=a.data_dir, log=_say, only=only))
+    return 0
+
+
 def cmd_datasets(a) -> int:
     from .data import list_datasets
     for d in list_datasets(a.data_dir):
@@ -494,6 +502,15 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
     c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of them")
     c.add_argument("--out", required=True, metavar="DIR", help="the folder to write the page and tables into")
     c.set_defaults(func=cmd_compare)
+    f = sub.add_parser("figures", help="the lecture's five figures, trained and drawn: DIR/figures.html, a PNG and "
+                                       "a JSON of each (some minutes)", allow_abbrev=False)
+    f.add_argument("--out", required=True, metavar="DIR", help="the folder to write the figures into")
+    f.add_argument("--only", default=None, metavar="NAMES",
+                   help="a comma-separated subset of gan-1d, dae-field, linear-ae-pca, aevb-manifold, gan-game "
+                        "[default: all five]")
+    f.add_argument("--data-dir", default=None, help="where MNIST is (the last three figures train on it)")
+    computes(f, "every figure's training")
+    f.set_defaults(func=cmd_figures)
     d = sub.add_parser("datasets", help="list the datasets and where each was found", allow_abbrev=False)
     d.add_argument("--data-dir", default=None)
     d.set_defaults(func=cmd_datasets)
