@@ -114,6 +114,8 @@ def test_every_registered_model_trains_evaluates_and_draws(model, tmp_path, caps
     assert (out / "reconstructions.png").is_file() == encodes
     assert (out / "interpolation.png").is_file()
     assert (out / "samples.png").is_file() == samples
+    page = (out / "report.html").read_text()  # every model's run gets its page, every figure captioned
+    assert page.count("<figure>") == page.count("<figcaption>") >= 2
     # a GAN's samples are scored when it is trained; every sampler's by `vaelab eval`
     assert ("parzen_ll" in res) == (samples and not likelihood)
     capsys.readouterr()

@@ -189,7 +189,7 @@ def test_steps_never_wait_for_the_host(precision, name, optimizer):
 # --------------------------------------------------------------------------------------------
 
 TINY = dict(data="digits", hidden=(32,), latent_dim=2, batch_size=64, epochs=2, nll_samples=10, progress=False,
-            lr=3e-3)
+            lr=3e-3, report=False)
 CONV = dict(TINY, arch="conv", channels=(8, 8, 16, 16))
 
 

@@ -21,7 +21,8 @@ from vaelab.models.gan import GAN, GANConfig, conv_plan
 from vaelab.training.trainer import _steps
 from vaelab.training.update import FastPaths, take_step
 
-TINY = dict(data="digits", model="gan", hidden=(32,), latent_dim=4, batch_size=64, epochs=4, progress=False)
+TINY = dict(data="digits", model="gan", hidden=(32,), latent_dim=4, batch_size=64, epochs=4, progress=False,
+            report=False)
 
 
 def _gan(arch="mlp", shape=(1, 8, 8), **kw):

@@ -127,6 +127,9 @@ def test_a_partial_run_gets_a_report_of_what_it_holds(runs, tmp_path):
     assert f"--resume {run}" in html
     assert "No evaluation file" in html
     assert "<b>Latent traversals.</b>" in html  # drawn from the checkpoint that exists
+    # one epoch is one dot per panel: left out, and the page says where its figures are
+    assert "Every quantity per epoch" not in html
+    assert "Not shown: curves per epoch.</b> One epoch is one point per quantity" in html
     # no checkpoint at all: the page says so, and still shows the settings
     for p in run.glob("*.safetensors"):
         p.unlink()
@@ -197,3 +200,13 @@ def test_pages_in_a_real_browser(runs, tmp_path, browser):
         assert c.console_errors == [] and c.requests == [], page
         assert not c.uncaptioned_figures, page
         assert shot.stat().st_size > 10_000
+
+
+def test_no_report_leaves_the_page_to_vaelab_report(tmp_path):
+    run = tmp_path / "r"
+    assert main(["train", "--data", "digits", "--hidden", "16", "--latent-dim", "2", "--epochs", "1",
+                 "--nll-samples", "0", "--no-progress", "--no-report", "--out", str(run)]) == 0
+    assert (run / "finished.json").is_file() and not (run / REPORT).exists()
+    assert json.loads((run / "config.json").read_text())["run"]["train"]["report"] is False
+    assert main(["report", str(run)]) == 0
+    assert "Not shown: the final evaluation" not in _html(run)  # the finished run, written later

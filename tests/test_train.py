@@ -11,7 +11,7 @@ from vaelab.io import LOCK
 from vaelab.rundir import FORMAT_VERSION
 
 TINY = dict(data="digits", hidden=(32,), latent_dim=2, batch_size=64, epochs=4, nll_samples=20,
-            progress=False, lr=3e-3)
+            progress=False, lr=3e-3, report=False)
 
 
 def _lines(run_dir):

@@ -183,6 +183,7 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
             epochs = read_metadata(run_dir / CHECKPOINTS["last"])["epoch"]
             write_json(run_dir / FINISHED, {"epochs": epochs})
             # last, so that it shows the run finished (vaelab report RUN_DIR writes it again)
-            write_report(run_dir, run.data.data_dir, model=model, x=x, y=y)
+            if run.train.report:
+                write_report(run_dir, run.data.data_dir, model=model, x=x, y=y)
         distributed.together(finish, main_only=True)  # and no rank leaves before rank 0 is done
     return run_dir

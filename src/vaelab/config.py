@@ -91,6 +91,8 @@ class TrainConfig:
     tensorboard: bool = opt(False, "also write TensorBoard event files to RUN/tensorboard/ (scalars every "
                                    "--log-every steps and every epoch, a grid of images every epoch)")
     csv: bool = opt(False, "also write metrics.jsonl's records as RUN/metrics.csv")
+    report: bool = opt(True, "write RUN/report.html at the end of training (about a second; vaelab report RUN "
+                             "writes it at any time)")
     max_bad_steps: int = opt(100, "stop training, keeping the last good epoch's checkpoints, once this many steps in "
                                   "a row were skipped for a non-finite loss or gradient (checked every --log-every "
                                   "steps and at each epoch's end)")

@@ -153,7 +153,7 @@ def compare(paths: list[str], out: str | Path, log=None) -> Path:
     curves = []
     fig, _ = plot_panels(list(zip(names, hists)), "epoch")
     if fig is not None:
-        curves.append({"src": figure_uri(fig), "title": "Every quantity per epoch, overlaid",
+        curves.append({"src": figure_uri(fig, tight=False), "title": "Every quantity per epoch, overlaid",
                        "caption": "Each panel one quantity of the runs' metrics.jsonl against the epoch, a line per "
                                   "run (the legend names them). The validation score is each run's own "
                                   "(its model's val_name), so compare it only between runs of the same kind."})
@@ -161,7 +161,7 @@ def compare(paths: list[str], out: str | Path, log=None) -> Path:
     if any(steps):
         fig, _ = plot_panels([(n, s) for n, s in zip(names, steps) if s], "step")
         if fig is not None:
-            curves.append({"src": figure_uri(fig), "title": "Every quantity per step, overlaid",
+            curves.append({"src": figure_uri(fig, tight=False), "title": "Every quantity per step, overlaid",
                            "caption": "Each panel one quantity of the runs' steps.jsonl against the step: single "
                                       "minibatches, one record every --log-every steps."})
     pictures = []

@@ -42,11 +42,12 @@ def data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def figure_uri(fig) -> str:
-    """A matplotlib figure as a PNG ``data:`` URI (closed afterwards)."""
+def figure_uri(fig, tight: bool = True) -> str:
+    """A matplotlib figure as a PNG ``data:`` URI (closed afterwards); ``tight``: crop to what is
+    drawn (one more layout pass; a figure already laid out by ``tight_layout`` needs none)."""
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 

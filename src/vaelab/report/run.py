@@ -87,23 +87,31 @@ def _progress(run_dir: Path) -> list[dict]:
     return [{"src": data_uri(grids[i]), "epoch": epoch_of(grids[i])} for i in picked]
 
 
-def _curves(run_dir: Path, hist: list[dict]) -> list[dict]:
+def _curves(run_dir: Path, hist: list[dict], notes: list[dict]) -> list[dict]:
+    """The per-epoch and per-step panels; a series of one record is a row of single dots, which
+    the metrics table already holds, so it is left out with a note (and costs nothing to draw)."""
     out = []
     val_name = next((h.get("val_name") for h in hist if h.get("val_name")), None)
-    if hist:
+    if len(hist) == 1:
+        notes.append({"what": "curves per epoch", "why": "one epoch is one point per quantity: its figures are "
+                      "the metrics table's training and validation rows"})
+    elif hist:
         fig, keys = plot_panels([("run", hist)], "epoch", val_name)
         if fig is not None:
-            out.append({"src": figure_uri(fig), "title": "Every quantity per epoch",
+            out.append({"src": figure_uri(fig, tight=False), "title": "Every quantity per epoch",
                         "caption": f"Each panel one quantity of metrics.jsonl against the epoch: the means over each "
                                    f"epoch's steps (training), the validation score, the learning rate, the seconds "
-                                   f"and the dropped steps; {len(hist)} epoch{'s' if len(hist) != 1 else ''}."
+                                   f"and the dropped steps; {len(hist)} epochs."
                                    + (" Dashed: the game's equilibrium values (D = 1/2, D's loss log 4)."
                                       if any(k.endswith(("d_real", "d_loss")) for k in keys) else "")})
     steps = read_jsonl(run_dir / STEPS)
-    if steps:
+    if len(steps) == 1:
+        notes.append({"what": "curves per step", "why": f"{STEPS} holds one record (one every --log-every steps); "
+                      "a lower --log-every logs more"})
+    elif steps:
         fig, keys = plot_panels([("run", steps)], "step")
         if fig is not None:
-            out.append({"src": figure_uri(fig), "title": "Every quantity per step",
+            out.append({"src": figure_uri(fig, tight=False), "title": "Every quantity per step",
                         "caption": f"Each panel one quantity of steps.jsonl against the step: the figures of single "
                                    f"minibatches, one every --log-every steps ({len(steps)} records), so noisier "
                                    "than the epoch means."})
@@ -174,7 +182,7 @@ def write_report(run_dir, data_dir: str | None = None, model: torch.nn.Module | 
         name=run_dir.name, model=model_name, data=run.get("data", {}).get("data", "?"),
         epochs=len(hist), epochs_wanted=epochs_wanted, finished=finished is not None,
         seconds=sum(h.get("seconds", 0) or 0 for h in hist), notes=notes, settings=_settings(doc),
-        columns=used_columns(rows), rows=rows, curves=_curves(run_dir, hist), progress=_progress(run_dir),
+        columns=used_columns(rows), rows=rows, curves=_curves(run_dir, hist, notes), progress=_progress(run_dir),
         pictures=_recorded_figures(run_dir), analysis=analysis_figs, vaelab_version=doc.get("vaelab_version", "?"))
     if log:
         log(f"wrote {page}")

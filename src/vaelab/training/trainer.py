@@ -42,7 +42,7 @@ from .update import FastPaths, make_scalers, take_step
 # What may change when a run is resumed: how long it trains and where it runs and finds its
 # data, never what it computes.
 RESUMABLE = {"train": ("epochs", "progress", "device", "threads", "log_every", "compile", "channels_last",
-                       "max_bad_steps", "dist_timeout", "tensorboard", "csv"),
+                       "max_bad_steps", "dist_timeout", "tensorboard", "csv", "report"),
              "data": ("data_dir", "data_path", "workers")}
 
 def uses_channels_last(t: TrainConfig, model: torch.nn.Module, device: torch.device) -> bool:
