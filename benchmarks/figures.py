@@ -1,7 +1,7 @@
 """The lecture's five figures (`vaelab figures`): how long each takes to train and draw, and the
 numbers each claims. The issue's budget: all five in at most 10 minutes on a 2-core CPU.
 
-Runs :func:`vaelab.report.lecture.write_figures` once and prints one JSON line per figure (its
+Runs :func:`vaelab.lecture.write_figures` once and prints one JSON line per figure (its
 name, seconds, key numbers, the CPU model and flags), then one with the total.
 
     python benchmarks/figures.py --data-dir ../shared/data --out runs/bench-figures
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from _common import RESULTS, emit, machine
 
-from vaelab.report.lecture import FIGURES, INDEX, THREADS, write_figures
+from vaelab.lecture import FIGURES, INDEX, THREADS, write_figures
 
 # the numbers that say whether each figure shows what it claims
 KEY_NUMBERS = {

@@ -1,4 +1,4 @@
-"""The lecture's figures (vaelab.report.lecture): each from a real training run, each number it
+"""The lecture's figures (vaelab.lecture): each from a real training run, each number it
 claims checked in its JSON, the same numbers again from the same seed, and one page that loads
 nothing from the network. The two cheap figures (seconds) are made once for the module; of the
 MNIST figures the linear autoencoder's runs here (about 15 s), the VAE's and the GAN's only in
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vaelab.errors import VaelabError
-from vaelab.report import lecture
+from vaelab import lecture
 
 CHEAP = ["gan-1d", "dae-field"]
 
@@ -190,8 +190,9 @@ def test_linear_ae_spans_pca_subspace(mnist_dir, tmp_path):
 
 def test_the_command_writes_the_page_and_refuses_an_unknown_name(tmp_path, capsys):
     from vaelab.cli import main
-    assert main(["figures", "--out", str(tmp_path / "f"), "--only", "dae-field", "--threads", "1"]) == 0
+    assert main(["figures", "--out", str(tmp_path / "f"), "--only", "dae-field", "--threads", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "f" / "figures.html")
+    assert json.loads((tmp_path / "f" / "index.json").read_text())["threads"] == 2  # the flag reaches the runs
     assert {p.name for p in (tmp_path / "f").iterdir()} >= {"dae-field.png", "dae-field.json", "figures.html"}
     assert main(["figures", "--out", str(tmp_path / "g"), "--only", "dae-feild"]) == 2
     err = capsys.readouterr().err

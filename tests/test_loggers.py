@@ -90,6 +90,7 @@ def test_a_resumed_run_continues_its_logs_without_repeats(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(str(half / "tensorboard")) as w:
         w.add_scalar("step/loss", 1e9, 50)
+        w.add_scalar("step/extra", 1e9, 50)  # a tag the resumed run never writes: only the purge drops it
     vaelab.train(vaelab.make_config(**{**TINY, "epochs": 3}, tensorboard=True), resume=half, **QUIET)
     a, b = read_jsonl(full / "steps.jsonl"), read_jsonl(half / "steps.jsonl")
     assert [r["step"] for r in a] == [r["step"] for r in b]
@@ -99,12 +100,14 @@ def test_a_resumed_run_continues_its_logs_without_repeats(tmp_path):
     scalars, _ = _events(half / "tensorboard")
     assert [s for s, _ in scalars["step/loss"]] == [r["step"] for r in a]
     assert [s for s, _ in scalars["epoch/train_loss"]] == [21, 42, 63]
+    assert not scalars.get("step/extra")
 
 
 def test_tensorboard_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # an import of it fails
     with pytest.raises(VaelabError, match=r"pip install tensorboard"):
         vaelab.train(vaelab.make_config(**TINY, tensorboard=True, out=str(tmp_path / "r")), **QUIET)
+    assert not (tmp_path / "r").exists()  # said before the run directory is made: the same command runs again
 
 
 def test_a_model_that_cannot_sample_draws_no_progress_grid(tmp_path):

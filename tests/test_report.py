@@ -100,6 +100,7 @@ def test_the_report_shows_the_curves_progress_traversals_codes_and_errors(runs):
     assert "Dashed: the game&#39;s equilibrium values" in gan  # the 1/2 and log 4 lines
     ae = _html(runs["ae"])
     assert "Samples over training" not in ae and "<b>Latent traversals.</b>" in ae
+    assert "Not shown: samples.</b> An ae has no prior to draw codes from; vaelab sample" in ae
 
 
 def test_pictures_are_labelled(runs):
@@ -168,8 +169,17 @@ def test_compare_keeps_figures_measured_differently_apart(runs, tmp_path):
     assert main(["probe", str(run), "--labels", "50", "--threads", "1"]) == 0
     compare([str(runs["vae"]), str(run)], tmp_path / "cmp")
     head = next(csv.reader((tmp_path / "cmp" / "compare.csv").read_text().splitlines()))
-    assert "NLL (test, best, K=5)" in head and "NLL (test, best, K=7)" in head
-    assert "probe acc. (test, best, 50 labels)" in head
+    assert "NLL (digits test, best, K=5)" in head and "NLL (digits test, best, K=7)" in head
+    assert "probe acc. (digits test, best, 50 labels)" in head
+    # the same split, checkpoint and K on another dataset is another column, never ranked together
+    other = shutil.copytree(runs["vae"], tmp_path / "other-data")
+    doc = json.loads((other / "config.json").read_text())
+    doc["run"]["data"]["data"] = "mnist"
+    (other / "config.json").write_text(json.dumps(doc))
+    compare([str(runs["vae"]), str(other)], tmp_path / "cmp2")
+    head = next(csv.reader((tmp_path / "cmp2" / "compare.csv").read_text().splitlines()))
+    assert "NLL (digits test, best, K=5)" in head and "NLL (mnist test, best, K=5)" in head
+    assert "<b>" not in (tmp_path / "cmp2" / "compare.html").read_text().split("<tbody>")[1].split("</tbody>")[0]
     assert main(["report", str(run)]) == 0
     html = _html(run)
     probe = json.loads((run / "probe-labels50-seed0.json").read_text())
@@ -210,3 +220,16 @@ def test_no_report_leaves_the_page_to_vaelab_report(tmp_path):
     assert json.loads((run / "config.json").read_text())["run"]["train"]["report"] is False
     assert main(["report", str(run)]) == 0
     assert "Not shown: the final evaluation" not in _html(run)  # the finished run, written later
+
+
+def test_the_report_package_never_imports_the_trainer():
+    import ast
+    import vaelab.report
+    root = Path(vaelab.report.__file__).parent
+    for py in root.glob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = "." * node.level + (node.module or "")
+                assert not mod.lstrip(".").startswith(("training", "vaelab.training")), (py.name, mod)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("vaelab.training") for a in node.names), py.name

@@ -348,10 +348,12 @@ def cmd_compare(a) -> int:
 
 
 def cmd_figures(a) -> int:
-    from .report.lecture import write_figures
-    _threads(a)
+    from .lecture import THREADS, write_figures
+    if a.threads is not None:
+        _at_least("--threads", a.threads, 1)
     only = [n for n in a.only.split(",")] if a.only is not None else None
-    print(write_figures(a.out, seed=a.seed, data_dir=a.data_dir, log=_say, only=only))
+    print(write_figures(a.out, seed=a.seed, data_dir=a.data_dir, log=_say, only=only,
+                        threads=a.threads or THREADS, device=a.device))
     return 0
 
 

@@ -29,12 +29,12 @@ class Column:
     key: str
     label: str
     better: str
-    how: tuple   # (split, checkpoint, k, sampler, samples, labels): metrics.HOW
+    how: tuple   # (data, split, checkpoint, k, sampler, samples, labels): metrics.HOW
 
     @property
     def heading(self) -> str:
-        split, ckpt, k, sampler, n, labels = self.how
-        parts = ([split] + ([ckpt] if ckpt else []) + ([f"K={k}"] if k is not None else [])
+        data, split, ckpt, k, sampler, n, labels = self.how
+        parts = ([f"{data} {split}" if data else split] + ([ckpt] if ckpt else []) + ([f"K={k}"] if k is not None else [])
                  + ([f"{sampler}, n={n}"] if sampler else []) + ([f"{labels} labels"] if labels is not None else []))
         return f"{self.label} ({', '.join(str(p) for p in parts)})"
 

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..rundir import METRICS, TRAINING_EVAL, eval_files, probe_files, read_jsonl
+from ..errors import VaelabError
+from ..rundir import METRICS, TRAINING_EVAL, eval_files, probe_files, read_jsonl, read_run_config
 
 
 @dataclass(frozen=True)
@@ -17,26 +18,32 @@ class Metric:
     label: str      # the column's heading
     better: str     # "higher", "lower" or "" (neither: reported, not ranked)
     note: str       # the unit, or how it was measured
-    depends: tuple = ("split", "checkpoint")  # what of HOW the figure depends on
+    depends: tuple = ("data", "split", "checkpoint")  # what of HOW the figure depends on
 
 
-SAMPLED = ("split", "checkpoint", "sampler", "samples")
+SAMPLED = ("data", "split", "checkpoint", "sampler", "samples")
 METRIC_COLUMNS = [
     Metric("elbo", "ELBO", "higher", "nats per example"),
     Metric("nll", "NLL", "lower", "nats per example, importance-sampled with K samples",
-           ("split", "checkpoint", "k")),
-    Metric("bpd", "bits/dim", "lower", "the NLL in bits per pixel value", ("split", "checkpoint", "k")),
+           ("data", "split", "checkpoint", "k")),
+    Metric("bpd", "bits/dim", "lower", "the NLL in bits per pixel value", ("data", "split", "checkpoint", "k")),
     Metric("kl", "KL", "", "KL(q(z|x) || p(z)), nats per example"),
     Metric("mse", "recon. MSE", "lower", "mean squared error per pixel at the code (pixels in [0, 1])"),
     Metric("parzen_ll", "Parzen LL", "higher", "Gaussian Parzen-window log-likelihood of the samples, nats", SAMPLED),
     Metric("frechet", "Fréchet", "lower", "Fréchet distance of the samples' features (vaelab's classifier)", SAMPLED),
     Metric("psnr_denoised", "PSNR denoised", "higher", "dB, corrupted test images denoised"),
     Metric("near_zero_fraction", "codes ≈ 0", "", "fraction of code values with |z| < 0.01"),
+    # the figures training logs for models without a likelihood (an autoencoder's, a GAN's game)
+    Metric("recon", "recon. loss", "lower", "the reconstruction term as trained, per example"),
+    Metric("d_real", "D(x)", "", "the discriminator's mean output on data (1/2 at the game's equilibrium)"),
+    Metric("d_fake", "D(G(z))", "", "the discriminator's mean output on samples (1/2 at the equilibrium)"),
+    Metric("d_loss", "D's loss", "", "the discriminator's loss (log 4 = 1.386 at the equilibrium)"),
+    Metric("g_loss", "G's loss", "", "the generator's loss"),
     Metric("accuracy", "probe acc.", "higher", "test accuracy of a logistic regression on the best checkpoint's codes, "
-           "trained on the given number of labelled images (vaelab probe)", ("split", "checkpoint", "labels")),
+           "trained on the given number of labelled images (vaelab probe)", ("data", "split", "checkpoint", "labels")),
 ]
 # how a figure was measured: what must match for two runs' figures to share a column
-HOW = ("split", "checkpoint", "k", "sampler", "samples", "labels")
+HOW = ("data", "split", "checkpoint", "k", "sampler", "samples", "labels")
 
 
 @dataclass
@@ -67,9 +74,19 @@ def _finite(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def data_name(run_dir) -> str | None:
+    """The dataset a run trained and was evaluated on (its config's ``data``), or None."""
+    try:
+        data = read_run_config(Path(run_dir)).get("run", {}).get("data", {})
+    except VaelabError:
+        return None
+    return data.get("data") if isinstance(data, dict) and isinstance(data.get("data"), str) else None
+
+
 def measurements(run_dir) -> list[Measurement]:
     """Every evaluation of the run (training's first), unreadable files left out."""
     out = []
+    data = data_name(run_dir)
     for p in eval_files(run_dir):
         try:
             d = json.loads(Path(p).read_text())
@@ -77,7 +94,7 @@ def measurements(run_dir) -> list[Measurement]:
             continue
         if not isinstance(d, dict):
             continue
-        how = {k: d.get(k) for k in HOW}
+        how = {**{k: d.get(k) for k in HOW}, "data": data}
         if "nll" not in d:
             how["k"] = None
         if "sampler" not in d:
@@ -90,7 +107,7 @@ def measurements(run_dir) -> list[Measurement]:
         except (OSError, ValueError, UnicodeDecodeError):
             continue
         if isinstance(d, dict) and _finite(d.get("accuracy")) and isinstance(d.get("labels"), int):
-            out.append(Measurement(p.name, {"split": "test", "checkpoint": "best", "labels": d["labels"]},
+            out.append(Measurement(p.name, {"data": data, "split": "test", "checkpoint": "best", "labels": d["labels"]},
                                    {"accuracy": d["accuracy"]}))
     return out
 
@@ -108,11 +125,9 @@ def training_rows(run_dir) -> list[Measurement]:
                                 f"train split, epoch {last['epoch']} (the mean over its steps)"))
     if _finite(last.get("val")) and last.get("val_name"):
         key = last["val_name"]
-        rows.append(Measurement(METRICS, {"split": "val"},
-                                {key: last["val"]} if any(m.key == key for m in METRIC_COLUMNS) else {},
-                                f"val split, the weights after epoch {last['epoch']}"))
-        if not rows[-1].values:
-            rows[-1].values["val_" + key] = last["val"]
+        if any(m.key == key for m in METRIC_COLUMNS):  # a score of no column would be an empty row
+            rows.append(Measurement(METRICS, {"split": "val"}, {key: last["val"]},
+                                    f"val split, the weights after epoch {last['epoch']}"))
     return rows
 
 

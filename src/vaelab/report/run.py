@@ -87,6 +87,11 @@ def _progress(run_dir: Path) -> list[dict]:
     return [{"src": data_uri(grids[i]), "epoch": epoch_of(grids[i])} for i in picked]
 
 
+def _a(name: str) -> str:
+    """'a gan', 'an ae': a model's name with its article."""
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
 def _curves(run_dir: Path, hist: list[dict], notes: list[dict]) -> list[dict]:
     """The per-epoch and per-step panels; a series of one record is a row of single dots, which
     the metrics table already holds, so it is left out with a note (and costs nothing to draw)."""
@@ -169,9 +174,11 @@ def write_report(run_dir, data_dir: str | None = None, model: torch.nn.Module | 
                 analysis_figs = _analysis(run_dir, model, x, y, notes)
             if not model.can(LIKELIHOOD):
                 notes.append({"what": "a likelihood (ELBO, NLL, bits/dim)",
-                              "why": f"a {model_name} defines no density p(x)"})
-            if not model.can(SAMPLE) and not model.can(ENCODE):
-                notes.append({"what": "samples", "why": f"a {model_name} cannot sample"})
+                              "why": f"{_a(model_name)} defines no density p(x)"})
+            if not model.can(SAMPLE):
+                notes.append({"what": "samples", "why": f"{_a(model_name)} has no prior to draw codes from"
+                              + (f"; vaelab sample {run_dir} --sampler gmm:10 fits one to its training codes "
+                                 "and draws from it" if model.can(ENCODE) else "")})
         except VaelabError as e:
             notes.append({"what": "the figures drawn from the model", "why": str(e)})
     else:

@@ -36,7 +36,7 @@ from ..rundir import (CHECKPOINTS, CONFIG, FORMAT_VERSION, RESUME, RUN_FILES, RU
                       finished_epochs, read_run_config)
 from . import checkpoint as ckpt
 from .ema import EMA
-from .loggers import Logger, run_loggers
+from .loggers import Logger, run_loggers, tensorboard_writer_class
 from .update import FastPaths, make_scalers, take_step
 
 # What may change when a run is resumed: how long it trains and where it runs and finds its
@@ -565,6 +565,8 @@ def train(run: RunConfig, resume: str | Path | None = None, log=_log,
     run, found_at = _resumed_settings(run, resume)
     ds, run, chosen = _fitted_to_data(run, resume, found_at, device)
     t = run.train
+    if t.tensorboard:
+        tensorboard_writer_class()  # a missing package is said before anything is written
     loop = _Loop(run, ds, device, resume, log)
     out = run_dir(run, resume)
     if resume is not None:

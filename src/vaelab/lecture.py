@@ -1,6 +1,6 @@
 """``vaelab figures --out DIR``: the lecture's five figures, each from a real (small) training run.
 
-    from vaelab.report.lecture import write_figures
+    from vaelab.lecture import write_figures
     page = write_figures(Path("figures"), seed=0)        # DIR/figures.html
     write_figures(Path("figures"), only=["gan-1d"])      # one figure (names: FIGURES)
 
@@ -35,20 +35,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import DataConfig
-from ..data import locate_dataset, run_dataset
-from ..errors import VaelabError, clip, did_you_mean
-from ..evaluation.pca import pca_report, principal_angles
-from ..images import manifold_codes, save_figure
-from ..io import atomic_write, write_json
-from ..loading import load
-from ..losses import discriminator_loss, generator_loss
-from ..models.ae import AE, AEConfig
-from ..run import make_config
-from ..rundir import METRICS, STEPS, read_jsonl, read_run_config
-from ..training.trainer import train
-from ..version import __version__
-from .page import data_uri, write_page
+from .config import DataConfig
+from .data import locate_dataset, run_dataset
+from .errors import VaelabError, clip, did_you_mean
+from .evaluation.pca import pca_report, principal_angles
+from .images import manifold_codes, save_figure
+from .io import atomic_write, write_json
+from .loading import load
+from .losses import discriminator_loss, generator_loss
+from .models.ae import AE, AEConfig
+from .run import make_config
+from .rundir import METRICS, STEPS, read_jsonl, read_run_config
+from .training.trainer import train
+from .version import __version__
+from .report.page import data_uri, write_page
 
 PAGE = "figures.html"
 INDEX = "index.json"  # which figures were made, their files and seconds
