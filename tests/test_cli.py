@@ -26,7 +26,7 @@ from vaelab.models import MODELS
 from vaelab.models.base import ENCODE, LIKELIHOOD, SAMPLE
 
 TINY = ["--data", "digits", "--hidden", "32", "--latent-dim", "2", "--epochs", "2", "--batch-size", "64",
-        "--nll-samples", "10", "--no-progress"]
+        "--nll-samples", "10", "--no-progress", "--no-report"]  # the page: test_report.py and the per-model test
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_every_registered_model_trains_evaluates_and_draws(model, tmp_path, caps
     fields = {f.name for f in dataclasses.fields(cls.config_cls)}
     extra = [a for name, v in EXERCISE.items() if name in fields for a in ("--" + name, v)]
     out = tmp_path / model
-    assert main(["train", "--model", model, *TINY, "--epochs", "1", *extra, "--out", str(out)]) == 0
+    assert main(["train", "--model", model, *TINY, "--epochs", "1", "--report", *extra, "--out", str(out)]) == 0
     res = json.loads((out / "eval-test.json").read_text())
     assert res["n"] == 360 and ("mse" in res) == encodes
     if encodes:

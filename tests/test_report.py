@@ -98,6 +98,7 @@ def test_the_report_shows_the_curves_progress_traversals_codes_and_errors(runs):
     for title in ("The game", "Progress", "Every quantity per epoch"):
         assert f"<b>{title}.</b>" in gan, title
     assert "Dashed: the game&#39;s equilibrium values" in gan  # the 1/2 and log 4 lines
+    assert "each is G(z), the generator&#39;s output" in gan and "p(x|z)" not in gan
     ae = _html(runs["ae"])
     assert "Samples over training" not in ae and "<b>Latent traversals.</b>" in ae
     assert "Not shown: samples.</b> An ae has no prior to draw codes from; vaelab sample" in ae
@@ -109,7 +110,7 @@ def test_pictures_are_labelled(runs):
         h, w = grid_size(64, (8, 8), 8)  # 32 test images, each above its reconstruction
         left, top = label_margins(64, (8, 8), 8, ["input", "reconstruction"])
         assert im.size == (w + left, h + top) and left > 40
-    with Image.open(run / "progress.png" if (run / "progress.png").exists() else runs["gan"] / "progress.png") as im:
+    with Image.open(runs["gan"] / "progress.png") as im:  # the GAN's strip of epochs
         assert im.size[0] > grid_size(8, (8, 8), 8)[1]  # the epochs' labels on the left
     gan_curves = json.loads((runs["gan"] / FIGURES).read_text())
     assert not any("nats" in f["caption"] and f["file"] == "curves.png" for f in gan_curves)
@@ -198,6 +199,8 @@ def test_compare_takes_a_folder_of_runs_and_refuses_what_is_not_one(runs, tmp_pa
     (tmp_path / "file").write_text("")
     assert main(["compare", str(runs["vae"]), "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "file")]) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err
 
 
 def test_pages_in_a_real_browser(runs, tmp_path, browser):
@@ -233,3 +236,39 @@ def test_the_report_package_never_imports_the_trainer():
                 assert not mod.lstrip(".").startswith(("training", "vaelab.training")), (py.name, mod)
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("vaelab.training") for a in node.names), py.name
+
+
+def test_a_partial_last_group_keeps_every_row_of_one_kind():
+    import torch
+    from vaelab.images import fraction_labels, rows_interleaved
+    top, bottom = torch.ones(3, 1, 2, 2), torch.full((3, 1, 2, 2), 0.5)
+    rows = rows_interleaved(top, bottom, 2)  # inputs 0-1 | recons 0-1 | input 2, blank | recon 2, blank
+    assert rows.shape[0] == 8
+    assert [float(r.mean()) for r in rows] == [1, 1, 0.5, 0.5, 1, 0, 0.5, 0]
+    assert fraction_labels(10) == ["0.00", "0.11", "0.22", "0.33", "0.44", "0.56", "0.67", "0.78", "0.89", "1.00"]
+    many = fraction_labels(30)
+    assert many[0] == "0.00" and many[-1] == "1.00" and 2 <= sum(bool(v) for v in many) <= 11
+
+
+def test_a_tampered_figures_record_embeds_nothing_but_the_runs_own_pictures(runs, tmp_path, capsys):
+    run = shutil.copytree(runs["vae"], tmp_path / "t")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not the run's")
+    (run / "notes.txt").write_text("text")
+    (run / "samples.png").unlink()
+    (run / "samples.png").symlink_to(secret)  # a link planted in the run directory
+    record = json.loads((run / FIGURES).read_text())
+    (run / FIGURES).write_text(json.dumps(record + [{"file": "notes.txt", "title": "t", "caption": "c"}]))
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    html = _html(run)
+    assert "<code>notes.txt</code>" not in html and "<code>samples.png</code>" not in html
+    assert "<code>reconstructions.png</code>" in html
+
+
+def test_the_demos_report_passes_in_a_real_browser(tmp_path, browser):
+    # the demo's own settings (2-D latent, its NLL's K), two epochs instead of its 500
+    assert main(["demo", "--epochs", "2", "--out", str(tmp_path / "demo")]) == 0
+    page = tmp_path / "demo" / REPORT
+    c = browser.open_page(page, tmp_path / "demo-report.png")
+    assert c.images and not c.broken_images and c.console_errors == [] and c.requests == []
+    assert not c.uncaptioned_figures and "The learned manifold" in page.read_text()

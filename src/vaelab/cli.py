@@ -17,7 +17,7 @@ from .errors import VaelabError, clip, did_you_mean, quote
 from .models import MODELS, get_model
 from .models.base import ENCODE, SAMPLE
 from .loading import read_run
-from .rundir import TRAINING_EVAL, result_name, result_path
+from .rundir import REPORT, TRAINING_EVAL, result_name, result_path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,6 +153,8 @@ def _report(run_dir: Path) -> None:
         print(ev.read_text().strip())
     files = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".png", ".json", ".jsonl"))
     _say(f"run written to {run_dir}/: {', '.join(files)}")
+    if (run_dir / REPORT).is_file():
+        _say(f"the run on one page: {run_dir / REPORT}")
 
 
 def cmd_eval(a) -> int:
@@ -264,7 +266,7 @@ def cmd_reconstruct(a) -> int:
 
 def cmd_interpolate(a) -> int:
     from . import api
-    from .images import check_grid, save_grid
+    from .images import check_grid, fraction_labels, save_grid
     _threads(a)
     _at_least("--steps", a.steps, 2)
     _at_least("--pairs", a.pairs, 1)
@@ -279,7 +281,7 @@ def cmd_interpolate(a) -> int:
     check_grid(f"--pairs {a.pairs} with --steps {a.steps}", a.pairs * a.steps, model.data_spec.shape[1:], a.steps)
     lines = (api.interpolate(model, x[: a.pairs], x[a.pairs: 2 * a.pairs], a.steps) if encoder
              else api.interpolate_prior(model, a.pairs, a.steps, a.seed))
-    return _wrote(save_grid(lines, out, nrow=a.steps, col_labels=[f"{i / (a.steps - 1):.2g}" for i in range(a.steps)]))
+    return _wrote(save_grid(lines, out, nrow=a.steps, col_labels=fraction_labels(a.steps)))
 
 
 def cmd_manifold(a) -> int:
@@ -382,8 +384,8 @@ def cmd_demo(a) -> int:
     t0 = time.perf_counter()
     run_dir = api.train(cfg, log=_say)
     _report(run_dir)
-    _say(f"demo finished in {time.perf_counter() - t0:.0f}s: open {run_dir}/samples.png, "
-         f"reconstructions.png and manifold.png")
+    _say(f"demo finished in {time.perf_counter() - t0:.0f}s: open {run_dir / REPORT} in a browser "
+         "(every figure of the run, with captions)")
     return 0
 
 

@@ -141,11 +141,25 @@ def _labelled(img: Image.Image, shape, nrow: int | None, row_labels, col_labels,
 
 
 def rows_interleaved(top: torch.Tensor, bottom: torch.Tensor, nrow: int) -> torch.Tensor:
-    """Stack groups of ``nrow`` so each row of ``top`` sits above the same row of ``bottom``."""
+    """Stack groups of ``nrow`` so each row of ``top`` sits above the same row of ``bottom``; a
+    last group of fewer is padded with blank (zero) cells, so that every grid row is all of one
+    kind and a row label stays true."""
     out = []
     for i in range(0, top.shape[0], nrow):
-        out += [top[i:i + nrow], bottom[i:i + nrow]]
+        a, b = top[i:i + nrow], bottom[i:i + nrow]
+        if a.shape[0] < nrow:
+            pad = a.new_zeros((nrow - a.shape[0], *a.shape[1:]))
+            a, b = torch.cat([a, pad]), torch.cat([b, pad.to(b.dtype)])
+        out += [a, b]
     return torch.cat(out)
+
+
+def fraction_labels(steps: int, most: int = 11) -> list[str]:
+    """Column labels t = i / (steps - 1) of an interpolation's ``steps`` columns, two decimals;
+    past ``most`` columns only every k-th is labelled (the first and last always), so labels
+    never run into each other."""
+    every = max(1, -(-(steps - 1) // (most - 1)))
+    return [f"{i / max(1, steps - 1):.2f}" if i % every == 0 or i == steps - 1 else "" for i in range(steps)]
 
 
 def interpolation_codes(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:

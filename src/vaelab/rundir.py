@@ -113,6 +113,8 @@ def probe_files(run_dir) -> list[Path]:
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     p = Path(run_dir) / CONFIG
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise VaelabError(f"{run_dir} is a file, not a run directory (a folder holding {CONFIG}).")
     if not Path(run_dir).is_dir():
         raise VaelabError(f"run directory {run_dir} does not exist.")
     if not p.is_file():

@@ -17,7 +17,7 @@ from ..rundir import CONFIG, METRICS, PNG, STEPS, read_jsonl, read_run_config
 from ..version import __version__
 from .curves import plot_panels
 from .metrics import HOW, METRIC_COLUMNS, measurements
-from .page import data_uri, figure_uri, number, write_page
+from .page import data_uri, embeddable, figure_uri, number, write_page
 
 MAX_RUNS = 64           # runs on one page (each adds its pictures)
 SIDE_BY_SIDE = (PNG.samples, PNG.reconstructions, PNG.interpolation, PNG.manifold, PNG.denoising)
@@ -167,7 +167,7 @@ def compare(paths: list[str], out: str | Path, log=None) -> Path:
     pictures = []
     for name in SIDE_BY_SIDE:
         if any((r / name).is_file() for r in runs):
-            pictures.append({"file": name, "cells": [{"run": n, "src": data_uri(r / name) if (r / name).is_file()
+            pictures.append({"file": name, "cells": [{"run": n, "src": data_uri(r / name) if embeddable(r / name)
                                                        else None} for n, r in zip(names, runs)]})
     rows = [{"name": n, "model": d.get("run", {}).get("train", {}).get("model", "?"),
              "data": d.get("run", {}).get("data", {}).get("data", "?"), "epochs": len(h), "path": str(r),

@@ -35,8 +35,23 @@ def write_page(path: Path, template: str, **context) -> Path:
     return Path(path)
 
 
+MAX_EMBED_BYTES = 64 << 20  # a picture larger than this is not put in a page
+
+
+def embeddable(path: Path) -> bool:
+    """Whether ``path`` is a picture a page may embed: a PNG, SVG or JPEG by its name, a regular
+    file of its own (not a link planted in a run directory), at most :data:`MAX_EMBED_BYTES`."""
+    path = Path(path)
+    try:
+        return (path.suffix.lower() in _MIME and not path.is_symlink() and path.is_file()
+                and path.stat().st_size <= MAX_EMBED_BYTES)
+    except OSError:
+        return False
+
+
 def data_uri(path: Path) -> str:
-    """The file ``path`` (a PNG, SVG or JPEG) as a ``data:`` URI for an ``<img src>``."""
+    """The file ``path`` (a PNG, SVG or JPEG: see :func:`embeddable`) as a ``data:`` URI for an
+    ``<img src>``."""
     path = Path(path)
     mime = _MIME[path.suffix.lower()]
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"

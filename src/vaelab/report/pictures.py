@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..images import (Figure, interpolate, interpolate_prior, manifold, plot_curves, reconstruction_rows, save_grid,
+from ..images import (Figure, fraction_labels, interpolate, interpolate_prior, manifold, plot_curves, reconstruction_rows, save_grid,
                       save_manifold)
 from ..loading import load, split_inputs
 from ..models.base import ENCODE, LIKELIHOOD, SAMPLE
@@ -47,7 +47,7 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
         if pairs:
             steps = 10
             path = save_grid(interpolate(model, x[:pairs], x[pairs:2 * pairs], steps), run_dir / PNG.interpolation,
-                             nrow=steps, col_labels=[f"{i / (steps - 1):.1f}" for i in range(steps)])
+                             nrow=steps, col_labels=fraction_labels(steps))
             out.append(Figure(path, "Interpolations",
                               f"Each row decodes {steps} evenly spaced points t (above each column) on the straight "
                               f"line (1 - t) z0 + t z1 between the codes of two test images: test image i at t = 0, "
@@ -55,7 +55,7 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
     else:
         steps = 10
         path = save_grid(interpolate_prior(model, 8, steps, seed), run_dir / PNG.interpolation, nrow=steps,
-                         col_labels=[f"{i / (steps - 1):.1f}" for i in range(steps)])
+                         col_labels=fraction_labels(steps))
         out.append(Figure(path, "Interpolations",
                           f"Each row decodes {steps} evenly spaced points t (above each column) on the straight line "
                           f"(1 - t) z0 + t z1 between two draws of the prior (seed {seed}); the model has no encoder, "
@@ -64,9 +64,11 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
         spec = resolve_sampler(None, type(model), run_dir)
         drawer = sampler_for(run_dir, model, spec, ckpt, data_dir, log)
         path = save_grid(drawer.sample(n), run_dir / PNG.samples, nrow=8)
+        how = ("each is G(z), the generator's output" if not model.can(ENCODE)
+               else "each is the decoder's output for its code" if not model.can(LIKELIHOOD)
+               else "each is the decoder's mean, not a draw of p(x|z)")
         out.append(Figure(path, "Samples", f"{n} samples (seed {seed}) of the {ckpt} checkpoint, drawn from "
-                          f"{sampler_words(spec)} (--sampler {spec}); each is the decoder's mean, not a draw of "
-                          "p(x|z)."))
+                          f"{sampler_words(spec)} (--sampler {spec}); {how}."))
         if model.cfg.latent_dim == 2 and model.normal_prior:
             grid_n = 20
             path = save_manifold(manifold(model, grid_n), grid_n, run_dir / PNG.manifold)

@@ -18,7 +18,7 @@ from ..version import __version__
 from . import analysis
 from .curves import plot_panels
 from .metrics import measurements, training_rows, used_columns
-from .page import data_uri, figure_uri, write_page
+from .page import data_uri, embeddable, figure_uri, write_page
 
 PROGRESS_SHOWN = 6  # epochs' grids on the page, spread over the run
 
@@ -64,7 +64,7 @@ def _recorded_figures(run_dir: Path) -> list[dict]:
     out = []
     for f in recorded:
         p = run_dir / f["file"]
-        if p.is_file() and p.parent == run_dir:
+        if p.parent == run_dir and embeddable(p):
             out.append({"src": data_uri(p), "title": f.get("title", ""), "caption": f.get("caption", ""),
                         "file": f["file"], "plot": f["file"] in PLOTS})
     return out
@@ -79,7 +79,7 @@ def write_figures_record(run_dir: Path, figures) -> None:
 
 
 def _progress(run_dir: Path) -> list[dict]:
-    grids = progress_pictures(run_dir)
+    grids = [g for g in progress_pictures(run_dir) if embeddable(g)]
     if not grids:
         return []
     n = min(PROGRESS_SHOWN, len(grids))

@@ -11,7 +11,8 @@ from .base import BaseSampler
 @register_sampler("prior")
 class PriorSampler(BaseSampler):
     title = "The model's prior"
-    caption = "the model's own prior p(z), decoded by its decoder: nothing is fitted after training"
+    caption = ("the model's own prior p(z), mapped to images by its decoder (a GAN's generator): nothing is "
+               "fitted after training")
     order = 0
     fitted = False
 
