@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 import vaelab
+from vaelab.data import Batch
 from vaelab.cli import main
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
@@ -68,7 +69,7 @@ def test_each_player_steps_only_its_own_parameters(make, order, owners):
     for p in params.values():
         p.grad = torch.randn_like(p)
     seen = []
-    updates = model.step(_x(), INFO)
+    updates = model.step(Batch(_x()), INFO)
     for update in updates:
         seen.append(update.optimizer)
         mine = _owned(model, opts[update.optimizer])

@@ -182,12 +182,15 @@ def test_ranks_parts_make_one_process_minibatch(binarize, dequantize):
     """The same permutation and noise for the global minibatch on every rank: the parts, in rank
     order, are one process's minibatch, and the generator ends where one process's does."""
     x = torch.randint(0, 17, (23, 1, 3, 3), dtype=torch.uint8)
+    y, labelled = torch.arange(23) % 5, torch.arange(23) % 3 == 0  # labels travel with their images
     make = lambda shard: Batches(x, 17, binarize, 10, torch.Generator().manual_seed(5), dequantize=dequantize,
-                                 shard=shard)  # noqa: E731
+                                 shard=shard, y=y, labelled=labelled)  # noqa: E731
     one, ranks = make(None), [make((r, 3)) for r in range(3)]
     for epoch in range(2):
         for whole, *parts in zip(one, *ranks):
-            assert torch.equal(torch.cat(parts), whole)
+            assert torch.equal(torch.cat([p.x for p in parts]), whole.x)
+            assert torch.equal(torch.cat([p.y for p in parts]), whole.y)
+            assert torch.equal(torch.cat([p.labelled for p in parts]), whole.labelled)
         assert all(torch.equal(b.generator.get_state(), one.generator.get_state()) for b in ranks)
     assert [b.shares() for b in ranks] == [[(4, 10), (4, 10), (1, 3)], [(3, 10), (3, 10), (1, 3)],
                                           [(3, 10), (3, 10), (1, 3)]]
@@ -196,7 +199,8 @@ def test_ranks_parts_make_one_process_minibatch(binarize, dequantize):
     make = lambda shard: Batches(x[:21], 17, binarize, 10, torch.Generator().manual_seed(5),  # noqa: E731
                                  dequantize=dequantize, shard=shard)
     one, second = list(make(None)), make((1, 2))
-    assert second.shares()[-1] == (0, 1) and torch.equal(list(second)[-1], one[-1])
+    assert second.shares()[-1] == (0, 1) and torch.equal(list(second)[-1].x, one[-1].x)
+    assert one[-1].y is None and one[-1].labelled is None  # no labels given: none in the batch
 
 
 @pytest.fixture(scope="module")
@@ -408,3 +412,12 @@ def test_hung_rank_stops_the_others_within_timeout(tmp_path):
     assert 3 <= seconds < 3 + 5
     assert msg.startswith("rank 0 of 2: no answer from the other ranks within --dist-timeout 3 s (")
     assert "another rank stopped or hung" in msg and printed
+
+
+def test_each_image_keeps_its_own_label_through_the_shuffle():
+    x = torch.arange(30, dtype=torch.uint8).view(30, 1, 1, 1)  # image i is the pixel value i
+    y = torch.arange(30) * 7 % 10
+    b = Batches(x, 256, "none", 8, torch.Generator().manual_seed(1), y=y, labelled=torch.arange(30) < 10)
+    for batch in b:
+        i = (batch.x.flatten() * 255).round().long()
+        assert torch.equal(batch.y, y[i]) and torch.equal(batch.labelled, i < 10)

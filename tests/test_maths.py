@@ -12,6 +12,7 @@ from scipy.special import logsumexp as scipy_logsumexp
 from torch import distributions as td
 
 import vaelab
+from vaelab.data import Batch
 from vaelab.config import TrainConfig
 from vaelab.distributions import Bernoulli, DiagonalGaussian, Gaussian, standard_normal_log_prob
 from vaelab.losses import elbo, iwae_bound, log_mean_exp
@@ -491,7 +492,7 @@ def test_the_kl_warmup_weight_reaches_the_loss():
 
     def step_loss(step):
         torch.manual_seed(3)  # the same z for every step below and for the reference
-        (update,) = model.step(x, StepInfo(epoch=step // spe, step=step, steps_per_epoch=spe, dataset_size=50))
+        (update,) = model.step(Batch(x), StepInfo(epoch=step // spe, step=step, steps_per_epoch=spe, dataset_size=50))
         assert update.optimizer == "model"
         return update.loss.item()
 

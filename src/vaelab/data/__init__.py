@@ -1,5 +1,6 @@
 """The data layer: named datasets (digits, MNIST, Fashion-MNIST) as uint8 tensors with fixed
 train/validation/test splits, the IDX reader, and a verified downloader."""
+from .batch import Batch, as_batch
 from .datasets import (
     DataSpec,
     Dataset,
@@ -13,8 +14,11 @@ from .datasets import (
 )
 from .download import download_dataset
 from .idx import read_idx
+from .labels import balanced_subset
 
 __all__ = [
+    "Batch",
+    "as_batch",
     "DataSpec",
     "Dataset",
     "Split",
@@ -26,4 +30,5 @@ __all__ = [
     "locate_dataset",
     "run_dataset",
     "read_idx",
+    "balanced_subset",
 ]

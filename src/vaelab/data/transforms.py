@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 
 from ..distributed import shard as rank_part
+from .batch import Batch
 
 BINARIZE_SEED = 1234  # fixed seed of every static/evaluation binarization
 
@@ -64,7 +65,9 @@ def eval_inputs(x: torch.Tensor, levels: int, binarize: str) -> torch.Tensor:
 
 
 class Batches:
-    """Minibatches of a training split: shuffled by index each epoch, binarized per mode.
+    """Minibatches of a training split, each a :class:`~vaelab.data.batch.Batch`: shuffled by
+    index each epoch, binarized per mode, with their labels ``y`` and the ``labelled`` mask where
+    given (indexed and sharded as the images are; they draw nothing from the generator).
 
     The shuffling and dynamic binarization draw from ``generator`` (a CPU generator whose
     state is checkpointed for exact resume).
@@ -80,8 +83,12 @@ class Batches:
 
     def __init__(self, x: torch.Tensor, levels: int, binarize: str, batch_size: int,
                  generator: torch.Generator, device: torch.device | str = "cpu", dequantize: bool = False,
-                 drop_last: bool = False, shard: tuple[int, int] | None = None):
+                 drop_last: bool = False, shard: tuple[int, int] | None = None, y: torch.Tensor | None = None,
+                 labelled: torch.Tensor | None = None):
         self.dequantize, self.levels, self.drop_last, self.shard = dequantize, levels, drop_last, shard
+        # the labels travel with their images: indexed, sharded and moved alike ([N] each)
+        self.y = y.to(device) if y is not None else None
+        self.labelled = labelled.to(device) if labelled is not None else None
         if dequantize:  # raw values 0..levels-1; each batch gets fresh uniform noise
             u = x.to(torch.float32)
         else:
@@ -114,7 +121,7 @@ class Batches:
         parts = [rank_part(size, *(self.shard or (0, 1))) for size in self._sizes()]
         return [(part.stop - part.start, size) for part, size in zip(parts, self._sizes())]
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Batch]:
         n = self.x.shape[0]
         perm = torch.randperm(n, generator=self.generator).to(self.x.device)
         for i in range(0, len(self) * self.batch_size, self.batch_size):
@@ -129,4 +136,6 @@ class Batches:
             elif self.dequantize:
                 u = torch.rand((len(idx), *xb.shape[1:]), generator=self.generator)[part].to(xb.device)
                 xb = (xb + u) / self.levels
-            yield xb
+            rows = idx[part]
+            yield Batch(xb, self.y[rows] if self.y is not None else None,
+                        self.labelled[rows] if self.labelled is not None else None)

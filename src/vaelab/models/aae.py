@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.batch import Batch
 from ..config import opt
 from ..distributions import standard_normal
 from ..errors import VaelabError
@@ -108,7 +109,8 @@ class AAE(AE):
         """The encoder's loss as the generator: -E log D(enc(x)) (its update moves the encoder only)."""
         return generator_loss(self.discriminate(self.encode(x)), "non-saturating")
 
-    def step(self, x: torch.Tensor, info: StepInfo):
+    def step(self, batch: Batch, info: StepInfo):
+        x = batch.x
         loss, metrics = info.compile(self.objective)(x)  # the autoencoder's reconstruction error
         yield Update("autoencoder", loss, metrics)
         d_loss, real_logits, fake_logits = info.compile(self.d_objective)(x)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data.batch import Batch
 from ..config import opt
 from ..losses import reconstruction_error
 from ..nets import NetConfig, full_precision, make_decoder, make_encoder
@@ -89,7 +90,8 @@ class AE(Model):
         metrics["loss"] = loss
         return loss, metrics
 
-    def step(self, x: torch.Tensor, info: StepInfo):
+    def step(self, batch: Batch, info: StepInfo):
+        x = batch.x
         loss, metrics = info.compile(self.objective)(x)
         yield Update("model", loss, metrics)
 

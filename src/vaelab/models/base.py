@@ -172,7 +172,9 @@ class Model(nn.Module):
         return {"model": adam(self.parameters(), train.lr)}
 
     def step(self, batch, info: StepInfo) -> Iterator[Update]:
-        """The losses of one training step, in the order they are applied. A generator: the
+        """The losses of one training step on ``batch``, a :class:`vaelab.data.Batch` (images
+        ``batch.x``, labels ``batch.y`` where the data has them; a list of :attr:`batches_per_step`
+        of them where that is more than one), in the order they are applied. A generator: the
         trainer applies each yielded loss before it resumes the generator for the next. Yield
         outside any ``torch.no_grad()`` or autocast block of your own: grad and autocast modes
         belong to the thread, so a yield inside one would carry it into the update."""

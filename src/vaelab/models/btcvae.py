@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.batch import Batch
 from ..config import opt
 from ..distributions import DiagonalGaussian, standard_normal_log_prob
 from ..errors import VaelabError
@@ -93,6 +94,7 @@ class BetaTCVAE(LatentGaussianModel):
         elbo = (t.log_px - out.posterior.kl_to_standard_normal()).mean()  # closed-form KL, as the VAE logs it
         return loss, {"loss": loss, "elbo": elbo, "mi": t.mi.mean(), "tc": t.tc.mean(), "dimkl": t.dimkl.mean()}
 
-    def step(self, x: torch.Tensor, info: StepInfo):
+    def step(self, batch: Batch, info: StepInfo):
+        x = batch.x
         loss, metrics = info.compile(self.objective)(x, info.dataset_size)
         yield Update("model", loss, metrics)

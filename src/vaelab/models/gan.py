@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.batch import Batch
 from ..config import ModelConfig, opt
 from ..errors import VaelabError
 from ..images import Figure, plot_game, progress_strip
@@ -237,16 +238,16 @@ class GAN(Model):
         """The generator's loss on n fresh noise draws (its update moves G only)."""
         return generator_loss(self.discriminate(self.generate(self.prior(n))), self.cfg.g_loss)
 
-    def step(self, xs, info: StepInfo):
-        """k discriminator updates, one per data minibatch in ``xs``, descending
+    def step(self, batches, info: StepInfo):
+        """k discriminator updates, one per data minibatch in ``batches`` (Batches), descending
         -(log D(x) + log(1 - D(G(z)))); then one generator update on fresh noise."""
-        if torch.is_tensor(xs):  # k = 1: the trainer hands over the one minibatch itself
-            xs = [xs]
-        for x in xs:
+        if isinstance(batches, Batch):  # k = 1: the trainer hands over the one minibatch itself
+            batches = [batches]
+        for x in (b.x for b in batches):
             loss, real_logits, fake_logits = info.compile(self.d_objective)(x)
             yield Update("d", loss, {"loss": loss, "d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(),
                                      "d_fake": torch.sigmoid(fake_logits).mean()})
-        g_loss = info.compile(self.g_objective)(len(xs[-1]))
+        g_loss = info.compile(self.g_objective)(len(batches[-1]))
         yield Update("g", g_loss, {"g_loss": g_loss})
 
     def validation(self, x: torch.Tensor) -> torch.Tensor:

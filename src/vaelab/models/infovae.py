@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.batch import Batch
 from ..config import opt
 from ..errors import VaelabError
 from ..losses import MMD_KERNELS, elbo, mmd
@@ -78,7 +79,8 @@ class InfoVAE(LatentGaussianModel):
         loss = t.loss + self.cfg.mmd_weight * d
         return loss, {"loss": loss, "elbo": t.elbo.mean(), "kl": t.kl.mean(), "mmd": d}
 
-    def step(self, x: torch.Tensor, info: StepInfo):
+    def step(self, batch: Batch, info: StepInfo):
+        x = batch.x
         loss, metrics = info.compile(self.objective)(x)
         yield Update("model", loss, metrics)
 

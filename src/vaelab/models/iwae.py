@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.batch import Batch
 from ..config import opt
 from ..errors import VaelabError
 from ..losses import iwae_bound
@@ -77,6 +78,7 @@ class IWAE(LatentGaussianModel):
         loss = -bound.mean()
         return loss, {"loss": loss, "bound": bound.mean()}
 
-    def step(self, x: torch.Tensor, info: StepInfo):
+    def step(self, batch: Batch, info: StepInfo):
+        x = batch.x
         loss, metrics = info.compile(self.objective)(x)
         yield Update("model", loss, metrics)

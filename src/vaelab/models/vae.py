@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data.batch import Batch
 from ..config import opt
 from ..data.datasets import is_colour
 from ..distributions import (Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, standard_normal,
@@ -292,7 +293,8 @@ class VAE(LatentGaussianModel):
         t = elbo(out, x, beta=kl_weight, kl=self.kl(x, out.posterior, out.z))
         return t.loss, {"loss": t.loss, "elbo": t.elbo.mean(), "kl": t.kl.mean()}
 
-    def step(self, x: torch.Tensor, info: StepInfo):
+    def step(self, batch: Batch, info: StepInfo):
+        x = batch.x
         # the weight goes in as a tensor, so a compiled objective does not recompile each step
         loss, metrics = info.compile(self.objective)(x, torch.tensor(self.kl_weight(info)))
         yield Update("model", loss, metrics)

@@ -35,6 +35,7 @@ from typing import ClassVar
 
 import torch
 
+from ..data.batch import Batch
 from ..config import opt
 from ..distributions import DiagonalGaussian, Gaussian
 from ..errors import VaelabError
@@ -147,7 +148,8 @@ class VAEGAN(LatentGaussianModel):
         return loss, {"d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(),
                       "d_recon": torch.sigmoid(rec_logits).mean(), "d_fake": torch.sigmoid(prior_logits).mean()}
 
-    def step(self, x: torch.Tensor, info: StepInfo):
+    def step(self, batch: Batch, info: StepInfo):
+        x = batch.x
         for name, objective in (("encoder", self.encoder_objective), ("decoder", self.decoder_objective),
                                 ("discriminator", self.d_objective)):
             loss, metrics = info.compile(objective)(x)

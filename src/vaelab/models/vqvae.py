@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
+from ..data.batch import Batch
 from ..config import opt
 from ..errors import VaelabError
 from ..losses import reconstruction_error
@@ -167,7 +168,8 @@ class VQVAE(Model):
         metrics["loss"] = loss
         return loss, metrics, out.z_e.detach(), out.c
 
-    def step(self, x: torch.Tensor, info: StepInfo):
+    def step(self, batch: Batch, info: StepInfo):
+        x = batch.x
         loss, metrics, z_e, c = info.compile(self.objective)(x)
         if self.cfg.codebook_ema:
             # before the yield: a step the non-finite guard drops has its buffers restored; a

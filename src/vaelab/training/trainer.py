@@ -354,9 +354,11 @@ class _Loop:
         self.gen = torch.Generator().manual_seed(t.seed + 1)  # batch order and dynamic binarization
         # how the model takes the data's pixels: its own binarization or dequantization
         binarize, deq = cfg.binarize, cfg.dequantizes
+        # the labels ride along where the data has classes (a model that ignores them reads batch.x)
         self.batches = Batches(ds.train.x, ds.spec.levels, binarize, t.batch_size, self.gen, device, dequantize=deq,
                                drop_last=model_cls.drop_last,
-                               shard=(dist.rank(), dist.world_size()) if dist.active() else None)
+                               shard=(dist.rank(), dist.world_size()) if dist.active() else None,
+                               y=ds.train.y if ds.spec.num_classes >= 2 else None)
         self.shares = self.batches.shares()  # (this rank's images, the global minibatch's) of each minibatch
         x_val = eval_inputs(ds.val.x, ds.spec.levels, binarize).to(device)
         self.x_val = dequantize_fixed(x_val, ds.spec.levels) if deq else x_val

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import distributed as dist
+from ..data.batch import as_batch
 from ..models.base import StepInfo
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,12 +56,15 @@ class FastPaths:
             self._compiled[key] = torch.compile(fn)
         return self._compiled[key]
 
-    def inputs(self, x):
-        if isinstance(x, (list, tuple)):
-            return [self.inputs(b) for b in x]
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+    def inputs(self, batch):
+        """A step's minibatch (or list of them) as the step takes it: each a Batch, its images in
+        channels_last where that path is on."""
+        if isinstance(batch, (list, tuple)):
+            return [self.inputs(b) for b in batch]
+        batch = as_batch(batch)
+        if self.channels_last and batch.x.dim() == 4:
+            return batch.with_x(batch.x.contiguous(memory_format=torch.channels_last))
+        return batch
 
 
 def make_scalers(precision: str, device_type: str, names) -> dict:
