@@ -25,11 +25,13 @@ from .registry import DEFAULT_DATA, DEFAULT_MODEL
 MAX_LIST = 64
 
 
-def opt(default, help: str, choices=None, flag: bool = True, metavar: str | None = None):
+def opt(default, help: str, choices=None, flag: bool = True, metavar: str | None = None, none_word: str | None = None):
     """A config field with its help text (and allowed values) for the CLI; ``metavar`` names
-    its value in the help where the type alone would not (a PATH, say)."""
+    its value in the help where the type alone would not (a PATH, say); ``none_word``: a word
+    the user writes for None (``--labels all``)."""
     kw = {"default_factory": (lambda d=default: d)} if isinstance(default, (list, dict)) else {"default": default}
-    return field(metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar}, **kw)
+    return field(metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar,
+                           "none_word": none_word}, **kw)
 
 
 # the DataConfig fields that only some readers take (each reader lists its own in data/sources.py)
@@ -91,6 +93,9 @@ class TrainConfig:
     tensorboard: bool = opt(False, "also write TensorBoard event files to RUN/tensorboard/ (scalars every "
                                    "--log-every steps and every epoch, a grid of images every epoch)")
     csv: bool = opt(False, "also write metrics.jsonl's records as RUN/metrics.csv")
+    labels: int | None = opt(None, "keep this many training labels, class-balanced and picked by --seed as probe "
+                                   "--labels picks them, and hide the rest from the model (default: all)",
+                             metavar="N|all", none_word="all")
     report: bool = opt(True, "write RUN/report.html at the end of training (about a second; vaelab report RUN "
                              "writes it at any time)")
     max_bad_steps: int = opt(100, "stop training, keeping the last good epoch's checkpoints, once this many steps in "
@@ -168,7 +173,8 @@ def coerce(cls, name: str, value: Any, where: str) -> Any:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     tp, optional = _unwrap_optional(field_types(cls)[name])
     what = f"{where} {flag_name(name)}" if where == "flag" else f"key '{name}' in {where}"
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "none", "null")):
+    words = ("", "none", "null", *((f.metadata["none_word"],) if f.metadata.get("none_word") else ()))
+    if value is None or (optional and isinstance(value, str) and value.lower() in words):
         if optional:
             return None
         raise VaelabError(f"{what} needs a value.")

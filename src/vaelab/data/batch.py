@@ -18,7 +18,8 @@ class Batch:
         y: their class labels ``[B]`` (int64, ``0..num_classes-1``), or None where the data has
             none.
         labelled: ``[B]`` bool, which of ``y`` the run may use (``train --labels N`` hides the
-            others), or None: all of them. A model that ignores labels reads ``x`` alone.
+            others: their ``y`` is -1), or None: all of them. A model that ignores labels reads
+            ``x`` alone.
     """
     x: torch.Tensor
     y: torch.Tensor | None = None

@@ -32,8 +32,8 @@ def balanced_subset(y: torch.Tensor, n: int | None, num_classes: int, seed: int 
     if count is None:
         raise VaelabError(f"--labels must be a whole number or all, got {n!r}.")
     if num_classes < 2:
-        raise VaelabError("the run's data has no class labels to train a classifier on (probe and finetune need "
-                          "a labelled dataset, e.g. an image folder with class subfolders).")
+        raise VaelabError("--labels needs class labels, and the run's data has none (probe, finetune and train "
+                          "--labels take a labelled dataset, e.g. an image folder with class subfolders).")
     if count < num_classes:
         raise VaelabError(f"--labels must be at least {num_classes} (one image per class), got {count}.")
     if count > len(y):

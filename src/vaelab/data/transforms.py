@@ -86,7 +86,10 @@ class Batches:
                  drop_last: bool = False, shard: tuple[int, int] | None = None, y: torch.Tensor | None = None,
                  labelled: torch.Tensor | None = None):
         self.dequantize, self.levels, self.drop_last, self.shard = dequantize, levels, drop_last, shard
-        # the labels travel with their images: indexed, sharded and moved alike ([N] each)
+        # the labels travel with their images: indexed, sharded and moved alike ([N] each); a
+        # hidden one is -1, so no model can read what --labels hid
+        if y is not None and labelled is not None:
+            y = torch.where(labelled, y, torch.full_like(y, -1))
         self.y = y.to(device) if y is not None else None
         self.labelled = labelled.to(device) if labelled is not None else None
         if dequantize:  # raw values 0..levels-1; each batch gets fresh uniform noise

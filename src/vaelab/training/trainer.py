@@ -26,6 +26,7 @@ from ..io import (all_or_nothing, lock_run, remove_temporaries, run_subfolder, s
 from ..version import __version__
 from ..config import TrainConfig
 from ..data import DataSpec, run_dataset
+from ..data.labels import balanced_subset
 from ..data.transforms import Batches, dequantize_fixed, eval_inputs
 from ..errors import VaelabError
 from ..models import get_model
@@ -70,6 +71,16 @@ def _steps(batches, per_step: int):
         if len(group) == per_step:
             yield group
             group = []
+
+
+def labelled_mask(t: TrainConfig, ds) -> torch.Tensor | None:
+    """Which training labels the run may use ([N] bool): ``--labels N`` keeps the class-balanced
+    subset that ``probe --labels N`` picks for the same seed, and hides the rest; None: all."""
+    if t.labels is None:
+        return None
+    keep = torch.zeros(len(ds.train), dtype=torch.bool)
+    keep[balanced_subset(ds.train.y, t.labels, ds.spec.num_classes, t.seed)] = True
+    return keep
 
 
 def learning_rate(t: TrainConfig, epoch: int, elapsed: float = 0.0) -> float:
@@ -358,7 +369,7 @@ class _Loop:
         self.batches = Batches(ds.train.x, ds.spec.levels, binarize, t.batch_size, self.gen, device, dequantize=deq,
                                drop_last=model_cls.drop_last,
                                shard=(dist.rank(), dist.world_size()) if dist.active() else None,
-                               y=ds.train.y if ds.spec.num_classes >= 2 else None)
+                               y=ds.train.y if ds.spec.num_classes >= 2 else None, labelled=labelled_mask(t, ds))
         self.shares = self.batches.shares()  # (this rank's images, the global minibatch's) of each minibatch
         x_val = eval_inputs(ds.val.x, ds.spec.levels, binarize).to(device)
         self.x_val = dequantize_fixed(x_val, ds.spec.levels) if deq else x_val
