@@ -77,9 +77,10 @@ def _finite(v):
 def data_name(run_dir) -> str | None:
     """The dataset a run trained and was evaluated on (its config's ``data``), or None."""
     try:
-        data = read_run_config(Path(run_dir)).get("run", {}).get("data", {})
+        run = read_run_config(Path(run_dir)).get("run")
     except VaelabError:
         return None
+    data = run.get("data") if isinstance(run, dict) else None
     return data.get("data") if isinstance(data, dict) and isinstance(data.get("data"), str) else None
 
 
