@@ -50,6 +50,29 @@ def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
     return log_mean_exp(log_w, 0)
 
 
+def class_summed_bound(logits_y: torch.Tensor, elbo_y: torch.Tensor) -> torch.Tensor:
+    """The semi-supervised VAE's bound on log p(x) for an unlabelled x (Kingma et al. 2014, M2,
+    their Eq. 7), with y summed out exactly over the classes rather than sampled:
+
+        U(x) = sum_y q(y|x) L(x, y) + H(q(y|x))  <=  log sum_y exp L(x, y)  <=  log p(x),
+
+    with equality on the left where q(y|x) is proportional to exp L(x, y).
+
+    Args:
+        logits_y: q(y|x)'s logits, [B, C].
+        elbo_y: L(x, y) for every class y, [B, C]: the labelled bound (log p(y) included) in
+            nats, one column per class.
+
+    Returns:
+        U(x), [B], in nats (higher is better).
+    """
+    log_q = torch.log_softmax(logits_y, dim=-1)  # [B, C]
+    q = log_q.exp()
+    # a class q rules out (q = 0, log q = -inf) adds nothing: log q clamped, as torch's
+    # Categorical.entropy does, so 0 * -inf is not NaN
+    return (q * (elbo_y - log_q.clamp_min(torch.finfo(log_q.dtype).min))).sum(-1)
+
+
 def reconstruction_error(recon: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-example reconstruction loss summed over the data dims: [B].
 
