@@ -6,7 +6,8 @@ from vaelab.data import Batch, as_batch, run_dataset
 from vaelab.models.vae import VAE
 
 
-def test_each_step_gets_the_labels_of_its_images(tmp_path, monkeypatch):
+def _trained_batches(tmp_path, monkeypatch, **flags):
+    """Train a tiny digits VAE for one epoch; return its config and every Batch its steps got."""
     seen = []
     step = VAE.step
 
@@ -15,8 +16,13 @@ def test_each_step_gets_the_labels_of_its_images(tmp_path, monkeypatch):
         return step(self, batch, info)
     monkeypatch.setattr(VAE, "step", recording)
     cfg = vaelab.make_config(data="digits", hidden=(16,), latent_dim=2, epochs=1, batch_size=100, nll_samples=0,
-                             progress=False, report=False, out=str(tmp_path / "r"))
+                             progress=False, report=False, out=str(tmp_path / "r"), **flags)
     vaelab.train(cfg, log=lambda m: None)
+    return cfg, seen
+
+
+def test_each_step_gets_the_labels_of_its_images(tmp_path, monkeypatch):
+    cfg, seen = _trained_batches(tmp_path, monkeypatch)
     assert seen and all(isinstance(b, Batch) and b.y is not None and b.y.dtype == torch.int64 for b in seen)
     assert all(b.y.shape == (len(b),) and b.labelled is None for b in seen)
     ds = run_dataset(cfg.data)
@@ -33,16 +39,7 @@ def test_images_alone_are_a_batch_without_labels():
 
 def test_labels_n_keeps_the_probes_subset_and_hides_the_rest(tmp_path, monkeypatch):
     from vaelab.data.labels import balanced_subset
-    seen = []
-    step = VAE.step
-
-    def recording(self, batch, info):
-        seen.append(batch)
-        return step(self, batch, info)
-    monkeypatch.setattr(VAE, "step", recording)
-    cfg = vaelab.make_config(data="digits", hidden=(16,), latent_dim=2, epochs=1, batch_size=100, nll_samples=0,
-                             progress=False, report=False, labels=30, seed=4, out=str(tmp_path / "r"))
-    vaelab.train(cfg, log=lambda m: None)
+    cfg, seen = _trained_batches(tmp_path, monkeypatch, labels=30, seed=4)
     kept = torch.cat([b.y[b.labelled] for b in seen])
     ds = run_dataset(cfg.data)
     want = ds.train.y[balanced_subset(ds.train.y, 30, 10, seed=4)]
