@@ -13,6 +13,8 @@ from vaelab.models.base import ENCODE, LIKELIHOOD, SAMPLE, StepInfo
 from vaelab.training.trainer import train as train_loop
 from vaelab.training.update import FastPaths, take_step
 
+from labelled import as_validation, fed
+
 NAMES = sorted(MODELS)
 
 
@@ -72,13 +74,13 @@ def test_a_train_step_changes_every_optimizer_and_validation_changes_nothing(nam
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.eval()
     with torch.no_grad():
-        scores = model.validation(x)
+        scores = model.validation(as_validation(model, x))
     assert scores.shape == (len(x),) and torch.isfinite(scores).all()
     assert _same(before, model.state_dict())
     model.train()
     k = model.batches_per_step
     batch = x if k == 1 else list(x.chunk(k))
-    out = take_step(model, optimizers, batch, StepInfo(0, 0, 10, len(x)), FastPaths())
+    out = take_step(model, optimizers, fed(model, batch), StepInfo(0, 0, 10, len(x)), FastPaths())
     assert out["skipped"].item() == 0 and torch.isfinite(out["loss"])
     for opt_name, opt in optimizers.items():
         params = [p for g in opt.param_groups for p in g["params"]]

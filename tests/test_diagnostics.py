@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from vaelab.data import Batch
 from vaelab.models.dae import DAE, DAEConfig, psnr
 from vaelab.models.sparse_ae import SparseAE, SparseAEConfig
 
@@ -22,9 +23,9 @@ def test_denoising_metrics_are_seeded_and_consistent():
     model = DAE(DAEConfig(shape=(1, 6, 6), hidden=(8,), latent_dim=3, corruption="mask:0.5")).eval()
     x = torch.rand(50, 1, 6, 6).round()
     torch.manual_seed(1)
-    a = model.metrics(x)
+    a = model.metrics(Batch(x))
     torch.manual_seed(2)
-    b = model.metrics(x)
+    b = model.metrics(Batch(x))
     assert a == b  # the evaluation corruption is fixed, whatever the global RNG says
     assert a["corruption"] == "mask:0.5"
     assert a["psnr_gain"] == pytest.approx(a["psnr_denoised"] - a["psnr_corrupted"])
@@ -40,6 +41,6 @@ def test_sparsity_metrics_count_inactive_units():
         lin = model.encoder[0].net[0]
         lin.weight.zero_()
         lin.bias.copy_(torch.tensor([0.0, 0.005, -0.5, 2.0]))  # two of four units are near zero
-    m = model.metrics(torch.rand(10, 1, 2, 2))
+    m = model.metrics(Batch(torch.rand(10, 1, 2, 2)))
     assert m["near_zero_fraction"] == pytest.approx(0.5)
     assert m["mean_abs_code"] == pytest.approx((0.005 + 0.5 + 2.0) / 4)

@@ -31,6 +31,8 @@ from vaelab.models.base import StepInfo
 from vaelab.models.vae import VAE, VAEConfig
 from vaelab.training.update import FastPaths, apply_update, take_step
 
+from labelled import fed
+
 # figures that depend on the CPU: replayed on the generic kernels by test_cpu_paths.py
 pytestmark = pytest.mark.cpu_paths
 
@@ -73,7 +75,7 @@ def _losses_and_grads(name, arch, fast: FastPaths, x):
     if fast.channels_last:
         model = model.to(memory_format=torch.channels_last)
     k = model.batches_per_step
-    batch = fast.inputs(x if k == 1 else [x] * k)
+    batch = fast.inputs(fed(model, x if k == 1 else [x] * k))
     info = dataclasses.replace(INFO, compile=fast.compiled)
     torch.manual_seed(1)  # the same noise (z, corruption, prior draws) for every path
     updates, out = model.step(batch, info), []
@@ -179,8 +181,8 @@ def test_steps_never_wait_for_the_host(precision, name, optimizer):
     k = model.batches_per_step
     good, bad = (_batch(), nan) if k == 1 else ([_batch()] * k, [_batch(), nan, _batch()][:k])
     with _NoHostReads():
-        take_step(model, opts, good, INFO, fast)
-        m = take_step(model, opts, bad, INFO, fast)  # the NaN guard too
+        take_step(model, opts, fed(model, good), INFO, fast)
+        m = take_step(model, opts, fed(model, bad), INFO, fast)  # the NaN guard too
     assert m["skipped"].item() == 1
 
 

@@ -8,6 +8,7 @@ from torch import distributions as td
 from torch.autograd.functional import jacobian
 
 from test_vae2layer import with_the_same_draws
+from vaelab.data import Batch
 from vaelab.distributions import DiagonalGaussian
 from vaelab.evaluation.likelihood import _chunk, evaluate_likelihood
 from vaelab.models import MODELS
@@ -98,7 +99,7 @@ def test_log_weights_by_an_independent_change_of_variables(given):
 
 def test_elbo_validation_kl_and_the_k1_bound_agree():
     model, x = _model(), _x()
-    lw, val, t, kl = with_the_same_draws(7, lambda: model.log_weights(x, 1)[0], lambda: model.validation(x),
+    lw, val, t, kl = with_the_same_draws(7, lambda: model.log_weights(x, 1)[0], lambda: model.validation(Batch(x)),
                                          lambda: model.elbo_terms(x), lambda: model.kl(x, model.encode(x)))
     torch.testing.assert_close(val, lw)
     torch.testing.assert_close(t.elbo, lw)

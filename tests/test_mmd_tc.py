@@ -12,6 +12,7 @@ import torch
 from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal, kl_divergence
 
 import vaelab
+from vaelab.data import Batch
 from vaelab.distributions import DiagonalGaussian
 from vaelab.errors import VaelabError
 from vaelab.losses import elbo, mmd
@@ -130,7 +131,7 @@ def test_infovae_loss_is_nll_plus_weighted_kl_and_mmd(alpha, lam):
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     torch.manual_seed(5)
     with torch.no_grad():
-        per_example = model.validation(x)
+        per_example = model.validation(Batch(x))
     torch.testing.assert_close(per_example, nll + (1 - alpha) * kl, rtol=1e-5, atol=1e-4)
 
 

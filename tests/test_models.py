@@ -18,6 +18,8 @@ from vaelab.run import make_config
 from vaelab.training import checkpoint as ckpt
 from vaelab.training.update import FastPaths, take_step
 
+from labelled import as_validation, fed
+
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 28, 20)]
 ARCHS = ["mlp", "conv", "linear"]
 SMALL = {"latent_dim": 4, "hidden": (16,), "channels": (4, 4, 8, 8), "width": 4}
@@ -104,6 +106,14 @@ def test_forward_shapes(case):
     assert s.shape == (5, *shape) and torch.isfinite(s).all()
     if not _can(entry, LIKELIHOOD):
         return
+    lw = model.log_weights(x, 6)
+    assert lw.shape == (6, B) and torch.isfinite(lw).all()
+    r = model.reconstruct(x)
+    assert r.shape == (B, *shape)
+    if cfg.likelihood == "bernoulli":
+        assert ((s >= 0) & (s <= 1)).all() and ((r >= 0) & (r <= 1)).all()
+    if not _decodes_z(model):
+        return
     d = cfg.latent_dim
     q = model.encode(x)
     assert q.mu.shape == q.logvar.shape == (B, d)
@@ -112,13 +122,17 @@ def test_forward_shapes(case):
     assert params.shape == (B, *shape)
     pk = model.decode(q.rsample(2))  # leading sample dims pass through the decoder
     assert (pk.logits if hasattr(pk, "logits") else pk.loc).shape == (2, B, *shape)
-    lw = model.log_weights(x, 6)
-    assert lw.shape == (6, B) and torch.isfinite(lw).all()
-    r = model.reconstruct(x)
-    assert r.shape == (B, *shape)
-    if cfg.likelihood == "bernoulli":
-        assert ((s >= 0) & (s <= 1)).all() and ((r >= 0) & (r <= 1)).all()
     assert q.rsample().shape == (B, d)
+
+
+def _decodes_z(model) -> bool:
+    """Whether the decoder takes z alone, [..., latent_dim] (not [z, y]: a model of labels)."""
+    return not getattr(model, "needs_labels", False)
+
+
+def _decoder_width(model) -> int:
+    """What the decoder takes: z [..., D], or for a model of labels [z, y] [..., D + C]."""
+    return model.prior(1).shape[-1]
 
 
 def test_forward_samples_z_from_the_posterior():
@@ -138,7 +152,7 @@ def test_decoder_leading_dims_match_per_sample_decoding(likelihood_case):
     # decoding [K, B, D] at once equals decoding each [B, D] slice (the conv decoder reshapes)
     entry, cfg, shape = likelihood_case
     model = _build(entry, cfg).eval()
-    z = torch.randn(2, B, cfg.latent_dim)
+    z = torch.randn(2, B, _decoder_width(model))
     with torch.no_grad():
         whole = model.decode(z).mean
         parts = torch.stack([model.decode(z[i]).mean for i in range(2)])
@@ -151,7 +165,7 @@ def test_decoder_outputs_are_unconstrained(likelihood_case):
     entry, cfg, shape = likelihood_case
     model = _build(entry, cfg).eval()
     with torch.no_grad():
-        p = model.decode(100 * torch.randn(256, cfg.latent_dim))
+        p = model.decode(100 * torch.randn(256, _decoder_width(model)))
     params = p.logits if hasattr(p, "logits") else p.loc
     assert params.min() < 0 < params.max()
 
@@ -167,7 +181,7 @@ def _train_step(model, opts, x, fast=None):
     """One training step through the trainer's update path (a model that takes k minibatches
     a step gets k copies of x)."""
     k = model.batches_per_step
-    return take_step(model, opts, x if k == 1 else [x] * k, INFO, fast or FastPaths())
+    return take_step(model, opts, fed(model, x if k == 1 else [x] * k), INFO, fast or FastPaths())
 
 
 def _step(entry, model, x, fast=None, tcfg=None):
@@ -242,7 +256,7 @@ def test_val_score_does_not_change_weights(case):
     model = _build(entry, cfg).eval()
     before = _weights(model)
     with torch.no_grad():
-        s = model.validation(_batch(shape))
+        s = model.validation(as_validation(model, _batch(shape)))
     assert s.shape == (B,) and torch.isfinite(s).all()
     assert _same(before, _weights(model))
     assert all(p.grad is None for p in model.parameters())

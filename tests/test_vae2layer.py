@@ -7,6 +7,7 @@ import torch
 from torch import distributions as td
 
 import vaelab
+from vaelab.data import Batch
 from vaelab.evaluation.likelihood import evaluate_likelihood
 from vaelab.models import MODELS
 from vaelab.models.vae2layer import TwoLayerVAEConfig
@@ -61,7 +62,7 @@ def with_the_same_draws(seed: int, *calls):
 
 def test_the_k1_bound_is_the_elbo_it_validates_and_evaluates():
     model, x = _model(), _x()
-    lw, val, terms = with_the_same_draws(7, lambda: model.log_weights(x, 1)[0], lambda: model.validation(x),
+    lw, val, terms = with_the_same_draws(7, lambda: model.log_weights(x, 1)[0], lambda: model.validation(Batch(x)),
                                          lambda: model.elbo_terms(x))
     torch.testing.assert_close(val, lw)
     torch.testing.assert_close(terms.log_px - terms.kl, lw)

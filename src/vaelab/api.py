@@ -17,6 +17,7 @@ import torch
 from . import distributed
 from .io import read_metadata, write_json
 from .limits import check_nll_samples
+from .data.batch import Batch
 from .data.transforms import dequantize_fixed, from_dequantized_scale, to_dequantized_scale
 from .errors import VaelabError
 from .images import interpolate, interpolate_prior, manifold, reconstruction_rows  # noqa: F401 - the API's
@@ -36,7 +37,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100, checkpoint: str = "best",
              data_dir: str | None = None, device: str = "auto", progress: bool = False, save: bool = True,
-             model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
+             model: torch.nn.Module | None = None, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
              sample_metrics: bool | None = None, samples: int = 10_000, log=None, compile: bool | None = None,
              precision: str = "auto", seed: int | None = 0, sampler: str | None = None,
              threads: int | None = None, dist_timeout: float = distributed.DEFAULT_TIMEOUT_S,
@@ -50,8 +51,8 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     the Parzen-window log-likelihood and the Fréchet distance of ``samples`` samples
     (:mod:`vaelab.evaluation.samples`), drawn by ``sampler`` (:mod:`vaelab.samplers`: ``prior``,
     ``gmm:K``, ``two-stage``, ``pixelcnn``; default: the model's own), which a model without a
-    prior of its own may be given too. ``model`` and ``x`` may be passed when the caller has loaded
-    them already. ``compile``, ``precision``: the importance-sampled NLL's path
+    prior of its own may be given too. ``model``, ``x`` and its labels ``y`` may be passed when
+    the caller has loaded them already. ``compile``, ``precision``: the importance-sampled NLL's path
     (:func:`vaelab.evaluation.likelihood.choose_path`; by default chosen from the CPU and the
     work); ``seed``: its importance samples' seed.
 
@@ -82,14 +83,16 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         from .evaluation.samples import check_samples
         distributed.together(lambda: check_samples(samples, model.data_spec.shape))
     if x is None:
-        x = distributed.together(lambda: split_inputs(run_dir, split, data_dir)[0])
+        x, y = distributed.together(lambda: split_inputs(run_dir, split, data_dir))
     x = x.to(_device(model))
+    # the split's labels, where the data has classes (a model that reads them: M2's accuracy)
+    y = y.to(x.device) if y is not None and model.data_spec.num_classes >= 2 else None
     levels = model.data_spec.levels
     deq = run.model.dequantizes  # a density on (k + u) / levels
     res = {"split": split, "checkpoint": checkpoint, "seed": seed}
     if model.can(ENCODE):
         res["mse"] = reconstruction_mse(model, x, batch_size, levels if deq else None)
-    res.update(distributed.from_main(model.metrics, x))  # whole-split figures: rank 0's, not every rank's
+    res.update(distributed.from_main(model.metrics, Batch(x, y)))  # whole-split figures: rank 0's, not every rank's
     if model.can(ENCODE) and not model.can(LIKELIHOOD) and getattr(run.model, "arch", None) == "linear":
         # the linear autoencoder against PCA fitted on the same training images
         from .evaluation.pca import pca_report
@@ -172,7 +175,7 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
         has_likelihood = model.can(LIKELIHOOD)
         if run.train.nll_samples > 0 or not has_likelihood:
             # a likelihood model is scored by its likelihood here; its samples by `vaelab eval`
-            evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x,
+            evaluate(run_dir, "test", max(1, run.train.nll_samples), model=model, x=x, y=y,
                      sample_metrics=not has_likelihood, log=log, compile=run.train.compile or None,
                      out=run_dir / TRAINING_EVAL, progress=run.train.progress)
 

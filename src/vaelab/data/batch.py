@@ -20,10 +20,14 @@ class Batch:
         labelled: ``[B]`` bool, which of ``y`` the run may use (``train --labels N`` hides the
             others: their ``y`` is -1), or None: all of them. A model that ignores labels reads
             ``x`` alone.
+        labelled_part: for a model that learns from a few labels (``Model.labelled_part``), a
+            minibatch of as many images whose labels the run may use, drawn alongside this one
+            (its own ``labelled_part`` None); else None.
     """
     x: torch.Tensor
     y: torch.Tensor | None = None
     labelled: torch.Tensor | None = None
+    labelled_part: "Batch | None" = None
 
     def __len__(self) -> int:
         return self.x.shape[0]

@@ -12,6 +12,7 @@ and dynamic cases, so every evaluation of every run sees the same binary images.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import torch
@@ -79,12 +80,19 @@ class Batches:
     A rank whose part of a (last, small) minibatch is empty gets the minibatch's first image as
     a stand-in, so it still takes the step and joins its collectives; :meth:`shares` says its
     part counts for 0 images.
+
+    ``with_labelled`` (a model that learns from a few labels: M2): each minibatch also carries
+    ``labelled_part``, a minibatch of the same global size drawn afresh from the images whose
+    labels the run may use (without replacement within it; all of them, shuffled, where there are
+    fewer), binarized alike, and sharded as the minibatch is, so each rank's two parts hold the
+    same share of their global minibatches. It draws from ``generator`` after the minibatch's
+    own draws, so its stream is checkpointed with theirs; without it nothing more is drawn.
     """
 
     def __init__(self, x: torch.Tensor, levels: int, binarize: str, batch_size: int,
                  generator: torch.Generator, device: torch.device | str = "cpu", dequantize: bool = False,
                  drop_last: bool = False, shard: tuple[int, int] | None = None, y: torch.Tensor | None = None,
-                 labelled: torch.Tensor | None = None):
+                 labelled: torch.Tensor | None = None, with_labelled: bool = False):
         self.dequantize, self.levels, self.drop_last, self.shard = dequantize, levels, drop_last, shard
         # the labels travel with their images: indexed, sharded and moved alike ([N] each); a
         # hidden one is -1, so no model can read what --labels hid
@@ -102,6 +110,13 @@ class Batches:
         self.dynamic = binarize == "dynamic"
         self.batch_size = batch_size
         self.generator = generator
+        # the images whose labels the run may use, [N_l] indices (with_labelled only)
+        self.labelled_idx = None
+        if with_labelled:
+            if self.y is None:
+                raise ValueError("with_labelled needs the labels y")
+            mask = self.labelled if self.labelled is not None else torch.ones_like(self.y, dtype=torch.bool)
+            self.labelled_idx = mask.nonzero().squeeze(1)
 
     def __len__(self) -> int:
         n = self.x.shape[0]
@@ -124,21 +139,33 @@ class Batches:
         parts = [rank_part(size, *(self.shard or (0, 1))) for size in self._sizes()]
         return [(part.stop - part.start, size) for part, size in zip(parts, self._sizes())]
 
+    def _take(self, idx: torch.Tensor) -> Batch:
+        """This rank's part of the global minibatch of images ``idx``, with its noise drawn for the
+        whole of it [len(idx), *shape] (from the checkpointed generator, so the draw is
+        reproducible), of which this rank keeps its part."""
+        part = self._part(len(idx))
+        rows = idx[part]
+        xb = self.x[rows]
+        if self.dynamic:
+            u = torch.rand((len(idx), *xb.shape[1:]), generator=self.generator)[part].to(xb.device)
+            xb = (u < xb).to(xb.dtype)
+        elif self.dequantize:
+            u = torch.rand((len(idx), *xb.shape[1:]), generator=self.generator)[part].to(xb.device)
+            xb = (xb + u) / self.levels
+        return Batch(xb, self.y[rows] if self.y is not None else None,
+                     self.labelled[rows] if self.labelled is not None else None)
+
+    def _labelled_part(self, size: int) -> Batch:
+        """A global minibatch of ``size`` labelled images, drawn afresh (this rank's part)."""
+        n_l = len(self.labelled_idx)
+        pick = torch.randperm(n_l, generator=self.generator)[:size].to(self.labelled_idx.device)
+        return self._take(self.labelled_idx[pick])
+
     def __iter__(self) -> Iterator[Batch]:
         n = self.x.shape[0]
         perm = torch.randperm(n, generator=self.generator).to(self.x.device)
         for i in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = perm[i:i + self.batch_size]
-            part = self._part(len(idx))
-            xb = self.x[idx[part]]
-            # noise for the whole global minibatch [len(idx), *shape], of which this rank keeps its part
-            if self.dynamic:
-                # uniform noise from the checkpointed generator, so the draw is reproducible
-                u = torch.rand((len(idx), *xb.shape[1:]), generator=self.generator)[part].to(xb.device)
-                xb = (u < xb).to(xb.dtype)
-            elif self.dequantize:
-                u = torch.rand((len(idx), *xb.shape[1:]), generator=self.generator)[part].to(xb.device)
-                xb = (xb + u) / self.levels
-            rows = idx[part]
-            yield Batch(xb, self.y[rows] if self.y is not None else None,
-                        self.labelled[rows] if self.labelled is not None else None)
+            b = self._take(perm[i:i + self.batch_size])
+            if self.labelled_idx is not None:
+                b = dataclasses.replace(b, labelled_part=self._labelled_part(min(self.batch_size, n - i)))
+            yield b

@@ -95,8 +95,9 @@ class AE(Model):
         loss, metrics = info.compile(self.objective)(x)
         yield Update("model", loss, metrics)
 
-    def validation(self, x: torch.Tensor) -> torch.Tensor:
+    def validation(self, batch: Batch) -> torch.Tensor:
         """The reconstruction loss of clean x, per example (lower is better)."""
+        x = batch.x
         return reconstruction_error(self(x).recon, x, self.cfg.loss)
 
     # ---- what evaluation and the pictures ask for --------------------------------------------

@@ -18,6 +18,7 @@ from typing import Callable, ClassVar, Iterator, Protocol
 import torch
 from torch import nn
 
+from ..data.batch import Batch
 from ..errors import VaelabError
 
 # what a model can be asked for (:attr:`Model.capabilities`)
@@ -75,6 +76,7 @@ class StepInfo:
     # under torchrun: (images of this rank's part, images of the global minibatch), which the
     # update path weights this rank's gradients by; None in one process
     shard: tuple[int, int] | None = None
+    labels: int | None = None  # training images whose labels the run may use (--labels N); None: all
 
 
 @dataclass
@@ -98,6 +100,12 @@ class Model(nn.Module):
     presets: ClassVar[dict[str, dict]] = {}          # --preset NAME: settings of a published net
     latent: ClassVar[str] = VECTOR                   # VECTOR or GRID: what a fitted sampler models
     default_sampler: ClassVar[str] = "prior"         # what `vaelab sample` and `eval` draw from (--sampler)
+    # a model that reads the labels: the data must have classes, and its config's ``num_classes``
+    # is taken from the data as its ``shape`` is
+    needs_labels: ClassVar[bool] = False
+    # a model that learns from a few labels (M2): each minibatch carries a minibatch of labelled
+    # images beside it (Batch.labelled_part); one that does not may not hide labels (--labels N)
+    labelled_part: ClassVar[bool] = False
 
     size_fields: ClassVar[tuple[str, ...]] = ()     # config fields besides the nets' widths that size it
 
@@ -180,12 +188,14 @@ class Model(nn.Module):
         belong to the thread, so a yield inside one would carry it into the update."""
         raise NotImplementedError
 
-    def validation(self, x: torch.Tensor) -> torch.Tensor:
-        """:attr:`val_name` per held-out example, [B] (called under no_grad, in eval mode)."""
+    def validation(self, batch: Batch) -> torch.Tensor:
+        """:attr:`val_name` per held-out example, [B] (called under no_grad, in eval mode), of
+        the images ``batch.x`` and, where the data has them, their labels ``batch.y`` (all shown)."""
         raise NotImplementedError
 
-    def metrics(self, x: torch.Tensor) -> dict:
-        """Extra evaluation numbers of this model on a split."""
+    def metrics(self, batch: Batch) -> dict:
+        """Extra evaluation numbers of this model on a split (``batch``: all of its images, and
+        their labels where the data has them)."""
         return {}
 
     def pictures(self, x: torch.Tensor, run_dir: Path) -> list:

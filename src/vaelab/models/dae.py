@@ -15,6 +15,7 @@ import torch
 
 from ..config import opt
 from ..corruption import corrupt, parse_corruption
+from ..data.batch import Batch
 from ..images import Figure, save_grid
 from ..registry import register
 from ..rundir import PNG
@@ -53,9 +54,10 @@ class DAE(AE):
             xc = self.corrupted(x)
         return xc, self.reconstruct(xc)
 
-    def metrics(self, x: torch.Tensor) -> dict:
+    def metrics(self, batch: Batch) -> dict:
         """Mean PSNR (dB) of the corrupted inputs and of their denoised reconstructions against
         the clean images, and the gain."""
+        x = batch.x
         xc, den = self._denoise(x)
         corrupted = psnr(xc.clamp(0, 1), x).mean().item()
         denoised = psnr(den, x).mean().item()

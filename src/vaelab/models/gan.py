@@ -250,9 +250,10 @@ class GAN(Model):
         g_loss = info.compile(self.g_objective)(len(batches[-1]))
         yield Update("g", g_loss, {"g_loss": g_loss})
 
-    def validation(self, x: torch.Tensor) -> torch.Tensor:
+    def validation(self, batch: Batch) -> torch.Tensor:
         """D(x) per held-out image: next to the training D(x), it shows a discriminator that
         memorises its training data."""
+        x = batch.x
         return torch.sigmoid(self.discriminate(x))
 
     # ---- what evaluation and the pictures ask for --------------------------------------------

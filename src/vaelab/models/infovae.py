@@ -84,7 +84,8 @@ class InfoVAE(LatentGaussianModel):
         loss, metrics = info.compile(self.objective)(x)
         yield Update("model", loss, metrics)
 
-    def validation(self, x: torch.Tensor) -> torch.Tensor:
+    def validation(self, batch: Batch) -> torch.Tensor:
         """-log p(x|z) + (1 - alpha) KL per example, one z: the loss less its MMD term."""
+        x = batch.x
         t = elbo(self(x), x)
         return self.cfg.kl_weight * t.kl - t.log_px

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.batch import Batch
 from ..config import opt
 from ..errors import VaelabError
 from ..images import Figure, save_figure
@@ -63,9 +64,10 @@ class SparseAE(AE):
     def _all_codes(self, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
         return torch.cat([self.codes(x[i:i + batch]) for i in range(0, len(x), batch)])
 
-    def metrics(self, x: torch.Tensor) -> dict:
+    def metrics(self, batch: Batch) -> dict:
         """The fraction of code values with |z_i| < 1e-2, the mean |z_i|, and the mean
         activation of each unit averaged over units."""
+        x = batch.x
         z = self._all_codes(x)
         return {"near_zero_fraction": (z.abs() < NEAR_ZERO).float().mean().item(),
                 "mean_abs_code": z.abs().mean().item(), "mean_activation": z.mean().item()}

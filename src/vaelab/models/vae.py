@@ -233,8 +233,9 @@ class LatentGaussianModel(Model):
         ``q`` (a fresh one when not given)."""
         return q.kl_to_standard_normal()
 
-    def validation(self, x: torch.Tensor) -> torch.Tensor:
+    def validation(self, batch: Batch) -> torch.Tensor:
         """The ELBO per example (one z): the quantity the best checkpoint ranks."""
+        x = batch.x
         return self.elbo_terms(x).elbo
 
     def elbo_terms(self, x: torch.Tensor):

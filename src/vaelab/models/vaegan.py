@@ -155,7 +155,8 @@ class VAEGAN(LatentGaussianModel):
             loss, metrics = info.compile(objective)(x)
             yield Update(name, loss, metrics)
 
-    def validation(self, x: torch.Tensor) -> torch.Tensor:
+    def validation(self, batch: Batch) -> torch.Tensor:
         """KL + L_llike per held-out example (the encoder's loss), [B]."""
+        x = batch.x
         kl, llike = self.encoder_terms(x)
         return kl + llike

@@ -200,14 +200,16 @@ class VQVAE(Model):
         count = (self.ema_count + LAPLACE_EPS) / (total + k * LAPLACE_EPS) * total
         self.codebook.copy_(self.ema_sum / count[:, None])
 
-    def validation(self, x: torch.Tensor) -> torch.Tensor:
+    def validation(self, batch: Batch) -> torch.Tensor:
         """The reconstruction loss per example (lower is better)."""
+        x = batch.x
         return reconstruction_error(self(x).recon, x, self.cfg.recon_loss)
 
     @torch.no_grad()
-    def metrics(self, x: torch.Tensor) -> dict:
+    def metrics(self, batch: Batch) -> dict:
         """How much of the codebook the split uses: the entries used, and the perplexity
         exp(H(p)) of their frequencies p (K when all are used equally)."""
+        x = batch.x
         c = torch.cat([self.code_grid(x[i:i + 1000]).flatten() for i in range(0, len(x), 1000)])
         p = torch.bincount(c, minlength=self.num_codes).double() / len(c)
         entropy = -(p[p > 0] * p[p > 0].log()).sum()

@@ -25,7 +25,7 @@ from ..io import (all_or_nothing, lock_run, remove_temporaries, run_subfolder, s
                   write_json)
 from ..version import __version__
 from ..config import TrainConfig
-from ..data import DataSpec, run_dataset
+from ..data import Batch, DataSpec, run_dataset
 from ..data.labels import balanced_subset
 from ..data.transforms import Batches, dequantize_fixed, eval_inputs
 from ..errors import VaelabError
@@ -176,21 +176,23 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _validation_scores(measured, x: torch.Tensor) -> torch.Tensor:
-    """``measured.validation`` of each image of ``x``, [len(x)], in chunks of 1000."""
+def _validation_scores(measured, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``measured.validation`` of each image of ``x`` (labels ``y``, or None), [len(x)], in
+    chunks of 1000."""
     with torch.no_grad():
-        return torch.cat([measured.validation(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+        return torch.cat([measured.validation(Batch(x[i:i + 1000], None if y is None else y[i:i + 1000]))
+                          for i in range(0, len(x), 1000)])
 
 
 def _sum_over_ranks(sums: dict[str, torch.Tensor], seconds: float, measured, x_val: torch.Tensor,
-                    n_val: int) -> tuple[dict[str, torch.Tensor], float, float | None]:
+                    y_val: torch.Tensor | None, n_val: int) -> tuple[dict[str, torch.Tensor], float, float | None]:
     """Under torchrun: the epoch's training sums (each step's metrics weighted by this rank's
     share of its minibatch), this rank's seconds and its part of the validation set's scores,
     summed over the ranks in one collective, in float64. Returns the sums, the ranks' mean
     seconds (one figure on every rank: a time budget and the schedule read it) and the mean
     validation score over all ``n_val`` images (None without a validation set)."""
     dev = next(iter(sums.values())).device
-    scores = _validation_scores(measured, x_val) if len(x_val) else torch.zeros(0, device=dev)
+    scores = _validation_scores(measured, x_val, y_val) if len(x_val) else torch.zeros(0, device=dev)
     keys = sorted(sums)
     packed = torch.stack([sums[k].double() for k in keys] +
                          [torch.tensor(seconds, dtype=torch.float64, device=dev), scores.double().sum().to(dev)])
@@ -227,8 +229,8 @@ def _restore_rng(rng: dict[str, torch.Tensor], device: torch.device, seed: int, 
 
 
 def settle_for_data(cfg, spec: DataSpec):
-    """The model config ``cfg`` fitted to data of ``spec``: its image shape and pixel levels
-    taken from the data, and the settings left to it (``auto``) chosen. Returns the config and
+    """The model config ``cfg`` fitted to data of ``spec``: its image shape, pixel levels and
+    number of classes (where it has such fields) taken from the data, and the settings left to it (``auto``) chosen. Returns the config and
     one line saying what was chosen and why (None: nothing was left to choose).
 
     A config that decides for itself (``settled()``: a model with a likelihood, which picks it
@@ -236,7 +238,7 @@ def settle_for_data(cfg, spec: DataSpec):
     (:attr:`~vaelab.data.DataSpec.colour`), whose levels binarizing would throw away, and dynamic
     for the rest, the lecture's default."""
     names = {f.name for f in dataclasses.fields(cfg)}
-    from_data = {"shape": tuple(spec.shape), "levels": spec.levels}
+    from_data = {"shape": tuple(spec.shape), "levels": spec.levels, "num_classes": spec.num_classes}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in from_data.items() if k in names})
     if hasattr(cfg, "settled"):
         return cfg.settled()
@@ -321,6 +323,12 @@ def _fitted_to_data(run: RunConfig, resume, found_at, device: torch.device):
             raise VaelabError(f"--batch-size {t.batch_size} is larger than the training set "
                               f"({len(ds.train)} images).")
         model_cls.check_batch(t.batch_size, dist.world_size())  # each rank's part of it
+        if model_cls.needs_labels and ds.spec.num_classes < 2:
+            raise VaelabError(f"--model {t.model} learns from class labels, and {d.data} has none: give it "
+                              "labelled data (a dataset with classes, or a folder of class sub-folders).")
+        if model_cls.needs_labels and not model_cls.labelled_part and t.labels is not None:
+            raise VaelabError(f"--labels {t.labels}: --model {t.model} learns from labelled images only, so it "
+                              "needs every label; a model that learns from a few (m2) takes --labels.")
         check_model_size(t.model, model_cfg, batch_size=-(-t.batch_size // dist.world_size()))  # a rank's part
     dist.together(check_data)
     return ds, dataclasses.replace(run, model=model_cfg), chosen
@@ -369,11 +377,15 @@ class _Loop:
         self.batches = Batches(ds.train.x, ds.spec.levels, binarize, t.batch_size, self.gen, device, dequantize=deq,
                                drop_last=model_cls.drop_last,
                                shard=(dist.rank(), dist.world_size()) if dist.active() else None,
-                               y=ds.train.y if ds.spec.num_classes >= 2 else None, labelled=labelled_mask(t, ds))
+                               y=ds.train.y if ds.spec.num_classes >= 2 else None, labelled=labelled_mask(t, ds),
+                               with_labelled=model_cls.labelled_part)
         self.shares = self.batches.shares()  # (this rank's images, the global minibatch's) of each minibatch
         x_val = eval_inputs(ds.val.x, ds.spec.levels, binarize).to(device)
         self.x_val = dequantize_fixed(x_val, ds.spec.levels) if deq else x_val
         self.x_val_part = self.x_val[dist.shard(len(self.x_val))]  # what this rank scores of it
+        # the validation images' labels, all shown (a model that ignores them reads batch.x)
+        self.y_val = ds.val.y.to(device) if ds.spec.num_classes >= 2 else None
+        self.y_val_part = None if self.y_val is None else self.y_val[dist.shard(len(self.x_val))]
         self.per_step = per_step = model.batches_per_step
         if len(self.batches) < per_step:
             raise dist.alike(VaelabError(f"--model {t.model} takes {per_step} minibatches a step, but the training "
@@ -465,7 +477,8 @@ class _Loop:
         for i, xb in enumerate(bar):
             # a step of several minibatches (a GAN's k) takes its last one's share: all whole (drop_last)
             share = self.shares[(i + 1) * per_step - 1] if dist.active() else None
-            info = StepInfo(epoch, self.step, n_steps, len(self.ds.train), self.fast.compiled, share)
+            info = StepInfo(epoch, self.step, n_steps, len(self.ds.train), self.fast.compiled, share,
+                             self.t.labels)
             m = take_step(model, self.optimizers, xb, info, self.fast)
             self.step += 1
             dropped = m.pop("skipped").bool()
@@ -494,9 +507,10 @@ class _Loop:
         self.model.eval()
         val = None
         if dist.active():
-            sums, seconds, val = _sum_over_ranks(sums, seconds, measured, self.x_val_part, len(self.x_val))
+            sums, seconds, val = _sum_over_ranks(sums, seconds, measured, self.x_val_part, self.y_val_part,
+                                                 len(self.x_val))
         elif len(self.x_val):
-            val = _validation_scores(measured, self.x_val).mean().item()
+            val = _validation_scores(measured, self.x_val, self.y_val).mean().item()
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3), "skipped_steps": n_skipped,
                "train_loss": (sums["loss"] / taken).item() if taken else float("nan")}
         rec.update({f"train_{k}": (v / taken).item() for k, v in sums.items() if k != "loss"})

@@ -14,6 +14,8 @@ drops the same updates.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 from dataclasses import dataclass, field
 
@@ -63,7 +65,9 @@ class FastPaths:
             return [self.inputs(b) for b in batch]
         batch = as_batch(batch)
         if self.channels_last and batch.x.dim() == 4:
-            return batch.with_x(batch.x.contiguous(memory_format=torch.channels_last))
+            part = batch.labelled_part
+            batch = dataclasses.replace(batch, x=batch.x.contiguous(memory_format=torch.channels_last),
+                                        labelled_part=None if part is None else self.inputs(part))
         return batch
 
 

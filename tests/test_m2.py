@@ -1,0 +1,174 @@
+"""The semi-supervised VAE (M2): its NLL against an exact value, its bounds against independent
+computations, its step's weighting, and training with a few labels through the CLI's path."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vaelab
+from vaelab.data import Batch
+from vaelab.errors import VaelabError
+from vaelab.evaluation.likelihood import evaluate_likelihood, log_likelihood_is
+from vaelab.losses import class_summed_bound
+from vaelab.models.base import StepInfo
+from vaelab.models.m2 import M2, M2Config
+from vaelab.training.trainer import train as train_loop
+
+GRID = torch.linspace(-12, 12, 24001, dtype=torch.float64)  # z, step 1e-3
+
+
+def _tiny(classes=3, **kw) -> M2:
+    torch.manual_seed(0)
+    cfg = M2Config(shape=(1, 2, 2), hidden=(8,), latent_dim=1, num_classes=classes, likelihood="bernoulli", **kw)
+    return M2(cfg).double().eval()
+
+
+def _binary(n=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 2, 2, generator=g, dtype=torch.float64) < 0.5).double()
+
+
+@torch.no_grad()
+def exact_log_px(model: M2, x: torch.Tensor) -> torch.Tensor:
+    """log sum_y p(y) integral p(x|y,z) N(z) dz, the integral on a fine grid over the 1-D z: [B]."""
+    dz = (GRID[1] - GRID[0]).item()
+    log_pz = -0.5 * (GRID ** 2 + math.log(2 * math.pi))  # [G]
+    per_class = []
+    for c in range(model.num_classes):
+        y = F.one_hot(torch.full((len(GRID),), c), model.num_classes).double()
+        log_pxz = model.decode_y(GRID[:, None], y)  # batch [G]
+        lp = log_pxz.log_prob(x[:, None])  # [B, G]
+        per_class.append(torch.logsumexp(lp + log_pz, 1) + math.log(dz))
+    return torch.logsumexp(torch.stack(per_class, 1), 1) - math.log(model.num_classes)
+
+
+def test_is_nll_with_y_summed_out_matches_the_exact_likelihood():
+    model = _tiny()
+    x = _binary()
+    exact = exact_log_px(model, x)
+    torch.manual_seed(2)
+    estimate, mean_log_w = log_likelihood_is(model, x, 20000)
+    assert torch.allclose(estimate, exact, atol=0.02), (estimate, exact)
+    assert (mean_log_w <= exact + 1e-9).all()  # the mean log-weight is a lower bound
+    # the whole evaluation path (blocks, seeds) gives the same figure
+    res = evaluate_likelihood(model, x, 20000, compile=False, precision="fp32")
+    assert abs(res["nll"] - (-exact.mean().item())) < 0.02
+
+
+def test_unlabelled_bound_is_below_log_px_and_its_kl_part_matches_a_loop():
+    model = _tiny()
+    x = _binary(4)
+    exact = exact_log_px(model, x)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        draws = torch.stack([model.unlabelled_bound(x) for _ in range(4000)])  # [S, B]
+    mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
+    assert (mean < exact + 5 * se).all()  # U(x) <= log p(x), within the Monte Carlo error
+    # the KL part of U(x), sum_y q(y|x) [KL(q(z|x,y) || p(z)) + log q(y|x) - log p(y)], against a loop
+    with torch.no_grad():
+        q = model.encode(x)
+        qy = model.class_logits(x).softmax(-1)
+        kl_loop = sum(qy[:, c] * (q.kl_to_standard_normal()[:, c] + torch.log(qy[:, c] * model.num_classes))
+                      for c in range(model.num_classes))
+        assert torch.allclose(model.kl(x, q), kl_loop)
+
+
+@torch.no_grad()
+def test_every_class_elbo_matches_the_labelled_elbo_of_each_class():
+    # column c of every_class_elbo is L(x, c): the same mean over many draws as labelled_elbo(x, c)
+    model = _tiny()
+    x = _binary(1).repeat(3000, 1, 1, 1)
+    torch.manual_seed(4)
+    every = model.every_class_elbo(x)  # [S, C]
+    for c in range(model.num_classes):
+        one = model.labelled_elbo(x, torch.full((len(x),), c))
+        se = math.hypot(every[:, c].std(), one.std()) / math.sqrt(len(x))
+        assert abs(every[:, c].mean() - one.mean()) < 5 * se
+    # and the model's U(x) is the class-summed bound of those columns (same draws: same seed)
+    torch.manual_seed(5)
+    u = model.unlabelled_bound(x[:5])
+    torch.manual_seed(5)
+    assert torch.allclose(u, class_summed_bound(model.class_logits(x[:5]), model.every_class_elbo(x[:5])))
+
+
+def test_the_step_weights_the_terms_as_the_authors_code_does():
+    model = _tiny(alpha=0.1).float()
+    model.train()
+    x, y = _binary(4).float(), torch.tensor([0, 1, 2, 0])
+    info = StepInfo(0, 0, 10, dataset_size=1000, labels=10)
+    torch.manual_seed(6)
+    update = next(model.step(Batch(x, labelled_part=Batch(x, y)), info))
+    torch.manual_seed(6)
+    u = model.unlabelled_bound(x).mean()
+    l_y = model.labelled_elbo(x, y).mean()
+    ce = F.cross_entropy(model.class_logits(x), y)
+    n_tot = 1010
+    want = -(1000 / n_tot) * u - (10 / n_tot) * l_y + 0.1 * ce
+    assert torch.allclose(update.loss, want)
+    assert torch.allclose(update.metrics["class_loss"], ce)
+
+
+def test_a_batch_without_a_labelled_part_is_refused():
+    model = _tiny().float().train()
+    with pytest.raises(VaelabError, match="labelled part"):
+        next(model.step(Batch(_binary(2).float()), StepInfo(0, 0, 1, 2)))
+
+
+def _run(tmp_path, name="run", **over):
+    kw = {**dict(model="m2", data="digits", hidden=(32,), latent_dim=4, batch_size=64, epochs=2, nll_samples=0,
+                 progress=False, device="cpu", report=False, labels=50), **over}
+    return train_loop(vaelab.make_config(**kw, out=str(tmp_path / name)), log=lambda m: None)
+
+
+def test_labelled_parts_hold_only_the_runs_labels_and_resume_is_exact(tmp_path, monkeypatch):
+    seen = []
+    real = M2.step
+
+    def spy(self, batch, info):
+        seen.append((batch.labelled_part.y.clone(), len(batch.labelled_part), len(batch), info.labels))
+        yield from real(self, batch, info)
+    monkeypatch.setattr(M2, "step", spy)
+    full = _run(tmp_path, "full", epochs=2)
+    # as many as the minibatch, or all 50 where it is larger
+    assert seen and all((y >= 0).all() and n_l == min(n, 50) and labels == 50 for y, n_l, n, labels in seen)
+    assert all(len(set(y.tolist())) > 1 for y, *_ in seen)  # drawn across the classes
+    monkeypatch.setattr(M2, "step", real)
+    half = _run(tmp_path, "half", epochs=1)
+    train_loop(vaelab.make_config(model="m2", data="digits", hidden=(32,), latent_dim=4, batch_size=64, epochs=2,
+                                  nll_samples=0, progress=False, device="cpu", report=False, labels=50),
+               resume=half, log=lambda m: None)
+    from safetensors.torch import load_file
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(half / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_reports_the_classifiers_accuracy_and_probe_reads_the_codes(tmp_path):
+    run = _run(tmp_path, epochs=1)
+    res = vaelab.evaluate(run, k=2, sample_metrics=False)
+    model = vaelab.load(run, device="cpu")
+    x, y = vaelab.api.split_inputs(run, "test")
+    want = (model.predict(x) == y).double().mean().item()
+    assert res["accuracy"] == pytest.approx(want) and res["error"] == pytest.approx(1 - want)
+    assert res["nll"] > 0
+    from vaelab.evaluation.probe import linear_probe
+    probe = linear_probe(run, 50, model=model)
+    assert probe["latent_dim"] == 4 + 10 and 0 <= probe["accuracy"] <= 1
+
+
+def test_m2_needs_labelled_data(tmp_path):
+    import numpy as np
+    path = tmp_path / "nolabels.npy"
+    np.save(path, (np.random.default_rng(0).random((40, 8, 8)) * 255).astype(np.uint8))
+    with pytest.raises(VaelabError, match="learns from class labels"):
+        train_loop(vaelab.make_config(model="m2", data="array", data_path=str(path), hidden=(8,), latent_dim=2,
+                                      batch_size=8, epochs=1, nll_samples=0, progress=False, report=False,
+                                      out=str(tmp_path / "r")), log=lambda m: None)
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_metrics_json_of_m2_logs_its_terms(tmp_path):
+    run = _run(tmp_path, epochs=1)
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["val_name"] == "bound" and {"train_bound", "train_labelled_elbo", "train_class_loss"} <= set(rec)
