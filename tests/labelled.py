@@ -24,3 +24,11 @@ def as_validation(model, x):
     """``x`` as ``model.validation`` takes it: a Batch, with labels for a model that reads them."""
     b = fed(model, x)
     return b if isinstance(b, Batch) else Batch(b)
+
+
+def given(model, x) -> dict:
+    """What a conditional model's ``log_weights`` and ``encode`` take beside x (``y``: labels
+    0, 1, 2, ... in turn); nothing for any other."""
+    if not getattr(model, "conditional", False):
+        return {}
+    return {"y": torch.arange(len(x)) % model.cfg.num_classes}

@@ -13,7 +13,7 @@ from vaelab.models.base import ENCODE, LIKELIHOOD, SAMPLE, StepInfo
 from vaelab.training.trainer import train as train_loop
 from vaelab.training.update import FastPaths, take_step
 
-from labelled import as_validation, fed
+from labelled import as_validation, fed, given
 
 NAMES = sorted(MODELS)
 
@@ -100,4 +100,4 @@ def test_declared_capabilities_are_there(name):
         assert model.sample(3).shape == (3, 1, 8, 8)
         assert model.decode_mean(model.prior(3)).shape == (3, 1, 8, 8)
     if model.can(LIKELIHOOD):
-        assert model.log_weights(x, 4).shape == (4, len(x))
+        assert model.log_weights(x, 4, **given(model, x)).shape == (4, len(x))

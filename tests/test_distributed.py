@@ -41,6 +41,9 @@ VAE = ["train", "--model", "vae", "--nll-samples", "0", *BASE]
 # digits trains on 1317 images: at --batch-size 94 an epoch ends with a minibatch of 1 (rank 1's part
 # is empty), at 100 with one of 17 (9 and 8 images)
 AE = ["train", "--model", "ae", "--arch", "linear", "--epochs", "2", *BASE]
+# the semi-supervised VAE on 50 of the labels: each minibatch carries a labelled one, sharded alike
+M2 = ["train", "--model", "m2", "--hidden", "32", "--latent-dim", "4", "--labels", "50", "--nll-samples", "0",
+      "--batch-size", "128", *BASE]
 # every registered model, tiny, one epoch (the VQ-VAE also with its EMA codebook): its name and settings
 EVERY = [(name, {**tiny(name, epochs=1), "batch_size": 128}) for name in sorted(MODELS)] + [
     ("vqvae-ema", {**tiny("vqvae", epochs=1, codebook_ema=True), "batch_size": 128})]
@@ -68,7 +71,7 @@ def _one(out: Path, epochs: int = 1, seed: int = 0, **kw) -> Path:
 
 
 # the exit codes of the launch's commands but its last, the run that dies
-FINISHED = [0, 0, 0, 0, 0, 0, 0, 0, 2, 2] + [0] * len(EVERY)
+FINISHED = [0, 0, 0, 0, 0, 0, 0, 0, 2, 2] + [0] * 4 + [0] * len(EVERY)
 
 
 class Launch(NamedTuple):
@@ -120,6 +123,10 @@ def runs(tmp_path_factory):
         ["train", "--model", "gan", "--k", "2", "--hidden", "64,64", "--epochs", "2", *BASE, "--out", str(d / "gan")],
         [*AE, "--batch-size", "1", "--out", str(d / "refused")],
         [*AE, "--out", str(d / "ae100")],  # holds a run: only rank 0 can tell (it locks and checks)
+        [*M2, "--epochs", "2", "--out", str(d / "m2-2")],
+        [*M2, "--epochs", "1", "--out", str(d / "m2-1")],
+        ["train", "--resume", str(d / "m2-1"), "--epochs", "2"],
+        ["eval", str(d / "m2-2"), "--nll-samples", "3", "--no-sample-metrics", "-o", str(d / "m2-eval.json")],
         *(["train", "--config", str(d / f"every-{name}.json"), "--threads", "1", "--out", str(d / f"every-{name}")]
           for name, _ in EVERY),
         # last: rank 1 dies at its step 3 (DDP_CLI_EXIT), which ends the launch (the timeout: the group's)
@@ -282,8 +289,8 @@ def test_every_rank_holds_the_same_model(runs):
     d = runs.dir
     agree = [json.loads((d / f"agree-{r}.json").read_text()) for r in range(2)]
     # the epochs each command trains: ae94, ae100, vae2, vae1 and its resume, vae1-copy, one-1's resume, the
-    # GAN, the two refused, every model
-    epochs = [2, 2, 2, 1, 1, 1, 1, 2, 0, 0] + [1] * len(EVERY)
+    # GAN, the two refused, m2-2, m2-1 and its resume, its eval, every model
+    epochs = [2, 2, 2, 1, 1, 1, 1, 2, 0, 0, 2, 1, 1, 0] + [1] * len(EVERY)
     assert agree[0] == agree[1] == [[i, True] for i, n in enumerate(epochs) for _ in range(n)]
 
 
@@ -320,6 +327,16 @@ def test_resume_under_ddp_is_exact(runs):
     assert sorted(rng) == ["rng.data", "rng.torch", "rng.torch.rank1"]
 
 
+def test_m2_with_a_few_labels_resumes_exactly_evaluates_and_samples_by_class_under_ddp(runs):
+    d = runs.dir
+    assert _max_diff(_weights(d / "m2-2"), _weights(d / "m2-1")) == 0
+    res = json.loads((d / "m2-eval.json").read_text())
+    one = vaelab.evaluate(d / "m2-2", k=3, sample_metrics=False, save=False)  # one process: the same figures
+    assert res["accuracy"] == one["accuracy"] and res["nll"] == one["nll"]
+    # the run's pictures drew a row of each class (rank 0), the conditional VAE's too
+    assert (d / "m2-2" / "samples-by-class.png").exists() and (d / "every-cvae" / "samples-by-class.png").exists()
+
+
 def test_ddp_checkpoint_loads_and_resumes_in_one_process(runs, tmp_path):
     d = runs.dir
     run = shutil.copytree(d / "vae1-copy", tmp_path / "vae1")
@@ -347,8 +364,8 @@ def test_only_rank_0_writes_and_logs(runs):
     assert runs.codes[1] == runs.codes[0][:len(FINISHED)] == FINISHED, out
     starts = lambda word: sum(line.startswith(word) for line in out.splitlines())  # noqa: E731
     # the dying run says it trains, too
-    assert starts("training ") == 6 + len(EVERY) + 1 and starts("resuming ") == 2
-    assert starts("run written to ") == 8 + len(EVERY)
+    assert starts("training ") == 8 + len(EVERY) + 1 and starts("resuming ") == 3
+    assert starts("run written to ") == 11 + len(EVERY)
     assert out.count("error: --batch-size 1 is the global minibatch, split across the 2 ranks") == 1
     assert out.count(f"error: --out {d / 'ae100'} already holds a run") == 1
     for run in ("gan", "vae2"):

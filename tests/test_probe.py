@@ -101,9 +101,9 @@ def test_balanced_subset_names_the_class_that_is_short():
 def test_probe_with_all_labels_is_well_above_chance(runs, name):
     res = linear_probe(runs[name], None)
     assert json.loads(json.dumps(res)) == res
-    width = vaelab.load(runs[name], device="cpu").code_dim  # 8, or a VQ-VAE's 8 x its grid's cells
+    width = vaelab.load(runs[name], device="cpu").code_dim  # 8, a VQ-VAE's 8 x its grid's cells, M2's 8 + 10
     assert res["task"] == "probe" and res["model"] == name and res["latent_dim"] == width
-    assert width == 8 or name == "vqvae"
+    assert width == {"vqvae": width, "m2": 8 + 10}.get(name, 8)
     assert res["labels"] == N_TRAIN and res["n_test"] == N_TEST
     # Measured on these 2-epoch runs: 0.47 (VAE) and 0.52 (AE); chance is 0.1.
     assert 0.3 < res["accuracy"] <= 1

@@ -103,7 +103,7 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
         if deq:
             x, offset = dequantize_fixed(x, levels), x[0].numel() * math.log(levels)
         res.update(evaluate_likelihood(model, x, k, discrete=model.discrete(levels), progress=progress, offset=offset,
-                                       compile=compile, precision=precision, seed=seed, log=log))
+                                       compile=compile, precision=precision, seed=seed, log=log, y=y))
     else:
         res["n"] = len(x)
     if scores_samples:

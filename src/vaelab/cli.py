@@ -238,16 +238,51 @@ def cmd_sample(a) -> int:
     from .models import get_model
     from .samplers import resolve_sampler, sampler_for
     _threads(a)
-    _at_least("-n", a.n, 1)
+    by_class = a.class_ is not None or a.per_class
+    n = a.n if a.n is not None else 10 if a.per_class else 64
+    _at_least("-n", n, 1)
     _at_least("--nrow", a.nrow, 0)
     run, spec = read_run(a.run_dir)
-    sampler = resolve_sampler(a.sampler, get_model(run.train.model), a.run_dir)
-    out = _out_path(a, "samples", sampler.slug, a.checkpoint, f"n{a.n}", f"seed{a.seed}")
-    check_grid(f"-n {a.n}" + (f" with --nrow {a.nrow}" if a.nrow else ""), a.n, spec.shape[1:], a.nrow or None)
+    model_cls = get_model(run.train.model)
+    if by_class:
+        return _sample_by_class(a, run, spec, model_cls, n)
+    sampler = resolve_sampler(a.sampler, model_cls, a.run_dir)
+    out = _out_path(a, "samples", sampler.slug, a.checkpoint, f"n{n}", f"seed{a.seed}")
+    check_grid(f"-n {n}" + (f" with --nrow {a.nrow}" if a.nrow else ""), n, spec.shape[1:], a.nrow or None)
     model = api.load(a.run_dir, a.checkpoint, a.device)
     drawer = sampler_for(a.run_dir, model, sampler, a.checkpoint, a.data_dir, _say)  # the model itself for prior
     torch.manual_seed(a.seed)
-    return _wrote(save_grid(drawer.sample(a.n).cpu(), out, nrow=a.nrow or None))
+    return _wrote(save_grid(drawer.sample(n).cpu(), out, nrow=a.nrow or None))
+
+
+def _sample_by_class(a, run, spec, model_cls, n: int) -> int:
+    """``sample --class C`` (n samples of class C) or ``--per-class`` (a row of n for each
+    class), drawn from p(z) with y chosen: a model of labels (cvae, m2) only."""
+    import torch
+    from . import api
+    from .images import check_grid, save_grid
+    if a.class_ is not None and a.per_class:
+        raise VaelabError("--class and --per-class are two ways to choose the classes: give one.")
+    what = f"--class {a.class_}" if a.class_ is not None else "--per-class"
+    if not hasattr(model_cls, "sample_class"):
+        raise VaelabError(f"{what} needs a model that samples a chosen class (cvae, m2); {a.run_dir} is a "
+                          f"{run.train.model}.")
+    if a.sampler not in (None, "prior"):
+        raise VaelabError(f"{what} draws from the model's prior with the class chosen; --sampler {a.sampler} "
+                          "does not apply.")
+    classes = spec.num_classes
+    if a.class_ is not None and not 0 <= a.class_ < classes:
+        raise VaelabError(f"--class must be one of the run's classes, 0 to {classes - 1}, got {a.class_}.")
+    if a.per_class:
+        ys, nrow, rows = torch.arange(classes).repeat_interleave(n), n, [f"class {c}" for c in range(classes)]
+        out = _out_path(a, "samples", "per-class", a.checkpoint, f"n{n}", f"seed{a.seed}")
+    else:
+        ys, nrow, rows = torch.full((n,), a.class_), a.nrow or None, None
+        out = _out_path(a, "samples", f"class{a.class_}", a.checkpoint, f"n{n}", f"seed{a.seed}")
+    check_grid(f"{what} with -n {n}", len(ys), spec.shape[1:], nrow)
+    model = api.load(a.run_dir, a.checkpoint, a.device)
+    torch.manual_seed(a.seed)
+    return _wrote(save_grid(model.sample_class(ys).cpu(), out, nrow=nrow, row_labels=rows))
 
 
 def cmd_reconstruct(a) -> int:
@@ -465,8 +500,12 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP),
                "--dist-timeout": as_train("dist_timeout", float), "-o": OUT_JSON})
     run_cmd("sample", "a grid of samples", cmd_sample,
-            **{"-n": dict(type=int, default=64, help="samples in the grid"), "-o": OUT_PNG,
+            **{"-n": dict(type=int, default=None, help="samples in the grid (default 64); with --per-class, "
+                                                        "samples of each class (default 10)"), "-o": OUT_PNG,
                "--nrow": dict(type=int, default=0, help="images a row (default: a square grid)"),
+               "--class": dict(type=int, default=None, dest="class_", metavar="C",
+                               help="draw every sample of class C (a model of labels: cvae, m2)"),
+               "--per-class": dict(action="store_true", help="a row of -n samples for each class (cvae, m2)"),
                "draws": "the draws", "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
     run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
             **{"-n": dict(type=int, default=32, help="images of --split"), "-o": OUT_PNG,

@@ -54,6 +54,7 @@ SAMPLERS = "samplers"       # fitted samplers
 class _Pictures:
     """The pictures training writes (the report shows them in this order)."""
     samples: str = "samples.png"
+    samples_by_class: str = "samples-by-class.png"  # a model of labels' (cvae, m2): a row per class
     reconstructions: str = "reconstructions.png"
     interpolation: str = "interpolation.png"
     manifold: str = "manifold.png"

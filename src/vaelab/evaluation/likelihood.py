@@ -51,9 +51,12 @@ def fixed_prior(model: HasLikelihood):
     return hold() if hold is not None else contextlib.nullcontext()
 
 
-def _chunk(model: HasLikelihood, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, c: int):
-    """logsumexp and sum over c importance samples of the log-weights: [B] each."""
-    lw = model.log_weights(x, c, DiagonalGaussian(mu, logvar))  # [c, B]
+def _chunk(model: HasLikelihood, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, c: int,
+           y: torch.Tensor | None = None):
+    """logsumexp and sum over c importance samples of the log-weights: [B] each (``y``: the
+    labels a conditional model's likelihood is of x given)."""
+    q = DiagonalGaussian(mu, logvar)
+    lw = model.log_weights(x, c, q) if y is None else model.log_weights(x, c, q, y=y)  # [c, B]
     return torch.logsumexp(lw, 0), lw.sum(0)
 
 
@@ -66,6 +69,11 @@ def _compiled_chunk():
     their estimates differ only by rounding (the compiled path's larger chunks draw other
     normals: the same distribution)."""
     return torch.compile(_chunk, dynamic=True, options={"fallback_random": True})
+
+
+def _encode(model: HasLikelihood, x: torch.Tensor, y: torch.Tensor | None):
+    """q(z|x), or q(z|x,y) for a conditional model's labels ``y``."""
+    return model.encode(x) if y is None else model.encode(x, y)
 
 
 def chunk_size(model: HasLikelihood, x: torch.Tensor, k: int, elements: int | None = None) -> int:
@@ -151,7 +159,7 @@ def _autocast(path: NLLPath, x: torch.Tensor):
 
 @torch.no_grad()
 def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, compile: bool = False,
-                      path: NLLPath | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      path: NLLPath | None = None, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance-sampled log p(x) and the K-sample mean of log w (an ELBO estimate).
 
     Args:
@@ -163,6 +171,8 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
         path: an :class:`NLLPath` (overrides ``compile``): bf16 decoder products under autocast
             (the decoder's outputs come back in fp32, so the log-probabilities, the weights and
             the logsumexp are fp32) and/or the compiled chunk.
+        y: the labels [B] of a conditional model (``conditional``: its likelihood is log p(x|y),
+            its posterior q(z|x,y)); None for any other.
     Returns:
         (log_px [B], elbo [B]).
     """
@@ -172,14 +182,14 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
     # the prior computed once for all the chunks (inside evaluate_likelihood, which holds it for the
     # whole split, this holds nothing more)
     with fixed_prior(model):
-        q = model.encode(x) if q is None else q
+        q = _encode(model, x, y) if q is None else q
         chunk = chunk_size(model, x, k, COMPILED_CHUNK_ELEMENTS if path.compiled else None)
         lse, total = [], 0.0
         fn = _compiled_chunk() if path.compiled else _chunk
         for start in range(0, k, chunk):
             with _autocast(path, x):
                 try:
-                    chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
+                    chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start), y)
                 except Exception as e:
                     if fn is _chunk or not isinstance(e, _dynamo_errors()):
                         raise
@@ -187,7 +197,7 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
                     _COMPILE_FAILED.add(type(model))
                     path = dataclasses.replace(path, compiled=False)
                     fn = _chunk
-                    chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start))
+                    chunk_lse, chunk_sum = fn(model, x, q.mu, q.logvar, min(chunk, k - start), y)
             lse.append(full_precision(chunk_lse))
             total += full_precision(chunk_sum)
     log_px = torch.logsumexp(torch.stack(lse), 0) - math.log(k)
@@ -197,7 +207,8 @@ def log_likelihood_is(model: HasLikelihood, x: torch.Tensor, k: int, q=None, com
 @torch.no_grad()
 def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, discrete: bool = True,
                         progress: bool = False, offset: float = 0.0, compile: bool | None = None,
-                        precision: str = "auto", seed: int | None = 0, log=None) -> dict:
+                        precision: str = "auto", seed: int | None = 0, log=None,
+                        y: torch.Tensor | None = None) -> dict:
     """ELBO, NLL (K importance samples) and bits/dim over a whole split.
 
     The split is taken in blocks of :data:`NLL_BLOCK` images, each with its own seed, and under
@@ -218,6 +229,7 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, discrete:
         seed: the importance samples' seed (the global RNG is left as it was); None draws from
             the global RNG (then the figure depends on the blocks' order and the ranks).
         log: called with one line naming the path taken.
+        y: the split's labels [N], for a conditional model (its NLL is -log p(x|y)); else None.
     Returns:
         dict with ``elbo`` (mean log-weight, <= -nll), ``nll`` (positive), ``bpd``,
         ``kl`` (KL(q || p): closed form against an N(0, I) prior, else the model's one-sample
@@ -225,6 +237,10 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, discrete:
     """
     model.eval()
     n = x.shape[0]
+    if getattr(model, "conditional", False) and y is None:
+        raise VaelabError(f"the likelihood of a {type(model).__name__} is of images given their labels, and the "
+                          "split has none.")
+    y = y if getattr(model, "conditional", False) else None
     path = choose_path(x.device, n * k, precision, compile)
     if path.compiled and type(model) in _COMPILE_FAILED:
         path = dataclasses.replace(path, compiled=False, reason=path.reason + "; torch.compile failed before")
@@ -240,8 +256,9 @@ def evaluate_likelihood(model: HasLikelihood, x: torch.Tensor, k: int, discrete:
             if seed is not None:
                 distributed.seed_block(seed, b, x.device)
             xb = x[b * NLL_BLOCK:(b + 1) * NLL_BLOCK]
-            q = model.encode(xb)  # one encoder pass per image, in fp32
-            log_px, elbo = log_likelihood_is(model, xb, k, q, path=path)
+            yb = None if y is None else y[b * NLL_BLOCK:(b + 1) * NLL_BLOCK]
+            q = _encode(model, xb, yb)  # one encoder pass per image, in fp32
+            log_px, elbo = log_likelihood_is(model, xb, k, q, path=path, y=yb)
             sums.append((-log_px.sum().item(), elbo.sum().item(), model.kl(xb, q).sum().item()))
     if path.compiled and type(model) in _COMPILE_FAILED:  # it failed during this evaluation
         path = dataclasses.replace(path, compiled=False, reason=path.reason + "; torch.compile failed: eager")

@@ -29,7 +29,7 @@ from ..data.transforms import from_dequantized_scale, to_unit
 from ..errors import VaelabError
 from ..limits import check_bytes
 from ..models.base import Sampler
-from .frechet import FEATURES, feature_classifier, frechet_from_images
+from .frechet import FEATURES, accuracy, feature_classifier, frechet_from_images
 from .parzen import parzen_evaluate
 
 PARZEN_VAL = 1000  # validation images that choose sigma (Goodfellow et al.'s parzen_ll.py)
@@ -105,4 +105,42 @@ def sample_metrics(model: Sampler, n_samples: int = 10_000, data_dir: str | None
             x_test=unit["test"], y_test=ds.test.y).cpu()).to(dev)
         res["frechet"] = frechet_from_images(net, unit["test"], samples, ranks_share=True)
         res["frechet_classifier_accuracy"] = net.accuracy
+        if hasattr(model, "sample_class") and sampler in (None, model):  # a model of labels: samples of a class
+            res.update(class_metrics(model, net, unit["test"], ds.test.y, n_samples, seed, spec.num_classes,
+                                     spec.levels if run.model.dequantizes else None))
     return res
+
+
+class _OfClass(torch.nn.Module):
+    """Draws of one class ``c`` of a model of labels (``sample_class``), as :func:`draw_samples`
+    takes a sampler."""
+
+    def __init__(self, model, c: int):
+        super().__init__()
+        self.model, self.c = model, c
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.model.sample_class(torch.full((n,), self.c, dtype=torch.long))
+
+
+def class_metrics(model, net, x_test: torch.Tensor, y_test: torch.Tensor, n_samples: int, seed: int,
+                  num_classes: int, dequantized_levels: int | None = None) -> dict:
+    """How well a model of labels draws the class it is asked for: ``n_samples // num_classes``
+    samples of each class c (seed ``seed + 1 + c``), and
+
+    * ``class_accuracy``: ``{"overall", "per_class": {c: ...}}``, the share of the samples drawn
+      for c that the Fréchet feature classifier ``net`` assigns to c;
+    * ``frechet_per_class``: ``{c: ...}``, the Fréchet distance between the samples of c and the
+      test images of class c.
+
+    Every rank draws and scores them all (the same seeds: the same figures on every rank)."""
+    per = max(2, n_samples // num_classes)
+    acc, fd = {}, {}
+    for c in range(num_classes):
+        x, _ = draw_samples(_OfClass(model, c), per, seed + 1 + c, dequantized_levels=dequantized_levels)
+        x = x.to(next(net.parameters()).device)
+        acc[str(c)] = accuracy(net, x, torch.full((per,), c, dtype=torch.long))
+        real = x_test[y_test == c]
+        fd[str(c)] = frechet_from_images(net, real.to(x.device), x) if len(real) >= 2 else None
+    return {"class_accuracy": {"overall": sum(acc.values()) / num_classes, "per_class": acc},
+            "frechet_per_class": fd, "samples_per_class": per}

@@ -26,7 +26,6 @@ probabilities themselves; the decoder takes any such [z, y] (a one-hot y for a c
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -35,26 +34,24 @@ from torch import nn
 
 from ..config import opt
 from ..data.batch import Batch
-from ..distributions import DiagonalGaussian, standard_normal, standard_normal_log_prob
+from ..distributions import DiagonalGaussian, standard_normal_log_prob
 from ..errors import VaelabError
 from ..losses import class_summed_bound
-from ..nets import ACTIVATIONS, full_precision, make_decoder, make_encoder, mlp
+from ..nets import ACTIVATIONS, full_precision, make_encoder
 from ..registry import register
-from .base import ENCODE, LIKELIHOOD, SAMPLE, Model, StepInfo, Update
-from .vae import LatentGaussianConfig, LatentGaussianModel
+from .base import ENCODE, LIKELIHOOD, SAMPLE, StepInfo, Update
+from .cvae import CVAEConfig, LabelledModel, Posterior
 
 EVAL_CHUNK = 1000  # images per pass when a whole split is scored
 
 
 @dataclass(frozen=True)
-class M2Config(LatentGaussianConfig):
-    arch: str = opt("mlp", "encoder/decoder architecture (mlp: the paper's)", ("mlp",))
+class M2Config(CVAEConfig):
     hidden: tuple[int, ...] = opt((500,), "hidden layer sizes of each mlp: q(y|x), q(z|x,y) and p(x|y,z)")
     activation: str = opt("softplus", "non-linearity of the hidden layers", tuple(ACTIVATIONS))
     latent_dim: int = opt(50, "dimension of z")
     alpha: float = opt(0.1, "weight of the classification term: alpha * N_tot / N_labelled per labelled image "
                             "(Kingma et al. 2014: 0.1)")
-    num_classes: int = opt(10, "classes of the data (taken from the data)", flag=False)
 
     def check(self) -> None:
         super().check()
@@ -63,67 +60,39 @@ class M2Config(LatentGaussianConfig):
 
 
 class _Encoders(nn.Module):
-    """q(y|x) (``classify``: x -> logits [B, C]) and q(z|x,y) (``z``: [x, y] -> [mu, logvar]);
-    called on x alone, the codes [mu(x, p), p] with p = q(y|x), [B, D + C]."""
+    """q(y|x) (``classify``: x -> logits [B, C]) and q(z|x,y) (``z``); called on x alone, the
+    codes [mu(x, p), p] with p = q(y|x), [B, D + C] (what a probe and fine-tuning read)."""
 
     def __init__(self, cfg: M2Config):
         super().__init__()
-        self.latent_dim = cfg.latent_dim
         self.classify = make_encoder("mlp", cfg.shape, cfg.hidden, cfg.channels, cfg.activation, cfg.num_classes)
-        self.z = mlp([math.prod(cfg.shape) + cfg.num_classes, *cfg.hidden, 2 * cfg.latent_dim], cfg.activation)
-
-    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> DiagonalGaussian:
-        """q(z|x,y) for x [B, *shape] and class vectors y [B, ..., C] (one-hot, or probabilities):
-        mu, logvar [B, ..., D]."""
-        flat = x.flatten(1)  # [B, P]
-        flat = flat.view(flat.shape[0], *([1] * (y.dim() - 2)), flat.shape[1]).expand(*y.shape[:-1], -1)
-        mu, logvar = full_precision(self.z(torch.cat([flat, y.to(flat.dtype)], -1))).chunk(2, dim=-1)
-        return DiagonalGaussian(mu, logvar)
+        self.z = Posterior(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = torch.softmax(full_precision(self.classify(x)), -1)  # [B, C]
-        return torch.cat([self.posterior(x, p).mu, p], -1)
+        return torch.cat([self.z(x, p).mu, p], -1)
 
 
 @register("m2")
-class M2(LatentGaussianModel):
+class M2(LabelledModel):
     """q(y|x), q(z|x,y), p(x|y,z): trained on the labelled bound, the unlabelled bound with y
     summed out, and the classification term (see the module's docstring)."""
     config_cls = M2Config
     capabilities = frozenset({ENCODE, SAMPLE, LIKELIHOOD})
-    val_name, higher_is_better = "bound", True  # U(x): it needs no validation labels
-    normal_prior = False  # its prior draws are [z, one-hot y]
-    needs_labels = True
+    val_name = "bound"  # U(x): it needs no validation labels
     labelled_part = True
-    presets: dict = {}
 
     def __init__(self, cfg: M2Config):
-        Model.__init__(self)
-        self.cfg = cfg = cfg.settled()[0]
-        self.event_ndim = len(cfg.shape)
-        self.encoder = _Encoders(cfg)
-        # p(x|y,z): the decoder of [z, y], [..., D + C]
-        self.decoder = make_decoder("mlp", cfg.latent_dim + cfg.num_classes, cfg.hidden, cfg.channels,
-                                    cfg.activation, cfg.shape, cfg.shape[0] * cfg.decoder_params)
-        if cfg.likelihood == "gaussian" and cfg.gaussian_std is None:
-            self.log_scale = nn.Parameter(torch.zeros(cfg.shape))
-
-    # ---- the maths ----------------------------------------------------------------------------
-
-    @property
-    def num_classes(self) -> int:
-        return self.cfg.num_classes
+        super().__init__(cfg)
+        self.encoder = _Encoders(self.cfg)
 
     @property
     def decoder_params(self) -> int:
         # the importance-sampled NLL decodes every class for each draw: its chunks count them all
         return self.cfg.decoder_params * self.num_classes
 
-    def _eye(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.eye(self.num_classes, device=like.device, dtype=like.dtype)
-
-    def log_prior_y(self) -> float:
-        return -math.log(self.num_classes)  # p(y) uniform
+    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> DiagonalGaussian:
+        return self.encoder.z(x, y)
 
     def class_logits(self, x: torch.Tensor) -> torch.Tensor:
         """q(y|x)'s logits, [B, C]."""
@@ -131,24 +100,17 @@ class M2(LatentGaussianModel):
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """q(z|x,y) for every class y: mu, logvar [B, C, D]."""
-        return self.encoder.posterior(x, self._eye(x).expand(len(x), -1, -1))
-
-    def decode_y(self, z: torch.Tensor, y: torch.Tensor):
-        """p(x|y,z) for z [..., D] and class vectors y [..., C]."""
-        return self.decode(torch.cat([z, y.to(z.dtype)], -1))
+        return self.posterior(x, self.every_class(x, len(x)))
 
     def labelled_elbo(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """L(x, y) per example, one z: [B]."""
-        y1 = F.one_hot(y, self.num_classes).to(x.dtype)
-        q = self.encoder.posterior(x, y1)
-        z = q.rsample()
-        return self.decode_y(z, y1).log_prob(x) + self.log_prior_y() - q.kl_to_standard_normal()
+        return self.class_elbo(x, y) + self.log_prior_y()
 
     def every_class_elbo(self, x: torch.Tensor, q: DiagonalGaussian | None = None) -> torch.Tensor:
         """L(x, y) for every class y, one z each: [B, C]."""
         q = self.encode(x) if q is None else q
         z = q.rsample()  # [B, C, D]
-        lik = self.decode_y(z, self._eye(x).expand(len(x), -1, -1))  # batch [B, C]
+        lik = self.decode_y(z, self.every_class(x, len(x)))  # batch [B, C]
         return lik.log_prob(x.unsqueeze(1)) + self.log_prior_y() - q.kl_to_standard_normal()
 
     def unlabelled_bound(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +123,7 @@ class M2(LatentGaussianModel):
         whatever q(y|x) says (it is not used)."""
         q = self.encode(x) if q is None else q
         z = q.rsample(k)  # [k, B, C, D]
-        lik = self.decode_y(z, self._eye(x).expand(*z.shape[:-1], -1))  # batch [k, B, C]
+        lik = self.decode_y(z, self.every_class(x, *z.shape[:-2]))  # batch [k, B, C]
         lw = lik.log_prob(x.unsqueeze(1)) + standard_normal_log_prob(z) - q.log_prob(z)  # [k, B, C]
         return torch.logsumexp(lw, -1) + self.log_prior_y()
 
@@ -170,9 +132,6 @@ class M2(LatentGaussianModel):
         log_qy = torch.log_softmax(self.class_logits(x), -1)  # [B, C]
         qy = log_qy.exp()
         return (qy * q.kl_to_standard_normal()).sum(-1) + (qy * (log_qy - self.log_prior_y())).sum(-1)
-
-    def elbo_terms(self, x: torch.Tensor):
-        raise NotImplementedError("M2's bound is unlabelled_bound(x)")
 
     # ---- training --------------------------------------------------------------------------
 
@@ -208,7 +167,7 @@ class M2(LatentGaussianModel):
         acc = (self.predict(batch.x) == batch.y).double().mean().item()
         return {"accuracy": acc, "error": 1.0 - acc}
 
-    # ---- codes and samples -----------------------------------------------------------------
+    # ---- codes ------------------------------------------------------------------------------
 
     @property
     def code_dim(self) -> int:
@@ -219,13 +178,7 @@ class M2(LatentGaussianModel):
         """[mu(x, p), p], p = q(y|x): [B, D + C]."""
         return self.encoder(x)
 
-    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws [z, y] of p(z) p(y): z ~ N(0, I), y a one-hot class drawn uniformly, [n, D + C]
-        (what the inherited ``sample`` and ``decode_mean`` take)."""
-        return self.class_prior(torch.randint(self.num_classes, (n,), generator=generator), generator)
-
-    def class_prior(self, classes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draws [z, y] with z ~ N(0, I) and y the given classes [n]: [n, D + C]."""
-        like = next(self.parameters())
-        z = standard_normal((len(classes), self.cfg.latent_dim), like, generator)
-        return torch.cat([z, F.one_hot(classes.to(like.device), self.num_classes).to(z.dtype)], -1)
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|y,z) at the codes [mu(x, p), p] of x."""
+        return self.decode_mean(self.codes(x))

@@ -124,41 +124,13 @@ class VAEOutput:
 IWAE_RECIPE = {"binarize": "dynamic", "batch_size": 100, "lr": 1e-3, "lr_schedule": "cosine", "ema": 0.999}
 
 
-class LatentGaussianModel(Model):
-    """Encoder to q(z|x), decoder to p(x|z), prior N(0, I): all a VAE computes, no objective."""
-    capabilities = frozenset({ENCODE, SAMPLE, LIKELIHOOD})
-    val_name, higher_is_better = "elbo", True
-    normal_prior = True
-    presets = {
-        # Burda et al. 2016 (IWAE), 1 stochastic layer: 784-200-200-50, tanh, dynamic binarization;
-        # with the recipe that measured best in minutes (benchmarks/time_to_quality.py): batch 100,
-        # Adam 1e-3 on a cosine schedule to lr/10 over the epochs (or the --time-budget), and the
-        # weights averaged (--ema 0.999: 0.10 nats of test NLL after 20 minutes, K = 200)
-        "iwae": {"arch": "mlp", "hidden": (200, 200), "activation": "tanh", "latent_dim": 50,
-                 "likelihood": "bernoulli", **IWAE_RECIPE},
-        # Kingma & Welling 2014 (AEVB), MNIST: one hidden layer of 500 tanh units.
-        "aevb": {"arch": "mlp", "hidden": (500,), "activation": "tanh", "latent_dim": 20, "likelihood": "bernoulli"},
-        # pytorch/examples vae/main.py: 784-400-20, ReLU.
-        "pytorch-examples": {"arch": "mlp", "hidden": (400,), "activation": "relu", "latent_dim": 20,
-                             "likelihood": "bernoulli"},
-    }
+class LikelihoodDecoder(Model):
+    """A decoder to p(x|z) on the data's pixels (``self.decoder``, ``self.cfg`` a
+    :class:`LatentGaussianConfig`) and what evaluation asks of its likelihood: no encoder, no
+    objective. The VAE's family and the models of labels (cvae.py) build on it."""
 
     # A constant pixel would drive a learned std to 0 and the density to infinity: floor it.
     MIN_LOG_SCALE = math.log(1e-3)
-
-    def __init__(self, cfg: LatentGaussianConfig):
-        super().__init__()
-        # a config built by hand may leave its likelihood to the data: its own shape and levels
-        # decide, as the trainer's would (LatentGaussianConfig.settled; VAE-GAN's has none)
-        self.cfg = cfg = cfg.settled()[0] if hasattr(cfg, "settled") else cfg
-        self.event_ndim = len(cfg.shape)
-        self.encoder = make_encoder(cfg.arch, cfg.shape, cfg.hidden, cfg.channels, cfg.activation, 2 * cfg.latent_dim)
-        self.decoder = make_decoder(cfg.arch, cfg.latent_dim, cfg.hidden, cfg.channels, cfg.activation,
-                                    cfg.shape, cfg.shape[0] * cfg.decoder_params)
-        if cfg.likelihood == "gaussian" and cfg.gaussian_std is None:
-            # Learned per-pixel log std, independent of z: stable where a z-dependent variance
-            # collapses on always-black MNIST pixels.
-            self.log_scale = nn.Parameter(torch.zeros(cfg.shape))
 
     @property
     def decoder_params(self) -> int:
@@ -188,10 +160,6 @@ class LatentGaussianModel(Model):
         d_log_levels = math.prod(self.cfg.shape) * math.log(self.cfg.levels)
         return {name: -sign * d_log_levels for name, sign in self.LOG_LIKELIHOOD_SIGNS.items()}
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        mu, logvar = full_precision(self.encoder(x)).chunk(2, dim=-1)  # [B, D] each
-        return DiagonalGaussian(mu, logvar)
-
     def decode(self, z: torch.Tensor):
         """p(x|z) for z [..., D]; its parameters have shape [..., *image shape]."""
         out = full_precision(self.decoder(z))
@@ -211,6 +179,54 @@ class LatentGaussianModel(Model):
         else:
             log_scale = self.log_scale.clamp(min=self.MIN_LOG_SCALE)
         return Gaussian(out, log_scale, self.event_ndim)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """Means of p(x|z) for n draws z ~ N(0, I): [n, *shape]."""
+        return self.decode_mean(self.prior(n))
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The image a code stands for: the mean of p(x|z), [..., *shape]."""
+        return self.decode(z).mean
+
+
+class LatentGaussianModel(LikelihoodDecoder):
+    """Encoder to q(z|x), decoder to p(x|z), prior N(0, I): all a VAE computes, no objective."""
+    capabilities = frozenset({ENCODE, SAMPLE, LIKELIHOOD})
+    val_name, higher_is_better = "elbo", True
+    normal_prior = True
+    presets = {
+        # Burda et al. 2016 (IWAE), 1 stochastic layer: 784-200-200-50, tanh, dynamic binarization;
+        # with the recipe that measured best in minutes (benchmarks/time_to_quality.py): batch 100,
+        # Adam 1e-3 on a cosine schedule to lr/10 over the epochs (or the --time-budget), and the
+        # weights averaged (--ema 0.999: 0.10 nats of test NLL after 20 minutes, K = 200)
+        "iwae": {"arch": "mlp", "hidden": (200, 200), "activation": "tanh", "latent_dim": 50,
+                 "likelihood": "bernoulli", **IWAE_RECIPE},
+        # Kingma & Welling 2014 (AEVB), MNIST: one hidden layer of 500 tanh units.
+        "aevb": {"arch": "mlp", "hidden": (500,), "activation": "tanh", "latent_dim": 20, "likelihood": "bernoulli"},
+        # pytorch/examples vae/main.py: 784-400-20, ReLU.
+        "pytorch-examples": {"arch": "mlp", "hidden": (400,), "activation": "relu", "latent_dim": 20,
+                             "likelihood": "bernoulli"},
+    }
+
+    def __init__(self, cfg: LatentGaussianConfig):
+        super().__init__()
+        # a config built by hand may leave its likelihood to the data: its own shape and levels
+        # decide, as the trainer's would (LatentGaussianConfig.settled; VAE-GAN's has none)
+        self.cfg = cfg = cfg.settled()[0] if hasattr(cfg, "settled") else cfg
+        self.event_ndim = len(cfg.shape)
+        self.encoder = make_encoder(cfg.arch, cfg.shape, cfg.hidden, cfg.channels, cfg.activation, 2 * cfg.latent_dim)
+        self.decoder = make_decoder(cfg.arch, cfg.latent_dim, cfg.hidden, cfg.channels, cfg.activation,
+                                    cfg.shape, cfg.shape[0] * cfg.decoder_params)
+        if cfg.likelihood == "gaussian" and cfg.gaussian_std is None:
+            # Learned per-pixel log std, independent of z: stable where a z-dependent variance
+            # collapses on always-black MNIST pixels.
+            self.log_scale = nn.Parameter(torch.zeros(cfg.shape))
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        mu, logvar = full_precision(self.encoder(x)).chunk(2, dim=-1)  # [B, D] each
+        return DiagonalGaussian(mu, logvar)
 
     def posterior_and_likelihood(self, x: torch.Tensor) -> VAEOutput:
         q = self.encode(x)
@@ -245,16 +261,6 @@ class LatentGaussianModel(Model):
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ N(0, I): [n, D]."""
         return standard_normal((n, self.cfg.latent_dim), next(self.parameters()), generator)
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """Means of p(x|z) for n draws z ~ N(0, I): [n, *shape]."""
-        return self.decode_mean(self.prior(n))
-
-    @torch.no_grad()
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        """The image a code stands for: the mean of p(x|z), [..., *shape]."""
-        return self.decode(z).mean
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

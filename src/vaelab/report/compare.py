@@ -20,7 +20,7 @@ from .metrics import HOW, METRIC_COLUMNS, measurements
 from .page import data_uri, embeddable, figure_uri, number, write_page
 
 MAX_RUNS = 64           # runs on one page (each adds its pictures)
-SIDE_BY_SIDE = (PNG.samples, PNG.reconstructions, PNG.interpolation, PNG.manifold, PNG.denoising)
+SIDE_BY_SIDE = (PNG.samples, PNG.samples_by_class, PNG.reconstructions, PNG.interpolation, PNG.manifold, PNG.denoising)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ PROGRESS_SHOWN = 6  # epochs' grids on the page, spread over the run
 # what a picture of the run shows, where the run did not record it (a run of an older vaelab)
 KNOWN = {
     PNG.samples: ("Samples", "Samples drawn by the model's default sampler."),
+    PNG.samples_by_class: ("Samples by class", "A row of samples for each class."),
     PNG.reconstructions: ("Reconstructions", "Test images, each row above the row of their reconstructions."),
     PNG.interpolation: ("Interpolations", "Decoded points on straight lines between two codes."),
     PNG.manifold: ("The learned manifold", "The decoder's mean over a grid of the 2-D latent space."),
