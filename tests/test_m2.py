@@ -2,6 +2,7 @@
 computations, its step's weighting, and training with a few labels through the CLI's path."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -172,3 +173,86 @@ def test_metrics_json_of_m2_logs_its_terms(tmp_path):
     run = _run(tmp_path, epochs=1)
     rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["val_name"] == "bound" and {"train_bound", "train_labelled_elbo", "train_class_loss"} <= set(rec)
+
+
+# --- M1+M2: M2 on the codes of a trained VAE ----------------------------------------------------
+
+def _stacked():
+    """A tiny M1+M2: M1 a VAE with a 1-D z1 on 2x2 images, M2 a 1-D z2 and 3 classes."""
+    from vaelab.config import to_dict
+    from vaelab.models.vae import VAEConfig
+    m1 = VAEConfig(shape=(1, 2, 2), hidden=(8,), latent_dim=1, likelihood="bernoulli", binarize="dynamic")
+    cfg = M2Config(shape=(1, 2, 2), hidden=(8,), latent_dim=1, num_classes=3, features="m1",
+                   features_model=json.dumps({"model": "vae", "settings": to_dict(m1)}))
+    torch.manual_seed(0)
+    model = M2(cfg).double().eval()
+    with torch.no_grad():
+        model.inner.log_scale.fill_(-0.5)  # p(z1|y,z2) narrower than its initial std of 1
+    return model
+
+
+@torch.no_grad()
+def exact_stacked_log_px(model, x: torch.Tensor) -> torch.Tensor:
+    """log sum_y p(y) integral integral p(z2) p(z1|y,z2) p(x|z1) dz1 dz2 on a 2-D grid: [B]."""
+    g = torch.linspace(-10, 10, 1601, dtype=torch.float64)
+    dz = (g[1] - g[0]).item()
+    log_px_z1 = model.m1.decode(g[:, None]).log_prob(x[:, None])  # [B, G1]
+    log_pz2 = -0.5 * (g ** 2 + math.log(2 * math.pi))  # [G2]
+    per_class = []
+    for c in range(3):
+        y = F.one_hot(torch.full((len(g),), c), 3).double()
+        p_z1 = model.inner.decode_y(g[:, None], y)  # a Gaussian over z1 for each z2: batch [G2]
+        log_p_z1 = p_z1.log_prob(g[:, None, None])  # [G1, G2]
+        inner = torch.logsumexp(log_p_z1 + log_pz2, 1) + math.log(dz)  # log p(z1|y), [G1]
+        per_class.append(torch.logsumexp(log_px_z1 + inner, 1) + math.log(dz))  # [B]
+    return torch.logsumexp(torch.stack(per_class, 1), 1) - math.log(3)
+
+
+def test_stacked_nll_matches_the_exact_likelihood_of_x():
+    from vaelab.models.m2 import M1M2
+    model = _stacked()
+    assert type(model) is M1M2
+    x = _binary()
+    exact = exact_stacked_log_px(model, x)
+    torch.manual_seed(2)
+    estimate, mean_log_w = log_likelihood_is(model, x, 50000)
+    assert torch.allclose(estimate, exact, atol=0.03), (estimate, exact)
+    assert (mean_log_w <= exact + 1e-9).all()
+
+
+def test_m1_m2_trains_on_a_frozen_vae_and_records_it(tmp_path):
+    from safetensors.torch import load_file
+    m1 = train_loop(vaelab.make_config(model="vae", data="digits", hidden=(32,), latent_dim=6, epochs=1,
+                                       nll_samples=0, progress=False, report=False, out=str(tmp_path / "m1")),
+                    log=lambda m: None)
+    before = load_file(str(m1 / "best.safetensors"))
+    full = _run(tmp_path, "full", features=str(m1), epochs=2)
+    cfg = json.loads((full / "config.json").read_text())["run"]["model"]
+    assert cfg["features"] == str(m1.absolute()) and json.loads(cfg["features_model"])["model"] == "vae"
+    weights = load_file(str(full / "model.safetensors"))
+    assert all(torch.equal(weights[f"m1.{k}"], v) for k, v in before.items())  # M1 copied in, and frozen
+    assert load_file(str(m1 / "best.safetensors")).keys() == before.keys()
+    half = _run(tmp_path, "half", features=str(m1), epochs=1)
+    train_loop(vaelab.make_config(model="m2", data="digits", epochs=2, progress=False, device="cpu"), resume=half,
+               log=lambda m: None)
+    resumed = load_file(str(half / "model.safetensors"))
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    res = vaelab.evaluate(full, k=2, sample_metrics=False, save=False)
+    assert 0 <= res["accuracy"] <= 1 and res["nll"] > 0
+    model = vaelab.load(full, device="cpu")
+    assert model.sample_class(torch.tensor([0, 1])).shape == (2, 1, 8, 8)  # images, through M1's decoder
+    from vaelab.evaluation.probe import finetune
+    assert 0 <= finetune(full, 50, epochs=1, model=model)["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("what, said", [("missing", "does not exist"), ("gan", "M1 must be a VAE"),
+                                        ("shape", "trained on images of shape (1, 28, 28)")])
+def test_features_refusals(tmp_path, what, said):
+    path = tmp_path / "m1"
+    if what != "missing":
+        shape = [1, 28, 28] if what == "shape" else [1, 8, 8]
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"format_version": 2, "run": {
+            "train": {"model": "gan" if what == "gan" else "vae"}, "model": {"shape": shape}}}))
+    with pytest.raises(VaelabError, match=re.escape(said)):
+        _run(tmp_path, features=str(path))

@@ -23,24 +23,38 @@ scale theirs,
 The codes of an image (what a probe reads, what interpolations and fitted samplers use) are
 [mu(x, p), p] with p = q(y|x): the posterior mean of z given the class probabilities, and the
 probabilities themselves; the decoder takes any such [z, y] (a one-hot y for a class).
+
+M1+M2 (``--features RUN``, their stacked model): M2 learns on the codes z1 ~ q(z1|x) of a trained
+VAE, M1, drawn afresh at each use as the authors' code draws them, with a Gaussian p(z1|y,z2) of
+learned per-dimension scale. M1 is frozen; its weights are copied into this run when training
+starts, and its settings recorded in the config (``features_model``), so the run stands alone.
+The generative model is then p(y) p(z2) p(z1|y,z2) p(x|z1): samples and reconstructions are
+images through M1's decoder, and the NLL is of x (:class:`M1M2`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dataclasses
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import opt
+from ..config import from_dict, opt
 from ..data.batch import Batch
 from ..distributions import DiagonalGaussian, standard_normal_log_prob
 from ..errors import VaelabError
 from ..losses import class_summed_bound
 from ..nets import ACTIVATIONS, full_precision, make_encoder
-from ..registry import register
-from .base import ENCODE, LIKELIHOOD, SAMPLE, StepInfo, Update
+from ..io import load_weights
+from ..registry import MODELS, register
+from ..rundir import CHECKPOINTS, read_run_config
+from .base import ENCODE, LIKELIHOOD, SAMPLE, Model, StepInfo, Update, adam
 from .cvae import CVAEConfig, LabelledModel, Posterior
+from .vae import LatentGaussianModel
 
 EVAL_CHUNK = 1000  # images per pass when a whole split is scored
 
@@ -52,11 +66,59 @@ class M2Config(CVAEConfig):
     latent_dim: int = opt(50, "dimension of z")
     alpha: float = opt(0.1, "weight of the classification term: alpha * N_tot / N_labelled per labelled image "
                             "(Kingma et al. 2014: 0.1)")
+    features: str | None = opt(None, "M1+M2: the run directory of a trained VAE (M1), on whose codes M2 then learns "
+                                     "(its weights are copied into this run when training starts)")
+    features_model: str | None = opt(None, "M1's model and settings, as JSON (read from --features)", flag=False)
 
     def check(self) -> None:
         super().check()
         if not self.alpha >= 0:
             raise VaelabError(f"--alpha must be 0 or more, got {self.alpha}.")
+
+    def settled(self) -> tuple["M2Config", str | None]:
+        """Without --features, the VAE's choice of likelihood. With it, M1's settings recorded
+        (read from its run once) and its likelihood and binarization taken: the stacked model's
+        p(x|z1) is M1's."""
+        if self.features is None:
+            return super().settled()
+        cfg = self if self.features_model is not None else dataclasses.replace(
+            self, features=str(Path(self.features).absolute()),
+            features_model=json.dumps(read_features(self.features, self.shape), sort_keys=True))
+        m1 = features_config(cfg.features_model)
+        taken = {k: getattr(m1, k) for k in ("likelihood", "binarize", "gaussian_std", "mixtures", "levels")}
+        cfg = dataclasses.replace(cfg, **taken)
+        line = None if cfg == self else (f"M1+M2: M2 learns on the {m1.latent_dim}-dimensional codes of "
+                                         f"{self.features}; --likelihood {cfg.likelihood} and --binarize "
+                                         f"{cfg.binarize} are M1's.")
+        return cfg, line
+
+
+def read_features(run_dir: str, shape: tuple[int, ...]) -> dict:
+    """``{"model": name, "settings": {...}}`` of the VAE trained in ``run_dir`` (--features), checked:
+    a model with a Gaussian posterior and a likelihood, trained on images of ``shape``."""
+    doc = read_run_config(Path(run_dir))
+    try:
+        name, settings = doc["run"]["train"]["model"], dict(doc["run"]["model"])
+    except (KeyError, TypeError, ValueError):
+        raise VaelabError(f"--features {run_dir}: its config.json does not describe a vaelab run.") from None
+    cls = MODELS.get(name)
+    if cls is None or not issubclass(cls, LatentGaussianModel):
+        raise VaelabError(f"--features {run_dir} is a run of {name}: M1 must be a VAE with a Gaussian posterior "
+                          "(vae, iwae, ...).")
+    if tuple(settings.get("shape", ())) != tuple(shape):
+        raise VaelabError(f"--features {run_dir} was trained on images of shape {tuple(settings.get('shape', ()))}, "
+                          f"but this run's are {tuple(shape)}.")
+    return {"model": name, "settings": settings, "run": str(Path(run_dir).absolute())}
+
+
+def features_config(text: str):
+    """M1's model config from ``features_model``."""
+    try:
+        d = json.loads(text)
+        cls = MODELS[d["model"]]
+        return from_dict(cls.config_cls, d["settings"], "the M1 settings of features_model")
+    except (KeyError, TypeError, ValueError):
+        raise VaelabError("features_model does not describe a VAE: it must be what --features recorded.") from None
 
 
 class _Encoders(nn.Module):
@@ -81,6 +143,12 @@ class M2(LabelledModel):
     capabilities = frozenset({ENCODE, SAMPLE, LIKELIHOOD})
     val_name = "bound"  # U(x): it needs no validation labels
     labelled_part = True
+
+    def __new__(cls, cfg=None, *args, **kwargs):
+        # M1+M2 is M2 with --features: the same name and flags, the stacked model's class
+        if cls is M2 and getattr(cfg, "features", None) is not None:
+            cls = M1M2
+        return super().__new__(cls)
 
     def __init__(self, cfg: M2Config):
         super().__init__(cfg)
@@ -182,3 +250,120 @@ class M2(LabelledModel):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of p(x|y,z) at the codes [mu(x, p), p] of x."""
         return self.decode_mean(self.codes(x))
+
+
+class M1M2(M2):
+    """M2 on the codes of a frozen VAE, M1 (``--model m2 --features RUN``): ``m1`` the VAE, ``inner``
+    an M2 over its latent vectors z1 [D1] with a Gaussian p(z1|y,z2). What takes images here (the
+    step, validation, codes, samples, the NLL) maps them through M1 and back."""
+
+    def __init__(self, cfg: M2Config):
+        Model.__init__(self)
+        self.cfg = cfg = cfg.settled()[0]
+        m1 = features_config(cfg.features_model)
+        self.m1 = MODELS[json.loads(cfg.features_model)["model"]](m1)
+        self.m1.requires_grad_(False)
+        inner = M2Config(shape=(m1.latent_dim,), hidden=cfg.hidden, activation=cfg.activation,
+                         latent_dim=cfg.latent_dim, alpha=cfg.alpha, num_classes=cfg.num_classes,
+                         likelihood="gaussian", binarize="none")
+        self.inner = M2(inner)
+        self.data_init = 1  # a fresh run starts by copying M1's weights in (init_from_data)
+
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """M1's weights, from the best checkpoint of the --features run."""
+        path = Path(self.cfg.features) / CHECKPOINTS["best"]
+        load_weights(self.m1, path)
+
+    def optimizers(self, train) -> dict[str, torch.optim.Optimizer]:
+        return {"model": adam(self.inner.parameters(), train.lr)}  # M1 stays as it was trained
+
+    @property
+    def decoder_params(self) -> int:
+        return self.m1.decoder_params
+
+    def discrete(self, levels: int) -> bool:
+        return self.m1.discrete(levels)
+
+    def data_scale(self) -> dict[str, float]:
+        return {}  # its training figures are of M1's codes, not of images
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, draw: bool = True) -> torch.Tensor:
+        """M1's code of x: a draw of q(z1|x) (training), or its mean: [B, D1]."""
+        q = self.m1.encode(x)
+        return q.rsample() if draw else q.mu
+
+    # ---- M2 on the codes ----------------------------------------------------------------------
+
+    def step(self, batch: Batch, info: StepInfo):
+        part = batch.labelled_part
+        if part is None:
+            raise VaelabError("m2 trains on minibatches that carry a labelled part (Batch.labelled_part).")
+        codes = Batch(self.features(batch.x), labelled_part=Batch(self.features(part.x), part.y))
+        yield from self.inner.step(codes, info)
+
+    def validation(self, batch: Batch) -> torch.Tensor:
+        """U(z1) per held-out image, at a draw z1 ~ q(z1|x): M2's bound on M1's code."""
+        return self.inner.unlabelled_bound(self.features(batch.x))
+
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.class_logits(self.features(x, draw=False))
+
+    def unlabelled_bound(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.unlabelled_bound(self.features(x))
+
+    # ---- the stacked model's likelihood of x ----------------------------------------------------
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """q(z1|x), M1's posterior: [B, D1]."""
+        return self.m1.encode(x)
+
+    def log_weights(self, x: torch.Tensor, k: int, q: DiagonalGaussian | None = None) -> torch.Tensor:
+        """log p(x|z1) + log p_M2(z1) - log q(z1|x) for k draws z1 ~ q(z1|x), with p_M2(z1) one
+        draw of M2's own weights (y summed out): an unbiased estimate of p(x) under
+        p(y) p(z2) p(z1|y,z2) p(x|z1), [k, B]."""
+        q = self.encode(x) if q is None else q
+        z1 = q.rsample(k)  # [k, B, D1]
+        inner = self.inner.log_weights(z1.flatten(0, 1), 1)[0].view(k, -1)  # [k, B]
+        return self.m1.decode(z1).log_prob(x) + inner - q.log_prob(z1)
+
+    def kl(self, x: torch.Tensor, q: DiagonalGaussian, z: torch.Tensor | None = None) -> torch.Tensor:
+        """log q(z1|x) - log p(z1) at one draw z1 (``z``, or a fresh one), p(z1) estimated by
+        one draw of M2's weights: [B]."""
+        z = q.rsample() if z is None else z
+        return q.log_prob(z) - self.inner.log_weights(z, 1)[0]
+
+    # ---- codes and images -----------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> nn.Module:
+        """What maps an image to its codes (fine-tuning trains a copy): M1's mean code, then
+        M2's encoders. Not a submodule of its own: its weights are M1's and M2's."""
+        return _Stacked(self.m1, self.inner.encoder)
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """M2's codes of M1's mean code of x: [B, D2 + C]."""
+        return self.inner.codes(self.features(x, draw=False))
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The image of M2's codes [z2, y]: M1's mean at M2's mean z1."""
+        return self.m1.decode_mean(self.inner.decode_mean(z))
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.inner.prior(n, generator)
+
+    def class_prior(self, classes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.inner.class_prior(classes, generator)
+
+
+class _Stacked(nn.Module):
+    """x -> M2's codes of M1's mean code of x, [B, D2 + C]."""
+
+    def __init__(self, m1: nn.Module, encoders: nn.Module):
+        super().__init__()
+        self.m1, self.encoders = m1, encoders
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoders(self.m1.encode(x).mu)
