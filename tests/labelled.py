@@ -9,14 +9,15 @@ from vaelab.data import Batch
 def fed(model, x):
     """``x`` [B, *shape] as ``model``'s step and validation take it: for a model that reads labels
     (``needs_labels``) a Batch with labels 0, 1, 2, ... in turn and, for one that learns from a
-    few (``labelled_part``), the same images again as its labelled part; else ``x`` itself. A list
+    few (``labelled_part``), other images as its labelled part (x in reverse order, with their
+    labels), so a step that took one part for the other would differ; else ``x`` itself. A list
     (a step of several minibatches) is fed one by one."""
     if isinstance(x, (list, tuple)):
         return [fed(model, v) for v in x]
     if not getattr(model, "needs_labels", False):
         return x
     y = torch.arange(len(x)) % model.cfg.num_classes
-    part = Batch(x, y) if getattr(model, "labelled_part", False) else None
+    part = Batch(x.flip(0), y.flip(0)) if getattr(model, "labelled_part", False) else None
     return Batch(x, y, labelled_part=part)
 
 

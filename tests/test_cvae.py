@@ -11,7 +11,7 @@ import vaelab
 from vaelab.cli import main
 from vaelab.data import run_dataset
 from vaelab.data.transforms import to_unit
-from vaelab.evaluation.frechet import accuracy, feature_classifier, frechet_from_images
+from vaelab.evaluation.frechet import feature_classifier, frechet_from_images
 from vaelab.evaluation.likelihood import evaluate_likelihood, log_likelihood_is
 from vaelab.evaluation.samples import class_metrics
 from vaelab.models.cvae import CVAE, CVAEConfig
@@ -66,23 +66,31 @@ def cvae_run(tmp_path_factory):
 
 
 def test_sample_class_draws_the_chosen_class(cvae_run, tmp_path, capsys):
+    from vaelab.images import save_grid
     assert main(["sample", str(cvae_run), "--class", "3", "-n", "6", "-o", str(tmp_path / "c3.png")]) == 0
     assert main(["sample", str(cvae_run), "--per-class", "-n", "2", "-o", str(tmp_path / "rows.png")]) == 0
     model = vaelab.load(cvae_run, device="cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # sample's --seed
     a = model.sample_class(torch.full((6,), 3))
     torch.manual_seed(0)
     b = model.decode_mean(torch.cat([torch.randn(6, 4), F.one_hot(torch.full((6,), 3), 10).float()], -1))
     assert torch.equal(a, b)  # z ~ N(0, I) beside the one-hot class 3
-    from PIL import Image
-    with Image.open(tmp_path / "rows.png") as rows, Image.open(tmp_path / "c3.png") as one:
-        assert rows.size[1] > one.size[1]  # ten rows, one a class
+    save_grid(a, tmp_path / "want-c3.png")
+    assert (tmp_path / "c3.png").read_bytes() == (tmp_path / "want-c3.png").read_bytes()
+    # --per-class: a row for each class, the same z down each column
+    torch.manual_seed(0)
+    z = torch.randn(2, 4)
+    rows = model.decode_mean(torch.cat([z.repeat(10, 1), F.one_hot(torch.arange(10).repeat_interleave(2), 10).float()],
+                                       -1))
+    save_grid(rows, tmp_path / "want-rows.png", nrow=2, row_labels=[f"class {c}" for c in range(10)])
+    assert (tmp_path / "rows.png").read_bytes() == (tmp_path / "want-rows.png").read_bytes()
 
 
 @pytest.mark.parametrize("flags, said", [
     (["--class", "10"], "--class must be one of the run's classes, 0 to 9, got 10."),
     (["--class", "1", "--per-class"], "--class and --per-class are two ways"),
     (["--class", "1", "--sampler", "gmm:2"], "--sampler gmm:2 does not apply"),
+    (["--per-class", "--nrow", "4"], "--nrow does not apply with --per-class"),
 ])
 def test_sample_by_class_refusals(cvae_run, flags, said, capsys):
     assert main(["sample", str(cvae_run), *flags]) == 2
@@ -131,11 +139,13 @@ def test_class_accuracy_is_the_share_the_classifier_gives_the_class_asked_for():
     assert good["frechet_per_class"]["3"] < frechet_from_images(net, c3, x_te[ds.test.y == 5][:len(c3)])
     bad = class_metrics(_Drawer(x_te, ds.test.y, shift=1), net, x_te, ds.test.y, 400, 0, 10)
     assert bad["class_accuracy"]["overall"] < 0.1
-    # against a direct count on the same draws
-    torch.manual_seed(1)
-    draws = _Drawer(x_te, ds.test.y).sample_class(torch.full((40,), 7))
-    assert accuracy(net, draws, torch.full((40,), 7)) == pytest.approx(
-        (net(draws).argmax(-1) == 7).float().mean().item())
+    # each class's figure against a direct count of the classifier's answers on the same draws
+    from vaelab.evaluation.samples import _OfClass, draw_samples
+    for c in (0, 7):
+        x, _ = draw_samples(_OfClass(_Drawer(x_te, ds.test.y), c), 40, 0 + 1 + c)
+        with torch.no_grad():
+            want = (net(x).argmax(-1) == c).double().mean().item()
+        assert good["class_accuracy"]["per_class"][str(c)] == pytest.approx(want)
 
 
 def test_eval_of_a_cvae_reports_class_accuracy(cvae_run):
@@ -144,3 +154,11 @@ def test_eval_of_a_cvae_reports_class_accuracy(cvae_run):
     assert 0 <= res["class_accuracy"]["overall"] <= 1 and res["samples_per_class"] == 20
     assert res["nll"] > 0
     json.dumps(res)
+
+
+def test_a_conditional_nll_is_never_compared_with_an_nll_of_x(cvae_run):
+    from vaelab.report.metrics import measurements
+    res = vaelab.evaluate(cvae_run, k=2, sample_metrics=False)
+    assert res["nll_of"] == "x given its label"
+    (m,) = [m for m in measurements(cvae_run) if "nll" in m.values]
+    assert m.how["nll_of"] == "x given its label"  # a column of its own in compare (metrics.HOW)

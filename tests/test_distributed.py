@@ -210,6 +210,25 @@ def test_ranks_parts_make_one_process_minibatch(binarize, dequantize):
     assert one[-1].y is None and one[-1].labelled is None  # no labels given: none in the batch
 
 
+def test_labelled_parts_are_sharded_as_their_minibatch():
+    """M2's labelled part (5 labels kept, minibatches of 10, on 3 ranks): each global labelled part
+    is as large as its minibatch (shuffled copies of the 5), holds kept labels only, its ranks'
+    parts make one process's and hold the same share as their minibatch's parts."""
+    x = torch.randint(0, 17, (23, 1, 3, 3), dtype=torch.uint8)
+    y, labelled = torch.arange(23) % 5, torch.arange(23) < 5
+    make = lambda shard: Batches(x, 17, "dynamic", 10, torch.Generator().manual_seed(5), shard=shard, y=y,  # noqa: E731
+                                 labelled=labelled, with_labelled=True)
+    one, ranks = make(None), [make((r, 3)) for r in range(3)]
+    for epoch in range(2):
+        for whole, *parts in zip(one, *ranks):
+            assert len(whole.labelled_part) == len(whole) and (whole.labelled_part.y >= 0).all()
+            if len(whole) == 10:  # two whole shuffled copies of the 5 (the last minibatch: 3 of them)
+                assert sorted(whole.labelled_part.y.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+            assert torch.equal(torch.cat([p.labelled_part.x for p in parts]), whole.labelled_part.x)
+            assert [len(p.labelled_part) for p in parts] == [len(p) for p in parts]
+        assert all(torch.equal(b.generator.get_state(), one.generator.get_state()) for b in ranks)
+
+
 @pytest.fixture(scope="module")
 def ae_one(tmp_path_factory):
     """AE's runs in one process, at each batch size: ``ae_one(batch)`` is the run directory."""
@@ -332,7 +351,7 @@ def test_m2_with_a_few_labels_resumes_exactly_evaluates_and_samples_by_class_und
     assert _max_diff(_weights(d / "m2-2"), _weights(d / "m2-1")) == 0
     res = json.loads((d / "m2-eval.json").read_text())
     one = vaelab.evaluate(d / "m2-2", k=3, sample_metrics=False, save=False)  # one process: the same figures
-    assert res["accuracy"] == one["accuracy"] and res["nll"] == one["nll"]
+    assert res["classifier_accuracy"] == one["classifier_accuracy"] and res["nll"] == one["nll"]
     # the run's pictures drew a row of each class (rank 0), the conditional VAE's too
     assert (d / "m2-2" / "samples-by-class.png").exists() and (d / "every-cvae" / "samples-by-class.png").exists()
 

@@ -12,7 +12,6 @@ import vaelab
 from vaelab.data import Batch
 from vaelab.errors import VaelabError
 from vaelab.evaluation.likelihood import evaluate_likelihood, log_likelihood_is
-from vaelab.losses import class_summed_bound
 from vaelab.models.base import StepInfo
 from vaelab.models.m2 import M2, M2Config
 from vaelab.training.trainer import train as train_loop
@@ -58,6 +57,23 @@ def test_is_nll_with_y_summed_out_matches_the_exact_likelihood():
     assert abs(res["nll"] - (-exact.mean().item())) < 0.02
 
 
+@torch.no_grad()
+def exact_u(model: M2, x: torch.Tensor) -> torch.Tensor:
+    """E_q[U(x)] = sum_y q(y|x) (E_q(z|x,y) log p(x|y,z) + log p(y) - KL) + H(q(y|x)), the expectation
+    over the 1-D z on the grid: [B]."""
+    dz = (GRID[1] - GRID[0]).item()
+    qy = model.class_logits(x).softmax(-1)  # [B, C]
+    out = -(qy * qy.log()).sum(-1)
+    for c in range(model.num_classes):
+        y1 = F.one_hot(torch.full((len(x),), c), model.num_classes).double()
+        q = model.posterior(x, y1)  # [B, 1]
+        dens = q.log_prob(GRID[:, None, None]).exp() * dz  # [G, B]
+        lik = model.decode_y(GRID[:, None], F.one_hot(torch.full((len(GRID),), c), model.num_classes).double())
+        e_log = (dens * lik.log_prob(x[:, None]).T).sum(0)  # [B]
+        out = out + qy[:, c] * (e_log - math.log(model.num_classes) - q.kl_to_standard_normal())
+    return out
+
+
 def test_unlabelled_bound_is_below_log_px_and_its_kl_part_matches_a_loop():
     model = _tiny()
     x = _binary(4)
@@ -67,6 +83,8 @@ def test_unlabelled_bound_is_below_log_px_and_its_kl_part_matches_a_loop():
         draws = torch.stack([model.unlabelled_bound(x) for _ in range(4000)])  # [S, B]
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
     assert (mean < exact + 5 * se).all()  # U(x) <= log p(x), within the Monte Carlo error
+    # and E[U(x)] itself, its expectation over z by quadrature over the 1-D z: two-sided
+    assert torch.allclose(mean, exact_u(model, x), atol=5 * se.max().item())
     # the KL part of U(x), sum_y q(y|x) [KL(q(z|x,y) || p(z)) + log q(y|x) - log p(y)], against a loop
     with torch.no_grad():
         q = model.encode(x)
@@ -87,28 +105,51 @@ def test_every_class_elbo_matches_the_labelled_elbo_of_each_class():
         one = model.labelled_elbo(x, torch.full((len(x),), c))
         se = math.hypot(every[:, c].std(), one.std()) / math.sqrt(len(x))
         assert abs(every[:, c].mean() - one.mean()) < 5 * se
-    # and the model's U(x) is the class-summed bound of those columns (same draws: same seed)
+    # and the model's U(x) against a loop over the classes with the same draws of z (one [B, C, D]
+    # draw of N(0, I), as rsample makes it), torch.distributions' entropy and no class_summed_bound
+    from torch import distributions as td
+    xs = x[:5]
     torch.manual_seed(5)
-    u = model.unlabelled_bound(x[:5])
+    u = model.unlabelled_bound(xs)
     torch.manual_seed(5)
-    assert torch.allclose(u, class_summed_bound(model.class_logits(x[:5]), model.every_class_elbo(x[:5])))
+    eps = torch.randn(5, model.num_classes, 1, dtype=torch.float64)
+    qy = td.Categorical(logits=model.class_logits(xs))
+    loop = qy.entropy()
+    for c in range(model.num_classes):
+        y1 = F.one_hot(torch.full((5,), c), model.num_classes).double()
+        q = model.posterior(xs, y1)
+        z = q.mu + q.std * eps[:, c]
+        lik = td.Independent(td.Bernoulli(logits=model.decode_y(z, y1).logits), 3)
+        l_c = lik.log_prob(xs) - math.log(model.num_classes) - td.kl_divergence(
+            td.Independent(td.Normal(q.mu, q.std), 1), td.Independent(td.Normal(torch.zeros_like(q.mu), 1.0), 1))
+        loop = loop + qy.probs[:, c] * l_c
+    assert torch.allclose(u, loop)
 
 
 def test_the_step_weights_the_terms_as_the_authors_code_does():
+    # the authors' objective over N = 1000 images, 10 labelled: (sum_u U + sum_l L + alpha N/N_l
+    # sum_l log q) / N, per example of each minibatch; U over the minibatch's unlabelled images only
     model = _tiny(alpha=0.1).float()
     model.train()
-    x, y = _binary(4).float(), torch.tensor([0, 1, 2, 0])
+    x, y = _binary(5).float(), torch.tensor([0, 1, 2, 0, 1])
+    xl, yl = _binary(3, seed=9).float(), torch.tensor([2, 0, 1])  # the labelled part: other images
+    mask = torch.tensor([True, False, False, False, False])  # x[0]'s label is kept: not in U
     info = StepInfo(0, 0, 10, dataset_size=1000, labels=10)
     torch.manual_seed(6)
-    update = next(model.step(Batch(x, labelled_part=Batch(x, y)), info))
+    update = next(model.step(Batch(x, y, mask, labelled_part=Batch(xl, yl)), info))
     torch.manual_seed(6)
-    u = model.unlabelled_bound(x).mean()
-    l_y = model.labelled_elbo(x, y).mean()
-    ce = F.cross_entropy(model.class_logits(x), y)
-    n_tot = 1010
-    want = -(1000 / n_tot) * u - (10 / n_tot) * l_y + 0.1 * ce
+    u = model.unlabelled_bound(x[1:]).mean()
+    l_y = model.labelled_elbo(xl, yl).mean()
+    ce = F.cross_entropy(model.class_logits(xl), yl)
+    want = -(990 / 1000) * u - (10 / 1000) * l_y + 0.1 * ce
     assert torch.allclose(update.loss, want)
-    assert torch.allclose(update.metrics["class_loss"], ce)
+    assert torch.allclose(update.metrics["class_loss"], ce) and torch.allclose(update.metrics["bound"], u)
+    # with every label kept there is no unlabelled image: no U term, and no bound logged
+    torch.manual_seed(6)
+    update = next(model.step(Batch(x, y, labelled_part=Batch(xl, yl)), StepInfo(0, 0, 10, 1000)))
+    torch.manual_seed(6)
+    want = -model.labelled_elbo(xl, yl).mean() + 0.1 * ce
+    assert torch.allclose(update.loss, want) and "bound" not in update.metrics
 
 
 def test_a_batch_without_a_labelled_part_is_refused():
@@ -132,8 +173,8 @@ def test_labelled_parts_hold_only_the_runs_labels_and_resume_is_exact(tmp_path, 
         yield from real(self, batch, info)
     monkeypatch.setattr(M2, "step", spy)
     full = _run(tmp_path, "full", epochs=2)
-    # as many as the minibatch, or all 50 where it is larger
-    assert seen and all((y >= 0).all() and n_l == min(n, 50) and labels == 50 for y, n_l, n, labels in seen)
+    # as many as the minibatch (50 labels: shuffled copies of them), every one a kept label
+    assert seen and all((y >= 0).all() and n_l == n and labels == 50 for y, n_l, n, labels in seen)
     assert all(len(set(y.tolist())) > 1 for y, *_ in seen)  # drawn across the classes
     monkeypatch.setattr(M2, "step", real)
     half = _run(tmp_path, "half", epochs=1)
@@ -151,7 +192,7 @@ def test_eval_reports_the_classifiers_accuracy_and_probe_reads_the_codes(tmp_pat
     model = vaelab.load(run, device="cpu")
     x, y = vaelab.api.split_inputs(run, "test")
     want = (model.predict(x) == y).double().mean().item()
-    assert res["accuracy"] == pytest.approx(want) and res["error"] == pytest.approx(1 - want)
+    assert res["classifier_accuracy"] == pytest.approx(want) and res["classifier_error"] == pytest.approx(1 - want)
     assert res["nll"] > 0
     from vaelab.evaluation.probe import linear_probe
     probe = linear_probe(run, 50, model=model)
@@ -231,22 +272,25 @@ def test_m1_m2_trains_on_a_frozen_vae_and_records_it(tmp_path):
     assert cfg["features"] == str(m1.absolute()) and json.loads(cfg["features_model"])["model"] == "vae"
     weights = load_file(str(full / "model.safetensors"))
     assert all(torch.equal(weights[f"m1.{k}"], v) for k, v in before.items())  # M1 copied in, and frozen
-    assert load_file(str(m1 / "best.safetensors")).keys() == before.keys()
+    after = load_file(str(m1 / "best.safetensors"))
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
     half = _run(tmp_path, "half", features=str(m1), epochs=1)
     train_loop(vaelab.make_config(model="m2", data="digits", epochs=2, progress=False, device="cpu"), resume=half,
                log=lambda m: None)
     resumed = load_file(str(half / "model.safetensors"))
     assert all(torch.equal(weights[k], resumed[k]) for k in weights)
     res = vaelab.evaluate(full, k=2, sample_metrics=False, save=False)
-    assert 0 <= res["accuracy"] <= 1 and res["nll"] > 0
+    assert 0 <= res["classifier_accuracy"] <= 1 and res["nll"] > 0
     model = vaelab.load(full, device="cpu")
     assert model.sample_class(torch.tensor([0, 1])).shape == (2, 1, 8, 8)  # images, through M1's decoder
     from vaelab.evaluation.probe import finetune
-    assert 0 <= finetune(full, 50, epochs=1, model=model)["accuracy"] <= 1
+    tuned = finetune(full, 50, epochs=1, model=model)
+    assert 0 <= tuned["accuracy"] <= 1 and all(p.requires_grad is False for p in model.m1.parameters())
 
 
-@pytest.mark.parametrize("what, said", [("missing", "does not exist"), ("gan", "M1 must be a VAE"),
-                                        ("shape", "trained on images of shape (1, 28, 28)")])
+@pytest.mark.parametrize("what, said", [("missing", "--features: run directory"), ("gan", "M1 must be a vae or an iwae"),
+                                        ("shape", "trained on images of shape (1, 28, 28)"),
+                                        ("untrained", "has no best.safetensors: train M1 first")])
 def test_features_refusals(tmp_path, what, said):
     path = tmp_path / "m1"
     if what != "missing":
@@ -256,3 +300,14 @@ def test_features_refusals(tmp_path, what, said):
             "train": {"model": "gan" if what == "gan" else "vae"}, "model": {"shape": shape}}}))
     with pytest.raises(VaelabError, match=re.escape(said)):
         _run(tmp_path, features=str(path))
+
+
+def test_fitted_samplers_draw_m2_codes(tmp_path):
+    # M2's encode is over z given each class, not over its codes [mu(x, p), p]: a two-stage
+    # sampler takes the codes as their own draws (it crashed on encode's [B, C, D] before)
+    from vaelab.samplers import sampler_for
+    run = _run(tmp_path, epochs=1)
+    model = vaelab.load(run, device="cpu")
+    for spec in ("two-stage", "gmm:3"):
+        samples = sampler_for(run, model, spec).sample(4)
+        assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all()

@@ -104,6 +104,8 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
             x, offset = dequantize_fixed(x, levels), x[0].numel() * math.log(levels)
         res.update(evaluate_likelihood(model, x, k, discrete=model.discrete(levels), progress=progress, offset=offset,
                                        compile=compile, precision=precision, seed=seed, log=log, y=y))
+        if getattr(model, "conditional", False):  # -log p(x|y): never in one column with -log p(x)
+            res["nll_of"] = "x given its label"
     else:
         res["n"] = len(x)
     if scores_samples:

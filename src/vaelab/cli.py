@@ -264,7 +264,7 @@ def _sample_by_class(a, run, spec, model_cls, n: int) -> int:
     if a.class_ is not None and a.per_class:
         raise VaelabError("--class and --per-class are two ways to choose the classes: give one.")
     what = f"--class {a.class_}" if a.class_ is not None else "--per-class"
-    if not hasattr(model_cls, "sample_class"):
+    if not model_cls.samples_classes:
         raise VaelabError(f"{what} needs a model that samples a chosen class (cvae, m2); {a.run_dir} is a "
                           f"{run.train.model}.")
     if a.sampler not in (None, "prior"):
@@ -273,16 +273,20 @@ def _sample_by_class(a, run, spec, model_cls, n: int) -> int:
     classes = spec.num_classes
     if a.class_ is not None and not 0 <= a.class_ < classes:
         raise VaelabError(f"--class must be one of the run's classes, 0 to {classes - 1}, got {a.class_}.")
+    if a.per_class and a.nrow:
+        raise VaelabError("--nrow does not apply with --per-class: its rows are the classes, -n images each.")
     if a.per_class:
-        ys, nrow, rows = torch.arange(classes).repeat_interleave(n), n, [f"class {c}" for c in range(classes)]
+        count, nrow, rows = classes * n, n, [f"class {c}" for c in range(classes)]
         out = _out_path(a, "samples", "per-class", a.checkpoint, f"n{n}", f"seed{a.seed}")
     else:
-        ys, nrow, rows = torch.full((n,), a.class_), a.nrow or None, None
+        count, nrow, rows = n, a.nrow or None, None
         out = _out_path(a, "samples", f"class{a.class_}", a.checkpoint, f"n{n}", f"seed{a.seed}")
-    check_grid(f"{what} with -n {n}", len(ys), spec.shape[1:], nrow)
+    check_grid(f"{what} with -n {n}", count, spec.shape[1:], nrow)
     model = api.load(a.run_dir, a.checkpoint, a.device)
     torch.manual_seed(a.seed)
-    return _wrote(save_grid(model.sample_class(ys).cpu(), out, nrow=nrow, row_labels=rows))
+    # --per-class: the same n draws of z in every row, as the run's own picture has them
+    images = model.class_grid(n) if a.per_class else model.sample_class(torch.full((n,), a.class_))
+    return _wrote(save_grid(images.cpu(), out, nrow=nrow, row_labels=rows))
 
 
 def cmd_reconstruct(a) -> int:
@@ -505,7 +509,8 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
                "--nrow": dict(type=int, default=0, help="images a row (default: a square grid)"),
                "--class": dict(type=int, default=None, dest="class_", metavar="C",
                                help="draw every sample of class C (a model of labels: cvae, m2)"),
-               "--per-class": dict(action="store_true", help="a row of -n samples for each class (cvae, m2)"),
+               "--per-class": dict(action="store_true", help="a row of -n samples for each class, the same draws "
+                                                              "of z in every row (cvae, m2)"),
                "draws": "the draws", "--sampler": dict(default=None, metavar="SPEC", help=SAMPLER_HELP)})
     run_cmd("reconstruct", "test images above their reconstructions", cmd_reconstruct,
             **{"-n": dict(type=int, default=32, help="images of --split"), "-o": OUT_PNG,

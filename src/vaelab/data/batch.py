@@ -2,7 +2,6 @@
 their class labels and which of those labels the run may use."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +30,6 @@ class Batch:
 
     def __len__(self) -> int:
         return self.x.shape[0]
-
-    def with_x(self, x: torch.Tensor) -> "Batch":
-        """The same batch with other images (the same labels): e.g. in another memory format."""
-        return dataclasses.replace(self, x=x)
 
 
 def as_batch(b) -> "Batch | list[Batch]":

@@ -83,9 +83,9 @@ class Batches:
 
     ``with_labelled`` (a model that learns from a few labels: M2): each minibatch also carries
     ``labelled_part``, a minibatch of the same global size drawn afresh from the images whose
-    labels the run may use (without replacement within it; all of them, shuffled, where there are
-    fewer), binarized alike, and sharded as the minibatch is, so each rank's two parts hold the
-    same share of their global minibatches. It draws from ``generator`` after the minibatch's
+    labels the run may use (without replacement within it where there are as many; where there
+    are fewer, shuffled copies of all of them one after another), binarized alike, and sharded as
+    the minibatch is, so each rank's two parts hold the same share of their global minibatches. It draws from ``generator`` after the minibatch's
     own draws, so its stream is checkpointed with theirs; without it nothing more is drawn.
     """
 
@@ -158,7 +158,8 @@ class Batches:
     def _labelled_part(self, size: int) -> Batch:
         """A global minibatch of ``size`` labelled images, drawn afresh (this rank's part)."""
         n_l = len(self.labelled_idx)
-        pick = torch.randperm(n_l, generator=self.generator)[:size].to(self.labelled_idx.device)
+        pick = torch.cat([torch.randperm(n_l, generator=self.generator) for _ in range(-(-size // n_l))])[:size]
+        pick = pick.to(self.labelled_idx.device)
         return self._take(self.labelled_idx[pick])
 
     def __iter__(self) -> Iterator[Batch]:

@@ -227,7 +227,8 @@ class _Classifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, latent_dim: int):
         super().__init__()
-        self.encoder, self.latent_dim = encoder, latent_dim
+        # every weight of the encoder trains, also one its model kept frozen (M1+M2's M1)
+        self.encoder, self.latent_dim = encoder.requires_grad_(True), latent_dim
         dev = next(encoder.parameters()).device
         self.register_buffer("mean", torch.zeros(latent_dim, device=dev))
         self.register_buffer("scale", torch.ones(latent_dim, device=dev))

@@ -105,7 +105,7 @@ def sample_metrics(model: Sampler, n_samples: int = 10_000, data_dir: str | None
             x_test=unit["test"], y_test=ds.test.y).cpu()).to(dev)
         res["frechet"] = frechet_from_images(net, unit["test"], samples, ranks_share=True)
         res["frechet_classifier_accuracy"] = net.accuracy
-        if hasattr(model, "sample_class") and sampler in (None, model):  # a model of labels: samples of a class
+        if getattr(model, "samples_classes", False) and sampler in (None, model):  # samples of a chosen class
             res.update(class_metrics(model, net, unit["test"], ds.test.y, n_samples, seed, spec.num_classes,
                                      spec.levels if run.model.dequantizes else None))
     return res

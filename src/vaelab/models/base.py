@@ -106,6 +106,14 @@ class Model(nn.Module):
     # a model that learns from a few labels (M2): each minibatch carries a minibatch of labelled
     # images beside it (Batch.labelled_part); one that does not may not hide labels (--labels N)
     labelled_part: ClassVar[bool] = False
+    # a model whose likelihood is of x given its label (cvae): evaluation passes the labels to
+    # encode(x, y) and log_weights(x, k, q, y)
+    conditional: ClassVar[bool] = False
+    # a model that samples a chosen class: sample_class(classes) and class_grid(n) (cvae, m2)
+    samples_classes: ClassVar[bool] = False
+    # whether encode(x), where the model has one, is a posterior over codes(x) (the VAE family: a
+    # fitted sampler may draw from it); a model of labels' encode is over another variable
+    codes_posterior: ClassVar[bool] = True
 
     size_fields: ClassVar[tuple[str, ...]] = ()     # config fields besides the nets' widths that size it
 

@@ -65,7 +65,11 @@ class LabelledModel(LikelihoodDecoder):
     val_name, higher_is_better = "elbo", True
     normal_prior = False  # its prior draws are [z, one-hot y]
     needs_labels = True
+    samples_classes = True
+    codes_posterior = False  # encode(x) is over z alone (given y), not over the codes [z, y]
     presets: dict = {}
+    # the labelled bound holds log p(x|y,z) once (on dequantized pixels it moves as the ELBO does)
+    LOG_LIKELIHOOD_SIGNS = {**LikelihoodDecoder.LOG_LIKELIHOOD_SIGNS, "labelled_elbo": 1}
 
     def __init__(self, cfg):
         Model.__init__(self)
@@ -122,14 +126,20 @@ class LabelledModel(LikelihoodDecoder):
         return self.decode_mean(self.class_prior(classes, generator))
 
     @torch.no_grad()
-    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Figure]:
-        """samples-by-class.png: a row of samples for each class (one noise batch, seed
-        :data:`~vaelab.models.base.FIXED_NOISE_SEED`, the same z in every row)."""
-        n = PER_CLASS
-        g = torch.Generator().manual_seed(FIXED_NOISE_SEED)
-        z = standard_normal((n, self.cfg.latent_dim), next(self.parameters()), g).repeat(self.num_classes, 1)
+    def class_grid(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A row of n samples for each class: n draws of z ~ N(0, I), the same in every row, each
+        decoded with the row's class, [C * n, *shape] (class 0's row first)."""
+        z = standard_normal((n, self.cfg.latent_dim), next(self.parameters()), generator).repeat(self.num_classes, 1)
         y = self.one_hot(torch.arange(self.num_classes, device=z.device).repeat_interleave(n), z)
-        path = save_grid(self.decode_mean(torch.cat([z, y], -1)).cpu(), Path(run_dir) / PNG.samples_by_class,
+        return self.decode_mean(torch.cat([z, y], -1))
+
+    @torch.no_grad()
+    def pictures(self, x: torch.Tensor, run_dir: Path) -> list[Figure]:
+        """samples-by-class.png: a row of samples for each class (:meth:`class_grid`, one noise
+        batch of seed :data:`~vaelab.models.base.FIXED_NOISE_SEED`)."""
+        n = PER_CLASS
+        grid = self.class_grid(n, torch.Generator().manual_seed(FIXED_NOISE_SEED))
+        path = save_grid(grid.cpu(), Path(run_dir) / PNG.samples_by_class,
                          nrow=n, row_labels=[f"class {c}" for c in range(self.num_classes)])
         return [Figure(path, "Samples by class", f"Each row decodes the same {n} draws of z ~ N(0, I) with the class "
                        "on its left: the decoder's mean of p(x|y,z), so a column keeps its style (z) across the "

@@ -7,18 +7,18 @@ contributes the labelled bound
 
     L(x, y) = E_q(z|x,y)[log p(x|y,z)] + log p(y) - KL(q(z|x,y) || p(z)),
 
-and every training image (labelled or not, as in the authors' code) the unlabelled bound with
-y summed out exactly over the classes, not sampled (their Eq. 7, :func:`vaelab.losses.class_summed_bound`):
+and every other training image the unlabelled bound with y summed out exactly over the classes,
+not sampled (their Eq. 7, :func:`vaelab.losses.class_summed_bound`):
 
     U(x) = sum_y q(y|x) L(x, y) + H(q(y|x)).
 
-q(y|x) learns from the labels through the classification term alpha * N_tot / N_l * log q(y|x) of
-each labelled image (their Eq. 9; alpha = 0.1 and N_tot = N + N_l in the authors' code). Each step
-takes a minibatch of the training images for U and one of the labelled images beside it
-(:attr:`~vaelab.data.Batch.labelled_part`); per example of the whole objective, as the authors
-scale theirs,
+q(y|x) learns from the labels through the classification term alpha * N / N_l * log q(y|x) of each
+labelled image (their Eq. 9; alpha = 0.1 in the authors' code, N = N_l + N_u the training images).
+Each step takes a minibatch of the training images, whose unlabelled ones give U, and one of the
+labelled images beside it (:attr:`~vaelab.data.Batch.labelled_part`); per example of the whole
+objective, as the authors' code scales theirs (its sum over the data divided by N),
 
-    loss = - N/N_tot mean U(x) - N_l/N_tot mean L(x, y) - alpha mean log q(y|x).
+    loss = - N_u/N mean U(x) - N_l/N mean L(x, y) - alpha mean log q(y|x).
 
 The codes of an image (what a probe reads, what interpolations and fitted samplers use) are
 [mu(x, p), p] with p = q(y|x): the posterior mean of z given the class probabilities, and the
@@ -33,10 +33,9 @@ images through M1's decoder, and the NLL is of x (:class:`M1M2`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,14 +46,15 @@ from ..config import from_dict, opt
 from ..data.batch import Batch
 from ..distributions import DiagonalGaussian, standard_normal_log_prob
 from ..errors import VaelabError
+from ..io import load_weights
 from ..losses import class_summed_bound
 from ..nets import ACTIVATIONS, full_precision, make_encoder
-from ..io import load_weights
 from ..registry import MODELS, register
 from ..rundir import CHECKPOINTS, read_run_config
 from .base import ENCODE, LIKELIHOOD, SAMPLE, Model, StepInfo, Update, adam
 from .cvae import CVAEConfig, LabelledModel, Posterior
-from .vae import LatentGaussianModel
+from .iwae import IWAE
+from .vae import VAE
 
 EVAL_CHUNK = 1000  # images per pass when a whole split is scored
 
@@ -64,8 +64,8 @@ class M2Config(CVAEConfig):
     hidden: tuple[int, ...] = opt((500,), "hidden layer sizes of each mlp: q(y|x), q(z|x,y) and p(x|y,z)")
     activation: str = opt("softplus", "non-linearity of the hidden layers", tuple(ACTIVATIONS))
     latent_dim: int = opt(50, "dimension of z")
-    alpha: float = opt(0.1, "weight of the classification term: alpha * N_tot / N_labelled per labelled image "
-                            "(Kingma et al. 2014: 0.1)")
+    alpha: float = opt(0.1, "weight of the classification term: alpha * N / N_labelled per labelled image, N the "
+                            "training images (Kingma et al. 2014: 0.1)")
     features: str | None = opt(None, "M1+M2: the run directory of a trained VAE (M1), on whose codes M2 then learns "
                                      "(its weights are copied into this run when training starts)")
     features_model: str | None = opt(None, "M1's model and settings, as JSON (read from --features)", flag=False)
@@ -85,7 +85,7 @@ class M2Config(CVAEConfig):
             self, features=str(Path(self.features).absolute()),
             features_model=json.dumps(read_features(self.features, self.shape), sort_keys=True))
         m1 = features_config(cfg.features_model)
-        taken = {k: getattr(m1, k) for k in ("likelihood", "binarize", "gaussian_std", "mixtures", "levels")}
+        taken = {k: getattr(m1, k) for k in ("likelihood", "binarize", "gaussian_std", "mixtures")}
         cfg = dataclasses.replace(cfg, **taken)
         line = None if cfg == self else (f"M1+M2: M2 learns on the {m1.latent_dim}-dimensional codes of "
                                          f"{self.features}; --likelihood {cfg.likelihood} and --binarize "
@@ -94,20 +94,24 @@ class M2Config(CVAEConfig):
 
 
 def read_features(run_dir: str, shape: tuple[int, ...]) -> dict:
-    """``{"model": name, "settings": {...}}`` of the VAE trained in ``run_dir`` (--features), checked:
-    a model with a Gaussian posterior and a likelihood, trained on images of ``shape``."""
-    doc = read_run_config(Path(run_dir))
+    """``{"model": name, "settings": {...}, "run": path}`` of the VAE trained in ``run_dir``
+    (--features), checked: a ``vae`` or an ``iwae`` (a Gaussian posterior q(z1|x) whose draws its
+    decoder was trained on), with a best checkpoint, trained on images of ``shape``."""
+    try:
+        doc = read_run_config(Path(run_dir))
+    except VaelabError as e:
+        raise VaelabError(f"--features: {e}") from None
     try:
         name, settings = doc["run"]["train"]["model"], dict(doc["run"]["model"])
     except (KeyError, TypeError, ValueError):
         raise VaelabError(f"--features {run_dir}: its config.json does not describe a vaelab run.") from None
-    cls = MODELS.get(name)
-    if cls is None or not issubclass(cls, LatentGaussianModel):
-        raise VaelabError(f"--features {run_dir} is a run of {name}: M1 must be a VAE with a Gaussian posterior "
-                          "(vae, iwae, ...).")
+    if MODELS.get(name) not in (VAE, IWAE):
+        raise VaelabError(f"--features {run_dir} is a run of {name}: M1 must be a vae or an iwae.")
     if tuple(settings.get("shape", ())) != tuple(shape):
         raise VaelabError(f"--features {run_dir} was trained on images of shape {tuple(settings.get('shape', ()))}, "
                           f"but this run's are {tuple(shape)}.")
+    if not (Path(run_dir) / CHECKPOINTS["best"]).is_file():
+        raise VaelabError(f"--features {run_dir} has no {CHECKPOINTS['best']}: train M1 first.")
     return {"model": name, "settings": settings, "run": str(Path(run_dir).absolute())}
 
 
@@ -204,18 +208,27 @@ class M2(LabelledModel):
     # ---- training --------------------------------------------------------------------------
 
     def step(self, batch: Batch, info: StepInfo):
-        x, part = batch.x, batch.labelled_part
+        part = batch.labelled_part
         if part is None:
             raise VaelabError("m2 trains on minibatches that carry a labelled part (Batch.labelled_part).")
         n = info.dataset_size
-        n_l = info.labels if info.labels is not None else n
-        n_tot = n + n_l
-        bound = self.unlabelled_bound(x)  # [B]
+        n_l = min(info.labels, n) if info.labels is not None else n
+        # U over the minibatch's unlabelled images (a labelled one counts in the labelled part). With
+        # every label kept there are none and the U term drops out; a minibatch built without its
+        # mask is taken as all unlabelled.
+        if info.labels is None:
+            unlabelled = batch.x[:0]
+        else:
+            unlabelled = batch.x if batch.labelled is None else batch.x[~batch.labelled]
+        bound = self.unlabelled_bound(unlabelled)  # [B_u]
+        u_term = bound.mean() if len(bound) else bound.sum()  # 0 without unlabelled images
         elbo_l = self.labelled_elbo(part.x, part.y)  # [B_l]
         log_q = -F.cross_entropy(self.class_logits(part.x), part.y, reduction="none")  # [B_l]
-        loss = -(n / n_tot) * bound.mean() - (n_l / n_tot) * elbo_l.mean() - self.cfg.alpha * log_q.mean()
-        yield Update("model", loss, {"loss": loss, "bound": bound.mean(), "labelled_elbo": elbo_l.mean(),
-                                     "class_loss": -log_q.mean()})
+        loss = -((n - n_l) / n) * u_term - (n_l / n) * elbo_l.mean() - self.cfg.alpha * log_q.mean()
+        metrics = {"loss": loss, "labelled_elbo": elbo_l.mean(), "class_loss": -log_q.mean()}
+        if info.labels is not None:
+            metrics["bound"] = u_term
+        yield Update("model", loss, metrics)
 
     def validation(self, batch: Batch) -> torch.Tensor:
         """U(x) per held-out image: the bound on log p(x) with y summed out (no labels read)."""
@@ -233,7 +246,7 @@ class M2(LabelledModel):
         if batch.y is None:
             return {}
         acc = (self.predict(batch.x) == batch.y).double().mean().item()
-        return {"accuracy": acc, "error": 1.0 - acc}
+        return {"classifier_accuracy": acc, "classifier_error": 1.0 - acc}
 
     # ---- codes ------------------------------------------------------------------------------
 

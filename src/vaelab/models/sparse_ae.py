@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.batch import Batch
 from ..config import opt
+from ..data.batch import Batch
 from ..errors import VaelabError
 from ..images import Figure, save_figure
 from ..losses import kl_sparsity, l1_penalty

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..data.batch import Batch
 from ..config import opt
+from ..data.batch import Batch
 from ..data.datasets import is_colour
 from ..distributions import (Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, standard_normal,
                              standard_normal_log_prob)

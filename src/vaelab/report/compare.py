@@ -29,13 +29,14 @@ class Column:
     key: str
     label: str
     better: str
-    how: tuple   # (data, split, checkpoint, k, sampler, samples, labels): metrics.HOW
+    how: tuple   # (data, split, checkpoint, k, sampler, samples, labels, nll_of): metrics.HOW
 
     @property
     def heading(self) -> str:
-        data, split, ckpt, k, sampler, n, labels = self.how
+        data, split, ckpt, k, sampler, n, labels, nll_of = self.how
         parts = ([f"{data} {split}" if data else split] + ([ckpt] if ckpt else []) + ([f"K={k}"] if k is not None else [])
-                 + ([f"{sampler}, n={n}"] if sampler else []) + ([f"{labels} labels"] if labels is not None else []))
+                 + ([f"{sampler}, n={n}"] if sampler else []) + ([f"{labels} labels"] if labels is not None else [])
+                 + ([f"of {nll_of}"] if nll_of else []))
         return f"{self.label} ({', '.join(str(p) for p in parts)})"
 
 

@@ -23,10 +23,11 @@ class Metric:
 
 SAMPLED = ("data", "split", "checkpoint", "sampler", "samples")
 METRIC_COLUMNS = [
-    Metric("elbo", "ELBO", "higher", "nats per example"),
+    # a conditional model's (nll_of: "x given its label") never shares a column with -log p(x)
+    Metric("elbo", "ELBO", "higher", "nats per example", ("data", "split", "checkpoint", "nll_of")),
     Metric("nll", "NLL", "lower", "nats per example, importance-sampled with K samples",
-           ("data", "split", "checkpoint", "k")),
-    Metric("bpd", "bits/dim", "lower", "the NLL in bits per pixel value", ("data", "split", "checkpoint", "k")),
+           ("data", "split", "checkpoint", "k", "nll_of")),
+    Metric("bpd", "bits/dim", "lower", "the NLL in bits per pixel value", ("data", "split", "checkpoint", "k", "nll_of")),
     Metric("kl", "KL", "", "KL(q(z|x) || p(z)), nats per example"),
     Metric("mse", "recon. MSE", "lower", "mean squared error per pixel at the code (pixels in [0, 1])"),
     Metric("parzen_ll", "Parzen LL", "higher", "Gaussian Parzen-window log-likelihood of the samples, nats", SAMPLED),
@@ -41,9 +42,11 @@ METRIC_COLUMNS = [
     Metric("g_loss", "G's loss", "", "the generator's loss"),
     Metric("accuracy", "probe acc.", "higher", "test accuracy of a logistic regression on the best checkpoint's codes, "
            "trained on the given number of labelled images (vaelab probe)", ("data", "split", "checkpoint", "labels")),
+    Metric("classifier_accuracy", "classifier acc.", "higher", "test accuracy of the model's own classifier q(y|x) "
+           "(m2), trained with the run's labels"),
 ]
 # how a figure was measured: what must match for two runs' figures to share a column
-HOW = ("data", "split", "checkpoint", "k", "sampler", "samples", "labels")
+HOW = ("data", "split", "checkpoint", "k", "sampler", "samples", "labels", "nll_of")
 
 
 @dataclass

@@ -84,7 +84,8 @@ def run_pictures(run_dir, n: int = 64, data_dir: str | None = None, seed: int = 
         label = "training loss (nats/example)" if likelihood else "training loss"
         path = plot_curves(hist, run_dir / PNG.curves, label)
         val = hist[0].get("val_name")
-        loss = "the negative ELBO in nats per example, " if likelihood else ""
+        loss = ("the negative of M2's objective: its bounds and classification term, weighted, in nats per "
+                "example, " if model.labelled_part else "the negative ELBO in nats per example, " if likelihood else "")
         right = f"the validation {val} at each epoch's end" if val else "nothing: the run had no validation set"
         out.append(Figure(path, "Training curves",
                           f"Left: the training loss ({loss}the mean over each epoch's steps). Right: {right}."))

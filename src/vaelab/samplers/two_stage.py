@@ -89,14 +89,15 @@ def _posterior_draws(model, x: torch.Tensor, z: torch.Tensor, dev: torch.device
       the moments are those of the first draw;
     * a diagonal Gaussian q(z|x) whose mean is the code (the VAE family): mu + sigma eps, and the
       moments in closed form, mean E[mu] and variance Var[mu] + E[sigma^2] (total variance);
-    * no sigma (``encode`` gives the code itself: ae, dae, sparse-ae, wae, aae): q(z|x) is a point
-      at the code, so the codes are their own draws, as before.
+    * no sigma (``encode`` gives the code itself: ae, dae, sparse-ae, wae, aae), or an ``encode``
+      that is no posterior over the codes (``codes_posterior`` False: m2, whose codes are
+      [mu(x, p), p]): q(z|x) is a point at the code, so the codes are their own draws.
     """
     if hasattr(model, "posterior_sample"):
         draw = lambda: of_all(lambda b: model.posterior_sample(b, None)[0], x, dev).float()  # noqa: E731
         first = draw()
         return (lambda epoch: first if epoch == 0 else draw()), first.mean(0), first.std(0)
-    probe = model.encode(x[:1].to(dev)) if hasattr(model, "encode") else None
+    probe = model.encode(x[:1].to(dev)) if hasattr(model, "encode") and getattr(model, "codes_posterior", True) else None
     if not isinstance(probe, DiagonalGaussian):
         return (lambda epoch: z), z.mean(0), z.std(0)
     std = of_all(lambda b: model.encode(b).std, x, dev).float()  # sigma(x), [N, D]; z is mu(x)

@@ -14,9 +14,8 @@ drops the same updates.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
