@@ -4,6 +4,7 @@ each case wins), so a table is never typed by hand.
     python benchmarks/tables.py gan_vs_vae
     python benchmarks/tables.py images
     python benchmarks/tables.py representations
+    python benchmarks/tables.py semisupervised     # also draws docs/img/semisupervised.png
 """
 from __future__ import annotations
 
@@ -79,5 +80,62 @@ def representations() -> str:
     return "\n".join(out)
 
 
+def semisupervised() -> str:
+    """Test error (%) by model and labels, mean ± sd over the seeds (the last line of each model,
+    labels and seed wins), beside Kingma et al. 2014's Table 1; and the plot of error against labels."""
+    import statistics
+    from semisupervised import PAPER
+    last = {(r["model"], r["labels"], r["seed"]): r for r in _rows("semisupervised")}
+    cells: dict[tuple[str, int], list[dict]] = {}
+    for (model, n, _), r in last.items():
+        cells.setdefault((model, n), []).append(r)
+    labels = sorted({n for _, n in cells})
+    models = [m for m in ("m2", "m1+m2", "probe", "finetune", "supervised") if any(k[0] == m for k in cells)]
+
+    def cell(model, n):
+        rows = cells.get((model, n))
+        if not rows:
+            return "—"
+        errs = [100 * r["test_error"] for r in rows]
+        sd = f" ± {statistics.stdev(errs):.2f}" if len(errs) > 1 else ""
+        minutes = statistics.mean(r["minutes"] for r in rows)
+        return f"{statistics.mean(errs):.2f}{sd} ({len(errs)} seed{'s' if len(errs) > 1 else ''}, {minutes:.0f} min)"
+    head = "| model | " + " | ".join(f"{n:,} labels" for n in labels) + " |"
+    out = [head, "|---|" + "---:|" * len(labels)]
+    for m in models:
+        out.append(f"| vaelab {m} | " + " | ".join(cell(m, n) for n in labels) + " |")
+    for m, figures in PAPER.items():
+        out.append(f"| paper {m.upper()} | " + " | ".join(f"{figures[n]:.2f}" if n in figures else "—"
+                                                           for n in labels) + " |")
+    _plot(cells, models, PAPER)
+    return "\n".join(out)
+
+
+def _plot(cells, models, paper) -> None:
+    import statistics
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        ns = sorted(n for mm, n in cells if mm == m)
+        errs = [[100 * r["test_error"] for r in cells[(m, n)]] for n in ns]
+        ax.errorbar(ns, [statistics.mean(e) for e in errs], yerr=[statistics.stdev(e) if len(e) > 1 else 0 for e in errs],
+                    marker="o", capsize=3, label=f"vaelab {m}")
+    for m, figures in paper.items():
+        ns = sorted(figures)
+        ax.plot(ns, [figures[n] for n in ns], linestyle="--", marker="x", label=f"paper {m.upper()}")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("MNIST with a few labels")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS.parent.parent / "docs" / "img" / "semisupervised.png", dpi=120)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
-    print({"gan_vs_vae": gan_vs_vae, "images": images, "representations": representations}[sys.argv[1]]())
+    print({"gan_vs_vae": gan_vs_vae, "images": images, "representations": representations,
+           "semisupervised": semisupervised}[sys.argv[1]]())
