@@ -57,6 +57,23 @@ def test_is_nll_is_of_x_given_its_label_and_matches_the_exact_value():
         evaluate_likelihood(model, x, 10)
 
 
+@pytest.mark.parametrize("lead", [(), (4,), (3, 4)])
+def test_the_posterior_is_the_mlp_of_the_image_and_its_class_vector(lead):
+    """q(z|x,y) computes the image's part of its first layer once per image: it must be the same
+    net as the plain mlp of [x, y], for one class vector an image or several (M2 pairs each image
+    with every class), one-hot or probabilities."""
+    torch.manual_seed(0)
+    cfg = CVAEConfig(shape=(1, 3, 3), hidden=(7, 5), latent_dim=2, num_classes=4)
+    post = CVAE(cfg).double().encoder
+    x = torch.rand(6, 1, 3, 3, dtype=torch.float64)
+    y = torch.softmax(torch.randn(6, *lead, 4, dtype=torch.float64), -1)
+    flat = x.flatten(1).view(6, *([1] * len(lead)), 9).expand(6, *lead, 9)
+    mu, logvar = post.net(torch.cat([flat, y], -1)).chunk(2, -1)
+    q = post(x, y)
+    assert q.mu.shape == (6, *lead, 2)
+    assert torch.allclose(q.mu, mu, atol=1e-12) and torch.allclose(q.logvar, logvar, atol=1e-12)
+
+
 @pytest.fixture(scope="module")
 def cvae_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cvae") / "run"

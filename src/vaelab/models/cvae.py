@@ -44,7 +44,11 @@ class CVAEConfig(LatentGaussianConfig):
 
 
 class Posterior(nn.Module):
-    """q(z|x,y): an mlp of [flattened x, y] to [mu, logvar]."""
+    """q(z|x,y): an mlp of [flattened x, y] to [mu, logvar].
+
+    Its first layer is linear, so W [x, y] + b = (W_x x + b) + W_y y: the image's part is computed
+    once however many class vectors it is paired with (M2 pairs each image with every class), and
+    only the small W_y y per class vector."""
 
     def __init__(self, cfg: CVAEConfig):
         super().__init__()
@@ -53,9 +57,13 @@ class Posterior(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> DiagonalGaussian:
         """x [B, *shape] and class vectors y [B, ..., C] (one-hot, or probabilities): mu, logvar
         [B, ..., D]."""
+        first, rest = self.net[0], self.net[1:]
         flat = x.flatten(1)  # [B, P]
-        flat = flat.view(flat.shape[0], *([1] * (y.dim() - 2)), flat.shape[1]).expand(*y.shape[:-1], -1)
-        mu, logvar = full_precision(self.net(torch.cat([flat, y.to(flat.dtype)], -1))).chunk(2, dim=-1)
+        p = flat.shape[1]
+        h_x = F.linear(flat, first.weight[:, :p], first.bias)  # [B, H]: once per image
+        h_y = F.linear(y.to(h_x.dtype), first.weight[:, p:])  # [B, ..., H]
+        h = h_x.view(h_x.shape[0], *([1] * (y.dim() - 2)), h_x.shape[1]) + h_y
+        mu, logvar = full_precision(rest(h)).chunk(2, dim=-1)
         return DiagonalGaussian(mu, logvar)
 
 
