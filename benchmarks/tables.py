@@ -81,16 +81,19 @@ def representations() -> str:
 
 
 def semisupervised() -> str:
-    """Test error (%) by model and labels, mean ± sd over the seeds (the last line of each model,
-    labels and seed wins), beside Kingma et al. 2014's Table 1; and the plot of error against labels."""
+    """Test error (%) by model, budget and labels, mean ± sd over the seeds (the last line of each
+    model, budget, labels and seed wins), beside Kingma et al. 2014's Table 1; and the plot of
+    error against labels. A model trained for two budgets (the grid's 10 minutes and the long run)
+    gets a row for each."""
     import statistics
     from semisupervised import PAPER
-    last = {(r["model"], r["labels"], r["seed"]): r for r in _rows("semisupervised")}
+    last = {(r["model"], r["budget_minutes"], r["labels"], r["seed"]): r for r in _rows("semisupervised")}
     cells: dict[tuple[str, int], list[dict]] = {}
-    for (model, n, _), r in last.items():
-        cells.setdefault((model, n), []).append(r)
+    for (model, budget, n, _), r in last.items():
+        cells.setdefault((f"{model}, {budget:g} min", n), []).append(r)
     labels = sorted({n for _, n in cells})
-    models = [m for m in ("m2", "m1+m2", "probe", "finetune", "supervised") if any(k[0] == m for k in cells)]
+    order = ("m2", "m1+m2", "probe", "finetune", "supervised")
+    models = sorted({k[0] for k in cells}, key=lambda m: (order.index(m.split(",")[0]), float(m.split(", ")[1][:-4])))
 
     def cell(model, n):
         rows = cells.get((model, n))
@@ -100,7 +103,7 @@ def semisupervised() -> str:
         sd = f" ± {statistics.stdev(errs):.2f}" if len(errs) > 1 else ""
         minutes = statistics.mean(r["minutes"] for r in rows)
         return f"{statistics.mean(errs):.2f}{sd} ({len(errs)} seed{'s' if len(errs) > 1 else ''}, {minutes:.0f} min)"
-    head = "| model | " + " | ".join(f"{n:,} labels" for n in labels) + " |"
+    head = "| model, budget | " + " | ".join(f"{n:,} labels" for n in labels) + " |"
     out = [head, "|---|" + "---:|" * len(labels)]
     for m in models:
         out.append(f"| vaelab {m} | " + " | ".join(cell(m, n) for n in labels) + " |")
