@@ -25,7 +25,7 @@ from torch import nn
 from ..config import opt
 from ..data.batch import Batch
 from ..distributions import DiagonalGaussian, standard_normal, standard_normal_log_prob
-from ..nets import full_precision, make_decoder, mlp
+from ..nets import full_precision, mlp
 from ..images import Figure, save_grid
 from ..registry import register
 from ..rundir import PNG
@@ -83,11 +83,7 @@ class LabelledModel(LikelihoodDecoder):
         Model.__init__(self)
         self.cfg = cfg = cfg.settled()[0]
         self.event_ndim = len(cfg.shape)
-        # p(x|y,z): the decoder of [z, y], [..., D + C]
-        self.decoder = make_decoder("mlp", cfg.latent_dim + cfg.num_classes, cfg.hidden, cfg.channels,
-                                    cfg.activation, cfg.shape, cfg.shape[0] * cfg.decoder_params)
-        if cfg.likelihood == "gaussian" and cfg.gaussian_std is None:
-            self.log_scale = nn.Parameter(torch.zeros(cfg.shape))
+        self.build_decoder("mlp", cfg.latent_dim + cfg.num_classes)  # p(x|y,z): the decoder of [z, y], [..., D + C]
 
     @property
     def num_classes(self) -> int:

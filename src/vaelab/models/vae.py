@@ -132,6 +132,17 @@ class LikelihoodDecoder(Model):
     # A constant pixel would drive a learned std to 0 and the density to infinity: floor it.
     MIN_LOG_SCALE = math.log(1e-3)
 
+    def build_decoder(self, arch: str, in_dim: int) -> None:
+        """``self.decoder`` from ``in_dim`` inputs to the likelihood's parameters of each pixel, and
+        a Gaussian's learned per-pixel log std where its std is not fixed."""
+        cfg = self.cfg
+        self.decoder = make_decoder(arch, in_dim, cfg.hidden, cfg.channels, cfg.activation, cfg.shape,
+                                    cfg.shape[0] * cfg.decoder_params)
+        if cfg.likelihood == "gaussian" and cfg.gaussian_std is None:
+            # Learned per-pixel log std, independent of z: stable where a z-dependent variance
+            # collapses on always-black MNIST pixels.
+            self.log_scale = nn.Parameter(torch.zeros(cfg.shape))
+
     @property
     def decoder_params(self) -> int:
         return self.cfg.decoder_params
@@ -217,12 +228,7 @@ class LatentGaussianModel(LikelihoodDecoder):
         self.cfg = cfg = cfg.settled()[0] if hasattr(cfg, "settled") else cfg
         self.event_ndim = len(cfg.shape)
         self.encoder = make_encoder(cfg.arch, cfg.shape, cfg.hidden, cfg.channels, cfg.activation, 2 * cfg.latent_dim)
-        self.decoder = make_decoder(cfg.arch, cfg.latent_dim, cfg.hidden, cfg.channels, cfg.activation,
-                                    cfg.shape, cfg.shape[0] * cfg.decoder_params)
-        if cfg.likelihood == "gaussian" and cfg.gaussian_std is None:
-            # Learned per-pixel log std, independent of z: stable where a z-dependent variance
-            # collapses on always-black MNIST pixels.
-            self.log_scale = nn.Parameter(torch.zeros(cfg.shape))
+        self.build_decoder(cfg.arch, cfg.latent_dim)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         mu, logvar = full_precision(self.encoder(x)).chunk(2, dim=-1)  # [B, D] each
