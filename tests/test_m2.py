@@ -128,7 +128,8 @@ def test_every_class_elbo_matches_the_labelled_elbo_of_each_class():
 
 def test_the_step_weights_the_terms_as_the_authors_code_does():
     # the authors' objective over N = 1000 images, 10 labelled: (sum_u U + sum_l L + alpha N/N_l
-    # sum_l log q) / N, per example of each minibatch; U over the minibatch's unlabelled images only
+    # sum_l log q) / N, per example of each minibatch: (1/N) sum_u U estimated by the sum of U over
+    # the minibatch's unlabelled images divided by its size
     model = _tiny(alpha=0.1).float()
     model.train()
     x, y = _binary(5).float(), torch.tensor([0, 1, 2, 0, 1])
@@ -138,18 +139,58 @@ def test_the_step_weights_the_terms_as_the_authors_code_does():
     torch.manual_seed(6)
     update = next(model.step(Batch(x, y, mask, labelled_part=Batch(xl, yl)), info))
     torch.manual_seed(6)
-    u = model.unlabelled_bound(x[1:]).mean()
+    u = model.unlabelled_bound(x[1:])
     l_y = model.labelled_elbo(xl, yl).mean()
     ce = F.cross_entropy(model.class_logits(xl), yl)
-    want = -(990 / 1000) * u - (10 / 1000) * l_y + 0.1 * ce
+    want = -u.sum() / 5 - (10 / 1000) * l_y + 0.1 * ce
     assert torch.allclose(update.loss, want)
-    assert torch.allclose(update.metrics["class_loss"], ce) and torch.allclose(update.metrics["bound"], u)
+    assert torch.allclose(update.metrics["class_loss"], ce) and torch.allclose(update.metrics["bound"], u.mean())
+    # a minibatch of kept labels only: no U term, and no NaN in the logged bound
+    torch.manual_seed(6)
+    update = next(model.step(Batch(x, y, torch.ones(5, dtype=torch.bool), labelled_part=Batch(xl, yl)), info))
+    torch.manual_seed(6)
+    want = -(10 / 1000) * model.labelled_elbo(xl, yl).mean() + 0.1 * ce
+    assert torch.allclose(update.loss, want) and update.metrics["bound"].item() == 0
     # with every label kept there is no unlabelled image: no U term, and no bound logged
     torch.manual_seed(6)
     update = next(model.step(Batch(x, y, labelled_part=Batch(xl, yl)), StepInfo(0, 0, 10, 1000)))
     torch.manual_seed(6)
     want = -model.labelled_elbo(xl, yl).mean() + 0.1 * ce
     assert torch.allclose(update.loss, want) and "bound" not in update.metrics
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["m2", "m1+m2"])
+def test_ranks_parts_weighted_by_their_shares_give_the_minibatchs_loss(stacked, monkeypatch):
+    """Under torchrun each rank steps on its part of the minibatch and its loss is weighted by
+    its share: the sum must be the one-process loss, also where the kept labels fall unevenly
+    between the parts. The draws are replaced by their means, so the parts see the same numbers."""
+    from vaelab.distributions import DiagonalGaussian
+    monkeypatch.setattr(DiagonalGaussian, "rsample", lambda self, k=None: self.mu if k is None else
+                        self.mu.expand(k, *self.mu.shape))
+    model = (_stacked() if stacked else _tiny(alpha=0.1)).float().train()
+    x, y = _binary(6).float(), torch.tensor([0, 1, 2, 0, 1, 2])
+    xl, yl = _binary(6, seed=9).float(), torch.tensor([2, 0, 1, 1, 2, 0])
+    mask = torch.tensor([True, True, False, False, False, False])  # both kept labels in the first part
+    info = StepInfo(0, 0, 10, dataset_size=1000, labels=10)
+
+    def loss(part):
+        return next(model.step(Batch(x[part], y[part], mask[part], Batch(xl[part], yl[part])), info)).loss
+    whole = loss(slice(0, 6))
+    shared = loss(slice(0, 2)) * 2 / 6 + loss(slice(2, 6)) * 4 / 6
+    assert torch.allclose(whole, shared, rtol=1e-5), (whole, shared)
+
+
+def test_m1_m2_leaves_the_minibatchs_labelled_images_out_of_u(monkeypatch):
+    """M1+M2 hands M2 the codes with the minibatch's labels and mask: U is over the unlabelled
+    images' codes only, as in M2."""
+    model = _stacked().float().train()
+    sizes = []
+    real = type(model.inner).unlabelled_bound
+    monkeypatch.setattr(type(model.inner), "unlabelled_bound", lambda self, z: sizes.append(len(z)) or real(self, z))
+    x, y = _binary(5).float(), torch.tensor([0, 1, 2, 0, 1])
+    mask = torch.tensor([True, False, True, False, False])
+    next(model.step(Batch(x, y, mask, Batch(_binary(5, seed=9).float(), y)), StepInfo(0, 0, 10, 1000, labels=10)))
+    assert sizes == [3]
 
 
 def test_a_batch_without_a_labelled_part_is_refused():
@@ -191,12 +232,13 @@ def test_eval_reports_the_classifiers_accuracy_and_probe_reads_the_codes(tmp_pat
     res = vaelab.evaluate(run, k=2, sample_metrics=False)
     model = vaelab.load(run, device="cpu")
     x, y = vaelab.api.split_inputs(run, "test")
-    want = (model.predict(x) == y).double().mean().item()
+    with torch.no_grad():  # a direct count of the classifier's most probable class
+        want = (model.class_logits(x).argmax(-1) == y).double().mean().item()
     assert res["classifier_accuracy"] == pytest.approx(want) and res["classifier_error"] == pytest.approx(1 - want)
     assert res["nll"] > 0
     from vaelab.evaluation.probe import linear_probe
     probe = linear_probe(run, 50, model=model)
-    assert probe["latent_dim"] == 4 + 10 and 0 <= probe["accuracy"] <= 1
+    assert probe["latent_dim"] == 4 + 10 and probe["accuracy"] > 0.2, probe  # chance is 0.1: 0.31 here
 
 
 def test_m2_needs_labelled_data(tmp_path):
@@ -280,12 +322,15 @@ def test_m1_m2_trains_on_a_frozen_vae_and_records_it(tmp_path):
     resumed = load_file(str(half / "model.safetensors"))
     assert all(torch.equal(weights[k], resumed[k]) for k in weights)
     res = vaelab.evaluate(full, k=2, sample_metrics=False, save=False)
-    assert 0 <= res["classifier_accuracy"] <= 1 and res["nll"] > 0
     model = vaelab.load(full, device="cpu")
+    x, y = vaelab.api.split_inputs(full, "test")
+    with torch.no_grad():  # q(y|x) reads M1's mean code of x
+        want = (model.inner.class_logits(model.m1.encode(x).mu).argmax(-1) == y).double().mean().item()
+    assert res["classifier_accuracy"] == pytest.approx(want) and res["nll"] > 0
     assert model.sample_class(torch.tensor([0, 1])).shape == (2, 1, 8, 8)  # images, through M1's decoder
     from vaelab.evaluation.probe import finetune
     tuned = finetune(full, 50, epochs=1, model=model)
-    assert 0 <= tuned["accuracy"] <= 1 and all(p.requires_grad is False for p in model.m1.parameters())
+    assert tuned["accuracy"] > 0.18 and all(p.requires_grad is False for p in model.m1.parameters()), tuned  # 0.27 here, chance 0.1
 
 
 @pytest.mark.parametrize("what, said", [("missing", "--features: run directory"), ("gan", "M1 must be a vae or an iwae"),

@@ -18,7 +18,9 @@ Each step takes a minibatch of the training images, whose unlabelled ones give U
 labelled images beside it (:attr:`~vaelab.data.Batch.labelled_part`); per example of the whole
 objective, as the authors' code scales theirs (its sum over the data divided by N),
 
-    loss = - N_u/N mean U(x) - N_l/N mean L(x, y) - alpha mean log q(y|x).
+    loss = - (1/B) sum_u U(x) - N_l/N mean L(x, y) - alpha mean log q(y|x),
+
+the sum over the B-image minibatch's unlabelled images (an unbiased estimate of (1/N) sum_u U).
 
 The codes of an image (what a probe reads, what interpolations and fitted samplers use) are
 [mu(x, p), p] with p = q(y|x): the posterior mean of z given the class probabilities, and the
@@ -221,13 +223,16 @@ class M2(LabelledModel):
         else:
             unlabelled = batch.x if batch.labelled is None else batch.x[~batch.labelled]
         bound = self.unlabelled_bound(unlabelled)  # [B_u]
-        u_term = bound.mean() if len(bound) else bound.sum()  # 0 without unlabelled images
+        # (1/N) sum_u U(x) over the training set, estimated without bias by the sum over the
+        # minibatch's unlabelled images divided by its size: 0 where it holds none, and under
+        # torchrun the ranks' parts, weighted by their shares, add up to the global minibatch's
+        u_term = bound.sum() / len(batch.x)
         elbo_l = self.labelled_elbo(part.x, part.y)  # [B_l]
         log_q = -F.cross_entropy(self.class_logits(part.x), part.y, reduction="none")  # [B_l]
-        loss = -((n - n_l) / n) * u_term - (n_l / n) * elbo_l.mean() - self.cfg.alpha * log_q.mean()
+        loss = -u_term - (n_l / n) * elbo_l.mean() - self.cfg.alpha * log_q.mean()
         metrics = {"loss": loss, "labelled_elbo": elbo_l.mean(), "class_loss": -log_q.mean()}
-        if info.labels is not None:
-            metrics["bound"] = u_term
+        if info.labels is not None:  # the mean U of the unlabelled images (0 in a minibatch of none)
+            metrics["bound"] = bound.sum() / max(len(bound), 1)
         yield Update("model", loss, metrics)
 
     def validation(self, batch: Batch) -> torch.Tensor:
@@ -312,7 +317,9 @@ class M1M2(M2):
         part = batch.labelled_part
         if part is None:
             raise VaelabError("m2 trains on minibatches that carry a labelled part (Batch.labelled_part).")
-        codes = Batch(self.features(batch.x), labelled_part=Batch(self.features(part.x), part.y))
+        # the minibatch's labels and mask go with its codes: its labelled images are not in U
+        codes = Batch(self.features(batch.x), batch.y, batch.labelled,
+                      labelled_part=Batch(self.features(part.x), part.y))
         yield from self.inner.step(codes, info)
 
     def validation(self, batch: Batch) -> torch.Tensor:
