@@ -349,7 +349,9 @@ class M1M2(M2):
 
     def kl(self, x: torch.Tensor, q: DiagonalGaussian, z: torch.Tensor | None = None) -> torch.Tensor:
         """log q(z1|x) - log p(z1) at one draw z1 (``z``, or a fresh one), p(z1) estimated by
-        one draw of M2's weights: [B]."""
+        one draw of M2's weights: [B]. The log of an unbiased estimate of p(z1) is below log p(z1)
+        on average (Jensen), so this is above the KL on average: eval's ``kl`` of M1+M2 is an
+        upper estimate, and its ``elbo`` a bound below the ELBO of the exact p(z1)."""
         z = q.rsample() if z is None else z
         return q.log_prob(z) - self.inner.log_weights(z, 1)[0]
 
