@@ -4,6 +4,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,13 +261,15 @@ def test_metrics_json_of_m2_logs_its_terms(tmp_path):
 
 # --- M1+M2: M2 on the codes of a trained VAE ----------------------------------------------------
 
-def _stacked():
-    """A tiny M1+M2: M1 a VAE with a 1-D z1 on 2x2 images, M2 a 1-D z2 and 3 classes."""
+def _stacked(d1=1, keep=None):
+    """A tiny M1+M2: M1 a VAE with a ``d1``-D z1 on 2x2 images (M2 reading the dimensions ``keep``,
+    one of them), M2 a 1-D z2 and 3 classes."""
     from vaelab.config import to_dict
     from vaelab.models.vae import VAEConfig
-    m1 = VAEConfig(shape=(1, 2, 2), hidden=(8,), latent_dim=1, likelihood="bernoulli", binarize="dynamic")
+    m1 = VAEConfig(shape=(1, 2, 2), hidden=(8,), latent_dim=d1, likelihood="bernoulli", binarize="dynamic")
     cfg = M2Config(shape=(1, 2, 2), hidden=(8,), latent_dim=1, num_classes=3, features="m1",
-                   features_model=json.dumps({"model": "vae", "settings": to_dict(m1)}))
+                   features_model=json.dumps({"model": "vae", "settings": to_dict(m1)}),
+                   features_keep=None if keep is None else json.dumps(keep))
     torch.manual_seed(0)
     model = M2(cfg).double().eval()
     with torch.no_grad():
@@ -276,10 +279,14 @@ def _stacked():
 
 @torch.no_grad()
 def exact_stacked_log_px(model, x: torch.Tensor) -> torch.Tensor:
-    """log sum_y p(y) integral integral p(z2) p(z1|y,z2) p(x|z1) dz1 dz2 on a 2-D grid: [B]."""
+    """log sum_y p(y) integral integral p(z2) p(z1|y,z2) p(x|z1) dz1 dz2 on a 2-D grid, z1 the one
+    dimension of M1 that M2 reads and every other one 0 where M1 decodes: [B]."""
     g = torch.linspace(-10, 10, 1601, dtype=torch.float64)
     dz = (g[1] - g[0]).item()
-    log_px_z1 = model.m1.decode(g[:, None]).log_prob(x[:, None])  # [B, G1]
+    d1, (kept,) = model.m1.cfg.latent_dim, model.keep.tolist()
+    z1 = torch.zeros(len(g), d1, dtype=torch.float64)
+    z1[:, kept] = g
+    log_px_z1 = model.m1.decode(z1).log_prob(x[:, None])  # [B, G1]
     log_pz2 = -0.5 * (g ** 2 + math.log(2 * math.pi))  # [G2]
     per_class = []
     for c in range(3):
@@ -291,9 +298,10 @@ def exact_stacked_log_px(model, x: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.stack(per_class, 1), 1) - math.log(3)
 
 
-def test_stacked_nll_matches_the_exact_likelihood_of_x():
+@pytest.mark.parametrize("d1, keep", [(1, None), (3, [1])], ids=["every-dimension", "one-of-three"])
+def test_stacked_nll_matches_the_exact_likelihood_of_x(d1, keep):
     from vaelab.models.m2 import M1M2
-    model = _stacked()
+    model = _stacked(d1, keep)
     assert type(model) is M1M2
     x = _binary()
     exact = exact_stacked_log_px(model, x)
@@ -309,14 +317,26 @@ def test_m1_m2_trains_on_a_frozen_vae_and_records_it(tmp_path):
                                        nll_samples=0, progress=False, report=False, out=str(tmp_path / "m1")),
                     log=lambda m: None)
     before = load_file(str(m1 / "best.safetensors"))
-    full = _run(tmp_path, "full", features=str(m1), epochs=2)
+    # M1's inactive units, by the std of its posterior means over the first 1,000 training images
+    # (numpy's, as the authors' code); a threshold at the median leaves some out
+    from vaelab.data import run_dataset
+    from vaelab.data.transforms import to_unit
+    ds = run_dataset(vaelab.make_config(data="digits").data)
+    vae = vaelab.load(m1, device="cpu")
+    with torch.no_grad():
+        std = vae.encode(to_unit(ds.train.x[:1000], ds.spec.levels)).mu.double().numpy().std(0)
+    threshold = float(np.sort(std)[len(std) // 2])
+    kept = [i for i, s in enumerate(std) if s > threshold]
+    full = _run(tmp_path, "full", features=str(m1), epochs=2, features_min_std=threshold)
     cfg = json.loads((full / "config.json").read_text())["run"]["model"]
     assert cfg["features"] == str(m1.absolute()) and json.loads(cfg["features_model"])["model"] == "vae"
+    assert json.loads(cfg["features_keep"]) == kept and 0 < len(kept) < len(std)
+    assert vaelab.load(full, device="cpu").inner.cfg.shape == (len(kept),)
     weights = load_file(str(full / "model.safetensors"))
     assert all(torch.equal(weights[f"m1.{k}"], v) for k, v in before.items())  # M1 copied in, and frozen
     after = load_file(str(m1 / "best.safetensors"))
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
-    half = _run(tmp_path, "half", features=str(m1), epochs=1)
+    half = _run(tmp_path, "half", features=str(m1), epochs=1, features_min_std=threshold)
     train_loop(vaelab.make_config(model="m2", data="digits", epochs=2, progress=False, device="cpu"), resume=half,
                log=lambda m: None)
     resumed = load_file(str(half / "model.safetensors"))
@@ -325,12 +345,20 @@ def test_m1_m2_trains_on_a_frozen_vae_and_records_it(tmp_path):
     model = vaelab.load(full, device="cpu")
     x, y = vaelab.api.split_inputs(full, "test")
     with torch.no_grad():  # q(y|x) reads M1's mean code of x
-        want = (model.inner.class_logits(model.m1.encode(x).mu).argmax(-1) == y).double().mean().item()
+        want = (model.inner.class_logits(model.m1.encode(x).mu[:, kept]).argmax(-1) == y).double().mean().item()
     assert res["classifier_accuracy"] == pytest.approx(want) and res["nll"] > 0
     assert model.sample_class(torch.tensor([0, 1])).shape == (2, 1, 8, 8)  # images, through M1's decoder
     from vaelab.evaluation.probe import finetune
     tuned = finetune(full, 50, epochs=1, model=model)
     assert tuned["accuracy"] > 0.18 and all(p.requires_grad is False for p in model.m1.parameters()), tuned  # 0.27 here, chance 0.1
+
+
+@pytest.mark.parametrize("text", ["[]", "[1, 0]", "[0, 0]", "[0, 4]", "[-1]", "[0.5]", "[true]", "{}", "x"])
+def test_a_recorded_choice_of_m1_dimensions_is_checked(text):
+    from vaelab.models.m2 import kept_dims
+    assert kept_dims("[0, 2, 3]", 4) == [0, 2, 3] and kept_dims(None, 2) == [0, 1]
+    with pytest.raises(VaelabError, match="features_keep must list distinct latent dimensions"):
+        kept_dims(text, 4)
 
 
 @pytest.mark.parametrize("what, said", [("missing", "--features: run directory"), ("gan", "M1 must be a vae or an iwae"),

@@ -47,7 +47,7 @@ from torch import nn
 from ..config import from_dict, opt
 from ..data.batch import Batch
 from ..distributions import DiagonalGaussian, standard_normal_log_prob
-from ..errors import VaelabError
+from ..errors import VaelabError, quote
 from ..io import load_weights
 from ..losses import class_summed_bound
 from ..nets import ACTIVATIONS, full_precision, make_encoder
@@ -71,11 +71,18 @@ class M2Config(CVAEConfig):
     features: str | None = opt(None, "M1+M2: the run directory of a trained VAE (M1), on whose codes M2 then learns "
                                      "(its weights are copied into this run when training starts)")
     features_model: str | None = opt(None, "M1's model and settings, as JSON (read from --features)", flag=False)
+    features_min_std: float = opt(0.1, "M1+M2: M1's latent dimensions whose posterior means vary less than this (their "
+                                       "std over 1,000 training images) are left out of what M2 reads, as in Kingma et "
+                                       "al.'s code; 0 keeps every one")
+    features_keep: str | None = opt(None, "M1+M2: the latent dimensions of M1 that M2 reads, as JSON (chosen from the "
+                                          "training images when training starts)", flag=False)
 
     def check(self) -> None:
         super().check()
         if not self.alpha >= 0:
             raise VaelabError(f"--alpha must be 0 or more, got {self.alpha}.")
+        if not self.features_min_std >= 0:
+            raise VaelabError(f"--features-min-std must be 0 or more, got {self.features_min_std}.")
 
     def settled(self) -> tuple["M2Config", str | None]:
         """Without --features, the VAE's choice of likelihood. With it, M1's settings recorded
@@ -93,6 +100,49 @@ class M2Config(CVAEConfig):
                                          f"{self.features}; --likelihood {cfg.likelihood} and --binarize "
                                          f"{cfg.binarize} are M1's.")
         return cfg, line
+
+
+    def settled_on_images(self, images) -> tuple["M2Config", str | None]:
+        """M1+M2 starting: the latent dimensions of M1 that M2 reads, recorded (``features_keep``).
+        As the authors' code chooses them, those whose posterior means over the first
+        :data:`KEEP_IMAGES` training images (``images(n)``, floats in [0, 1]) have a standard
+        deviation above ``features_min_std``: the others are the units M1 left inactive, whose
+        codes are noise about the prior, which M2's classifier would only have to learn to ignore."""
+        if self.features is None or self.features_keep is not None:
+            return self, None
+        m1 = MODELS[json.loads(self.features_model)["model"]](features_config(self.features_model))
+        load_weights(m1, Path(self.features) / CHECKPOINTS["best"])
+        with torch.no_grad():
+            mu = full_precision(m1.eval().encode(images(KEEP_IMAGES)).mu).double()  # [n, D1]
+        std = mu.std(0, correction=0).tolist()  # over the images, as numpy's std
+        keep = [i for i, s in enumerate(std) if s > self.features_min_std]
+        if not keep:
+            raise VaelabError(f"--features {self.features}: none of M1's {len(std)} latent dimensions has posterior "
+                              f"means that vary by more than --features-min-std {self.features_min_std:g} (the "
+                              f"largest std is {max(std):.3g}); give a smaller one, or 0 to keep them all.")
+        line = (f"M1+M2: M2 reads {len(keep)} of M1's {len(std)} latent dimensions, those whose posterior means vary "
+                f"by more than {self.features_min_std:g} (their std over {len(mu):,} training images; "
+                "--features-min-std).")
+        return dataclasses.replace(self, features_keep=json.dumps(keep)), line
+
+
+KEEP_IMAGES = 1000  # the training images M1's active units are found on, as in the authors' code
+
+
+def kept_dims(text: str | None, d1: int) -> list[int]:
+    """``features_keep`` read and checked: distinct indices of M1's ``d1`` latent dimensions, in
+    order (None: every one)."""
+    if text is None:
+        return list(range(d1))
+    try:
+        keep = json.loads(text)
+    except (TypeError, ValueError):
+        keep = None
+    if not (isinstance(keep, list) and keep and all(type(i) is int and 0 <= i < d1 for i in keep)
+            and keep == sorted(set(keep))):
+        raise VaelabError(f"features_keep must list distinct latent dimensions of M1, in order, each in 0..{d1 - 1}; "
+                          f"got {quote(text)}.")
+    return keep
 
 
 def read_features(run_dir: str, shape: tuple[int, ...]) -> dict:
@@ -281,7 +331,9 @@ class M1M2(M2):
         m1 = features_config(cfg.features_model)
         self.m1 = MODELS[json.loads(cfg.features_model)["model"]](m1)
         self.m1.requires_grad_(False)
-        inner = M2Config(shape=(m1.latent_dim,), hidden=cfg.hidden, activation=cfg.activation,
+        # M1's latent dimensions that M2 reads (settled_on_images); the others are 0 where M1 decodes
+        self.register_buffer("keep", torch.tensor(kept_dims(cfg.features_keep, m1.latent_dim)), persistent=False)
+        inner = M2Config(shape=(len(self.keep),), hidden=cfg.hidden, activation=cfg.activation,
                          latent_dim=cfg.latent_dim, alpha=cfg.alpha, num_classes=cfg.num_classes,
                          likelihood="gaussian", binarize="none")
         self.inner = M2(inner)
@@ -307,9 +359,16 @@ class M1M2(M2):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, draw: bool = True) -> torch.Tensor:
-        """M1's code of x: a draw of q(z1|x) (training), or its mean: [B, D1]."""
-        q = self.m1.encode(x)
+        """M1's code of x in the dimensions M2 reads: a draw of q(z1|x) (training), or its mean:
+        [B, D1 kept]."""
+        q = self.encode(x)
         return q.rsample() if draw else q.mu
+
+    def full_code(self, z1: torch.Tensor) -> torch.Tensor:
+        """M1's latent vector of the kept dimensions' values z1 [..., D1 kept], the others 0 (an
+        inactive unit's posterior mean sits at the prior's): what M1's decoder takes, [..., D1]."""
+        full = z1.new_zeros(*z1.shape[:-1], self.m1.cfg.latent_dim)
+        return full.index_copy(-1, self.keep, z1)
 
     # ---- M2 on the codes ----------------------------------------------------------------------
 
@@ -335,17 +394,19 @@ class M1M2(M2):
     # ---- the stacked model's likelihood of x ----------------------------------------------------
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        """q(z1|x), M1's posterior: [B, D1]."""
-        return self.m1.encode(x)
+        """q(z1|x), M1's posterior, in the dimensions M2 reads: [B, D1 kept]."""
+        q = self.m1.encode(x)
+        return DiagonalGaussian(q.mu[..., self.keep], q.logvar[..., self.keep])
 
     def log_weights(self, x: torch.Tensor, k: int, q: DiagonalGaussian | None = None) -> torch.Tensor:
         """log p(x|z1) + log p_M2(z1) - log q(z1|x) for k draws z1 ~ q(z1|x), with p_M2(z1) one
         draw of M2's own weights (y summed out): an unbiased estimate of p(x) under
-        p(y) p(z2) p(z1|y,z2) p(x|z1), [k, B]."""
+        p(y) p(z2) p(z1|y,z2) p(x|z1), [k, B]; z1 is the kept dimensions, which M1 decodes with
+        the others at 0."""
         q = self.encode(x) if q is None else q
-        z1 = q.rsample(k)  # [k, B, D1]
+        z1 = q.rsample(k)  # [k, B, D1 kept]
         inner = self.inner.log_weights(z1.flatten(0, 1), 1)[0].view(k, -1)  # [k, B]
-        return self.m1.decode(z1).log_prob(x) + inner - q.log_prob(z1)
+        return self.m1.decode(self.full_code(z1)).log_prob(x) + inner - q.log_prob(z1)
 
     def kl(self, x: torch.Tensor, q: DiagonalGaussian, z: torch.Tensor | None = None) -> torch.Tensor:
         """log q(z1|x) - log p(z1) at one draw z1 (``z``, or a fresh one), p(z1) estimated by
@@ -361,7 +422,7 @@ class M1M2(M2):
     def encoder(self) -> nn.Module:
         """What maps an image to its codes (fine-tuning trains a copy): M1's mean code, then
         M2's encoders. Not a submodule of its own: its weights are M1's and M2's."""
-        return _Stacked(self.m1, self.inner.encoder)
+        return _Stacked(self.m1, self.inner.encoder, self.keep)
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -371,7 +432,7 @@ class M1M2(M2):
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """The image of M2's codes [z2, y]: M1's mean at M2's mean z1."""
-        return self.m1.decode_mean(self.inner.decode_mean(z))
+        return self.m1.decode_mean(self.full_code(self.inner.decode_mean(z)))
 
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.inner.prior(n, generator)
@@ -383,9 +444,10 @@ class M1M2(M2):
 class _Stacked(nn.Module):
     """x -> M2's codes of M1's mean code of x, [B, D2 + C]."""
 
-    def __init__(self, m1: nn.Module, encoders: nn.Module):
+    def __init__(self, m1: nn.Module, encoders: nn.Module, keep: torch.Tensor):
         super().__init__()
         self.m1, self.encoders = m1, encoders
+        self.register_buffer("keep", keep.clone(), persistent=False)  # the dimensions M2 reads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoders(self.m1.encode(x).mu)
+        return self.encoders(self.m1.encode(x).mu[..., self.keep])

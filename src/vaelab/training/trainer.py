@@ -311,6 +311,9 @@ def _fitted_to_data(run: RunConfig, resume, found_at, device: torch.device):
     # what the model takes from the data: its image shape (and pixel levels, where it has them),
     # and what it left to the data to decide (a resumed run's config.json holds its choices)
     model_cfg, chosen = settle_for_data(run.model, ds.spec)
+    if hasattr(model_cfg, "settled_on_images"):  # a config that reads training images to decide (M1+M2)
+        model_cfg, more = model_cfg.settled_on_images(lambda n: eval_inputs(ds.train.x[:n], ds.spec.levels, "none"))
+        chosen = " ".join(line for line in (chosen, more) if line) or None
 
     def check_data():  # against the data each rank read: through together(), one message
         if resume is not None and tuple(run.model.shape) != tuple(ds.spec.shape):
