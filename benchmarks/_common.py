@@ -17,6 +17,16 @@ def shown(args) -> str:
     return " ".join(os.path.relpath(a, root) if os.path.isabs(str(a)) else str(a) for a in args)
 
 
+def names(parser, flag: str, text: str, known) -> list[str]:
+    """The comma-separated names ``text`` of ``flag``, each one of ``known`` (else the parser's
+    error, which exits 2)."""
+    given = text.split(",")
+    unknown = set(given) - set(known)
+    if unknown:
+        parser.error(f"{flag} takes {', '.join(known)}; got {', '.join(sorted(unknown))}")
+    return given
+
+
 def emit(path: str, row: dict) -> None:
     line = json.dumps(row)
     print(line, flush=True)

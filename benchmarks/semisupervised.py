@@ -20,13 +20,12 @@ every label count's M2 reads (M1 reads no labels).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, emit, machine, shown  # noqa: E402
+from _common import RESULTS, emit, machine, names, shown  # noqa: E402
 
 import vaelab  # noqa: E402
 
@@ -67,10 +66,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/vaelab-semisupervised", help="where the runs are written")
     p.add_argument("--out", default=str(RESULTS / "semisupervised.jsonl"))
     a = p.parse_args()
-    models = a.models.split(",")
-    unknown = set(models) - set(MODELS)
-    if unknown:
-        p.error(f"--models takes {', '.join(MODELS)}; got {', '.join(sorted(unknown))}")
+    models = names(p, "--models", a.models, MODELS)
     labels = [int(n) for n in a.labels.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
     work = Path(a.work)

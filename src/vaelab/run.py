@@ -146,7 +146,7 @@ def make_config(config_file: str | None = None, like: str | Path | None = None, 
     preset = values.pop("preset", None)
     if preset is not None:
         presets = model_cls.presets
-        if preset not in presets:
+        if not isinstance(preset, str) or preset not in presets:
             have = f"one of {', '.join(presets)}" if presets else "not available"
             raise VaelabError(f"--preset for --model {model_cls.name} is {have}, got {quote(preset)}"
                               f"{did_you_mean(preset, presets)}.")

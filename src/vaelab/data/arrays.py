@@ -35,13 +35,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, clip
 from vaelab.limits import MAX_CLASSES, check_bytes
 
 from .raw import RawData
@@ -207,16 +209,18 @@ def _check_npy_header(path: Path, f, size: int, name: str = "") -> None:
     """Read the .npy header at the start of ``f`` (``size`` bytes long) and refuse an array larger
     than the memory limit or than the bytes that follow it, before numpy allocates it."""
     what = f" array {name!r}" if name else ""
-    if f.read(6) != b"\x93NUMPY":
-        raise VaelabError(f"{path}{what} is not a .npy {'array' if name else 'file'}: it does not start "
-                          f"with the NumPy magic bytes.")
     try:
+        if f.read(6) != b"\x93NUMPY":
+            raise VaelabError(f"{path}{what} is not a .npy {'array' if name else 'file'}: it does not start "
+                              f"with the NumPy magic bytes.")
         major = f.read(2)[:1]
         # versions 2 and 3 differ only in the header's text encoding, ASCII for numeric arrays
         read = np.lib.format.read_array_header_1_0 if major == b"\x01" else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(f)
-    except ValueError as e:
-        raise VaelabError(f"{path}{what} cannot be read as a NumPy array ({e}).") from None
+    # numpy parses the header's text as Python tokens: a cut or changed header can end in
+    # tokenize's or the parser's errors too; the member of a corrupt .npz, in zlib's
+    except (ValueError, SyntaxError, tokenize.TokenError, zlib.error, EOFError, zipfile.BadZipFile) as e:
+        raise VaelabError(f"{path}{what} cannot be read as a NumPy array ({clip(e)}).") from None
     if dtype.hasobject:
         return  # the load refuses Python objects
     nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
@@ -235,8 +239,8 @@ def _np_load(path: Path, load, name: str = "") -> np.ndarray:
             raise VaelabError(f"{path}{what} holds Python objects, not numbers: expected a "
                               f"numeric array.") from None
         raise VaelabError(f"{path}{what} cannot be read as a NumPy array ({e}).") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise VaelabError(f"{path}{what} cannot be read ({e}); is the file truncated?") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise VaelabError(f"{path}{what} cannot be read ({clip(e)}); is the file truncated?") from None
 
 
 def _loadmat(path: Path) -> dict[str, np.ndarray]:

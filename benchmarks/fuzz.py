@@ -1,0 +1,72 @@
+"""Fuzz every parser: at least 10,000 inputs each (``--inputs``), each parsed in a forked child
+under a memory and a time bound (tests/fuzzing.py), from the strategies of tests/fuzz_targets.py.
+One JSON line per parser, with the counts of each outcome, the failures (up to 20, each with its
+input and what happened) and the peak memory of a case:
+
+    python benchmarks/fuzz.py --inputs 10000
+    python benchmarks/fuzz.py --parsers idx,npz --inputs 20000 --seed 3
+
+A failure is any outcome but a correct parse or a one-sentence refusal naming the file: an
+unhandled exception, memory past the bound, a hang, a signal, a refusal of several lines or
+naming nothing. Every failure found gets a fix and its input kept in tests/test_fuzz.py.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from _common import RESULTS, emit, machine, names, shown  # noqa: E402
+
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+
+from fuzz_targets import TARGETS  # noqa: E402
+from fuzzing import BOUND_MB, SECONDS, run_case  # noqa: E402
+
+KEPT_FAILURES = 20
+
+
+def fuzz(name: str, inputs: int, at_seed: int) -> dict:
+    target = TARGETS[name]
+    counts: collections.Counter = collections.Counter()
+    failures: list[dict] = []
+    peak = 0.0
+
+    @seed(at_seed)
+    @settings(max_examples=inputs, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(target.inputs)
+    def one(inp):
+        nonlocal peak
+        out = run_case(target.case(inp))
+        counts[out.kind] += 1
+        peak = max(peak, out.peak_mb)
+        if out.failed and len(failures) < KEPT_FAILURES:
+            failures.append({"kind": out.kind, "input": repr(inp)[:2000], "detail": out.detail[-3000:]})
+    t0 = time.perf_counter()
+    one()
+    n = sum(counts.values())
+    return {"parser": name, "inputs": n, "failures": sum(counts[k] for k in counts if k not in ("parsed", "refused")),
+            "outcomes": dict(counts), "peak_mb": round(peak, 1), "bound_mb": BOUND_MB, "seconds_limit": SECONDS,
+            "seconds": round(time.perf_counter() - t0, 1), "examples": failures}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--parsers", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
+    p.add_argument("--inputs", type=int, default=10_000, help="inputs per parser")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(RESULTS / "fuzz.jsonl"))
+    a = p.parse_args()
+    parsers = names(p, "--parsers", a.parsers, TARGETS)
+    base = {"machine": machine(1), "command": shown(sys.argv), "seed": a.seed}
+    for name in parsers:
+        emit(a.out, {**fuzz(name, a.inputs, a.seed), **base})
+
+
+if __name__ == "__main__":
+    main()

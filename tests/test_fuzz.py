@@ -1,0 +1,114 @@
+"""Every parser fuzzed (hypothesis): a few examples each here, at least 10,000 in
+benchmarks/fuzz.py. Each case runs in a forked child under a memory and a time bound
+(tests/fuzzing.py); its outcome must be a correct parse or one sentence naming the file.
+The examples the fuzzer found failing are kept below, each with its fix."""
+import gzip
+import io
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from fuzz_targets import TARGETS, idx_case, npy_case, npz_case, settings_case
+from fuzzing import BOUND_MB, run_case
+
+EXAMPLES = 25  # per parser in the suite; benchmarks/fuzz.py runs 10,000
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_a_parser_parses_or_refuses_in_one_sentence(name):
+    target = TARGETS[name]
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(target.inputs)
+    def check(inp):
+        outcome = run_case(target.case(inp))
+        assert not outcome.failed, (outcome.kind, inp, outcome.detail)
+    check()
+
+
+# ---- the harness catches what it is there to catch -----------------------------------------------
+
+def test_the_harness_reports_each_kind_of_failure():
+    from vaelab.errors import VaelabError
+
+    def parse(tmp):
+        pass
+
+    def refuse(tmp):
+        raise VaelabError(f"{tmp / 'f.bin'} is not a file of the format.")
+
+    def crash(tmp):
+        {}["missing"]
+
+    def two_lines(tmp):
+        raise VaelabError("one\ntwo")
+
+    def hog(tmp):
+        np.ones(2 * BOUND_MB * 2 ** 20, np.uint8)  # twice the bound, touched
+
+    def hang(tmp):
+        time.sleep(60)
+
+    def die(tmp):
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGSEGV)
+    kinds = {f.__name__: run_case(f, seconds=2 if f is hang else 60).kind
+             for f in (parse, refuse, crash, two_lines, hog, hang, die)}
+    assert kinds == {"parse": "parsed", "refuse": "refused", "crash": "crash", "two_lines": "message",
+                     "hog": "memory", "hang": "timeout", "die": "killed"}
+
+
+def test_a_refusal_that_names_no_file_is_a_failure():
+    # a well-formed header whose shape the data does not fill: refused, and the sentence names the file
+    out = run_case(idx_case({"bytes": b"\0\0\x08\x01\0\0\0\x05ab", "gzip": False, "expect": None}))
+    assert out.kind == "refused" and "images-idx3-ubyte" in out.detail
+
+
+# ---- what the fuzzer found -----------------------------------------------------------------------
+
+def _npy(a) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+FOUND = {
+    # numpy reads a .npy header as Python tokens: one cut inside its dict ended in tokenize.TokenError
+    "npy header cut in its dict": (npy_case, {"bytes": b"\x93NUMPY\x01\x00v\x00{'descr': '|V4', 'fortran_order': "
+                                                        b"False, 'shape': (0,), }" + b" " * 59 + b"[\n"}),
+    # a compressed .npz member whose deflate stream is corrupt ended in zlib.error
+    "npz member of corrupt deflate": (npz_case, {"bytes": None, "key": None, "label_key": None}),
+    # a preset given as a list in a settings file ended in TypeError (unhashable)
+    "preset as a list": (settings_case, {"suffix": "json", "bytes": b'{"preset": [], "model": "vae"}'}),
+}
+
+
+def _corrupt_npz() -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=np.arange(4096, dtype=np.uint8).reshape(16, 16, 16) % 7)
+    data = bytearray(buf.getvalue())
+    start = data.index(b"x.npy") + len(b"x.npy") + 40  # inside the member's deflate stream
+    for i in range(start, start + 8):
+        data[i] ^= 0xA5
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_what_the_fuzzer_found_is_refused_in_one_sentence(name):
+    case, inp = FOUND[name]
+    if inp["bytes"] is None:
+        inp = {**inp, "bytes": _corrupt_npz()}
+    out = run_case(case(inp))
+    assert out.kind == "refused", (out.kind, out.detail)
+
+
+def test_a_gzipped_idx_bomb_is_refused_within_the_bound():
+    # 1 GB of zeros declared and compressed into about a megabyte: refused before it is expanded
+    head = b"\0\0\x08\x03" + (1000).to_bytes(4, "big") + (1000).to_bytes(4, "big") + (1000).to_bytes(4, "big")
+    data = gzip.compress(head + bytes(1 << 24))
+    out = run_case(idx_case({"bytes": data, "gzip": False, "expect": None}))
+    assert out.kind == "refused" and out.peak_mb < BOUND_MB, (out.kind, out.peak_mb, out.detail)
