@@ -9,6 +9,7 @@ quiet. A refusal must name the file it is about.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -215,6 +216,346 @@ def _check_raw(raw) -> None:
     assert 2 <= raw.levels <= 256 and (x.size == 0 or int(x.max()) < raw.levels)
 
 
+# ---- CIFAR-10: pickled batches, in their folder or their tarball ----------------------------------
+
+PWNED = Path("/tmp/vaelab-fuzz-pwned")  # what a pickle that runs a command would create
+EVIL = b"cos\nsystem\n(S'touch " + str(PWNED).encode() + b"'\ntR."
+
+
+@st.composite
+def _cifar_batch(draw, dump) -> bytes:
+    n = draw(st.integers(0, 2))
+    width = draw(st.sampled_from([3072, 3072, 3072, 3071, 0]))
+    rows = np.frombuffer(draw(st.binary(min_size=n * width, max_size=n * width)), np.uint8).reshape(n, width)
+    labels = draw(st.lists(st.integers(0, 9) | st.integers(-3, 300), min_size=n, max_size=n)
+                  | st.lists(st.integers(0, 9), max_size=3))
+    from test_cifar import batch
+    doc = batch(rows, labels)
+    if draw(st.integers(0, 5)) == 0:  # a key missing, or of another type
+        key = draw(st.sampled_from([b"data", b"labels"]))
+        doc = {k: v for k, v in doc.items() if k != key} if draw(st.booleans()) else \
+            {**doc, key: draw(st.integers(-9, 9) | st.binary(max_size=8) | st.lists(st.binary(max_size=2), max_size=3))}
+    return dump(doc)
+
+
+@st.composite
+def cifar_inputs(draw) -> dict:
+    from test_cifar import meta, py2_pickle, py3_pickle
+    dump = draw(st.sampled_from([py2_pickle, py3_pickle, lambda o: py3_pickle(o, 4)]))
+    classes = draw(st.sampled_from([10, 10, 0, 3, 11]))
+    members = {"data_batch_1": draw(_cifar_batch(dump)), "test_batch": draw(_cifar_batch(dump)),
+               "batches.meta": dump(meta([f"class{i}" for i in range(classes)]))}
+    if draw(st.booleans()):  # one member changed: cut, a byte, a value of any type, or a pickle that runs code
+        name = draw(st.sampled_from(sorted(members)))
+        how = draw(st.sampled_from(["bytes", "value", "evil", "gone"]))
+        if how == "bytes":
+            members[name] = draw(_mutated(members[name]))[0]
+        elif how == "value":
+            members[name] = py3_pickle(draw(_values(1)))
+        elif how == "evil":
+            members[name] = EVIL
+        else:
+            del members[name]
+    return {"members": members, "tarball": draw(st.booleans()), "cut": draw(st.integers(0, 3)) == 0}
+
+
+def cifar_case(inp: dict) -> Callable[[Path], None]:
+    from test_cifar import write_folder, write_tarball
+    from vaelab.data.cifar import TARBALL, read_cifar10
+
+    def case(tmp: Path) -> None:
+        if inp["tarball"]:
+            path = write_tarball(tmp / TARBALL, inp["members"])
+            if inp["cut"]:
+                data = path.read_bytes()
+                path.write_bytes(data[:len(data) // 2])
+        else:
+            path = write_folder(tmp, inp["members"])
+        try:
+            raw = _names_the_file(path, lambda: read_cifar10(path))
+        finally:
+            assert not PWNED.exists(), "a pickle ran a command"
+        assert raw.x_train.dtype == np.uint8 and raw.x_train.shape[1:] == (3, 32, 32)
+        for x, y in ((raw.x_train, raw.y_train), (raw.x_test, raw.y_test)):
+            assert len(x) == len(y) and (len(y) == 0 or 0 <= y.min() and y.max() < len(raw.classes))
+    return case
+
+
+# ---- image folders and tarballs -------------------------------------------------------------------
+
+IMAGE_NAMES = ["a.png", "b.jpg", "c.jpeg", "D.PNG", "one/a.png", "one/b.png", "two/c.jpg", "two/deep/d.png",
+               ".hidden.png", "notes.txt", "a b.png", "\u00fc.png", "one/.x.png", "one", "x.png/y.png"]
+MEMBER_NAMES = ["../up.png", "/abs.png", "one/../../up.png", "./a.png", "top/one/a.png", "top/two/b.png"]
+
+
+@st.composite
+def _image_file(draw) -> bytes:
+    from PIL import Image
+    w, h = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    mode = draw(st.sampled_from(["L", "RGB", "RGBA", "P", "1", "I;16", "LA", "I", "F"]))
+    fmt = draw(st.sampled_from(["PNG", "PNG", "JPEG", "GIF", "BMP"]))
+    pixels = np.frombuffer(draw(st.binary(min_size=w * h * 3, max_size=w * h * 3)), np.uint8).reshape(h, w, 3)
+    img = Image.fromarray(pixels).convert(mode)
+    if fmt == "JPEG" and mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    try:
+        img.save(buf, fmt)
+    except OSError:  # a mode the format cannot hold
+        img.convert("RGB").save(buf, fmt)
+    return draw(_mutated(buf.getvalue()))[0]
+
+
+@st.composite
+def images_inputs(draw) -> dict:
+    n = draw(st.integers(0, 5))
+    names = draw(st.lists(st.sampled_from(IMAGE_NAMES + MEMBER_NAMES) | st.text(min_size=1, max_size=8).map(
+        lambda t: t + ".png"), min_size=n, max_size=n, unique=True))
+    entries = []
+    for name in names:
+        kind = draw(st.sampled_from(["file", "file", "file", "empty", "noise", "link", "dir", "hardlink", "device"]))
+        data = draw(_image_file()) if kind == "file" else b"" if kind == "empty" else draw(st.binary(max_size=64))
+        target = draw(st.sampled_from(["/etc/passwd", "../outside.png", *names[:2], "loop.png"]))
+        entries.append({"name": name, "kind": kind, "data": data, "target": target})
+    return {"entries": entries, "tarball": draw(st.booleans()), "size": draw(st.sampled_from([None, 4, 8])),
+            "crop": draw(st.sampled_from([None, None, 2, 100])), "channels": draw(st.sampled_from([None, 1, 3])),
+            "compress": draw(st.sampled_from(["", "gz", "bz2", "xz"]))}
+
+
+def _write_folder(root: Path, entries: list[dict]) -> None:
+    import os
+    for e in entries:
+        p = root / e["name"]
+        if "\x00" in e["name"] or not p.resolve().is_relative_to(root.resolve()):
+            continue  # a folder cannot hold a name with a NUL, or one that leaves it
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if e["kind"] == "link":
+                os.symlink(e["target"], p)
+            elif e["kind"] == "dir":
+                p.mkdir(parents=True, exist_ok=True)
+            elif e["kind"] == "device":
+                os.mkfifo(p)  # a FIFO: opening it to read would wait for a writer forever
+            else:
+                p.write_bytes(e["data"])
+        except OSError:  # the names collide (the first one stays), or one is too long
+            pass
+
+
+def _write_tarball(path: Path, entries: list[dict], compress: str) -> None:
+    import tarfile
+    with tarfile.open(path, f"w:{compress}" if compress else "w") as tar:
+        for e in entries:
+            info = tarfile.TarInfo(e["name"])
+            kinds = {"link": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "dir": tarfile.DIRTYPE,
+                     "device": tarfile.CHRTYPE}
+            info.type = kinds.get(e["kind"], tarfile.REGTYPE)
+            if info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = e["target"]
+            data = e["data"] if info.type == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def images_case(inp: dict) -> Callable[[Path], None]:
+    from vaelab.data.folder import read_image_folder
+
+    def case(tmp: Path) -> None:
+        if inp["tarball"]:
+            path = tmp / f"images.tar{'.' + inp['compress'] if inp['compress'] else ''}"
+            _write_tarball(path, inp["entries"], inp["compress"])
+        else:
+            path = tmp / "images"
+            path.mkdir()
+            _write_folder(path, inp["entries"])
+        outside = sorted(p.name for p in tmp.iterdir())
+        raw = _names_the_file(path, lambda: read_image_folder(path, image_size=inp["size"], crop=inp["crop"],
+                                                               channels=inp["channels"], workers=0, progress=False,
+                                                               cache=False))
+        assert sorted(p.name for p in tmp.iterdir()) == outside, "a file was written beside the data"
+        x = raw.x_train
+        assert x.dtype == np.uint8 and x.ndim == 4 and x.shape[1] in (1, 3) and len(raw.y_train) == len(x)
+        if inp["size"]:
+            assert x.shape[2:] == (inp["size"], inp["size"])
+    return case
+
+
+# ---- run directories: config.json, checkpoints, the resume file, the logs, the lock -----------------
+
+RUN_FILES = ["config.json", "best.safetensors", "model.safetensors", "resume.safetensors", "metrics.jsonl",
+             "finished.json", ".lock"]
+
+
+@functools.cache
+def pristine_run() -> Path:
+    """A finished run of a tiny VAE on the bundled digits (trained once, in the parent): what each
+    case copies and changes one file of."""
+    import tempfile
+
+    import vaelab
+    out = Path(tempfile.mkdtemp(prefix="vaelab-fuzz-run-")) / "run"
+    cfg = vaelab.make_config(data="digits", hidden=(8,), latent_dim=2, epochs=1, nll_samples=0, ema="none",
+                             progress=False, report=False, out=str(out))
+    return vaelab.train(cfg, log=lambda m: None)
+
+
+@st.composite
+def _json_changed(draw, doc):
+    """``doc`` with one value anywhere in it replaced, or one key removed."""
+    if not isinstance(doc, (dict, list)) or not doc or draw(st.integers(0, 3)) == 0:
+        return draw(_values(1))
+    keys = list(doc) if isinstance(doc, dict) else list(range(len(doc)))
+    k = draw(st.sampled_from(keys))
+    out = dict(doc) if isinstance(doc, dict) else list(doc)
+    if isinstance(out, dict) and draw(st.integers(0, 4)) == 0:
+        del out[k]
+    else:
+        out[k] = draw(_json_changed(doc[k]))
+    return out
+
+
+@st.composite
+def run_dir_inputs(draw) -> dict:
+    run = pristine_run()
+    name = draw(st.sampled_from(RUN_FILES))
+    path = run / name
+    data = path.read_bytes() if path.exists() else b""
+    how = draw(st.sampled_from(["bytes", "json", "json", "gone", "link"]))
+    if how == "json" and name.endswith(".safetensors") and len(data) > 8:  # its JSON header changed
+        n = int.from_bytes(data[:8], "little")
+        head = json.loads(data[8:8 + n])
+        text = json.dumps(draw(_json_changed(head))).encode()
+        data = len(text).to_bytes(8, "little") + text + data[8 + n:]
+    elif how == "json" and name.endswith(".json"):
+        data = json.dumps(draw(_json_changed(json.loads(data))), allow_nan=True).encode()
+    elif how == "json" and name.endswith(".jsonl"):
+        lines = data.decode().splitlines()
+        i = draw(st.integers(0, max(len(lines) - 1, 0)))
+        lines[i:i + 1] = [json.dumps(draw(_json_changed(json.loads(lines[i]) if lines else {})), allow_nan=True)]
+        data = "\n".join(lines).encode() + b"\n"
+    elif how == "bytes":
+        data = draw(_mutated(data))[0]
+    return {"run": str(run), "file": name, "how": how, "bytes": data,
+            "target": draw(st.sampled_from(["/etc/passwd", "/nonexistent", "config.json", name]))}
+
+
+def run_dir_case(inp: dict) -> Callable[[Path], None]:
+    import os
+    import shutil
+
+    import vaelab
+    from vaelab.io import lock_run
+    from vaelab.loading import read_run
+    from vaelab.rundir import finished_epochs, read_jsonl
+    from vaelab.training.checkpoint import check_loop, load_resume
+
+    def case(tmp: Path) -> None:
+        run = tmp / "run"
+        shutil.copytree(inp["run"], run)
+        path = run / inp["file"]
+        path.unlink(missing_ok=True)
+        if inp["how"] == "link":
+            os.symlink(inp["target"], path)
+        elif inp["how"] != "gone":
+            path.write_bytes(inp["bytes"])
+        outside = "/etc/passwd", Path("/etc/passwd").read_bytes()
+
+        def read_all():
+            cfg, _ = read_run(run)
+            for checkpoint in ("best", "last"):
+                model = vaelab.load(run, checkpoint, device="cpu")
+            rng, loop = load_resume(run / "resume.safetensors", model, model.optimizers(cfg.train))
+            check_loop(run / "resume.safetensors", loop)
+            read_jsonl(run / "metrics.jsonl")
+            finished_epochs(run)
+            with lock_run(run, "--resume"):
+                pass
+        try:
+            _names_the_file(run, read_all)
+        finally:
+            assert Path(outside[0]).read_bytes() == outside[1], "a file outside the run was written"
+    return case
+
+
+# ---- the command line: vaelab train --model X and its flags ---------------------------------------
+
+FLAG_VALUES = ["1", "0", "-1", "2", "64", "1e-3", "0.5", "nan", "inf", "-inf", "1e400", "10" * 20, "", " ", "all",
+               "none", "mnist", "digits", "vae", "64,32", "2,,3", "a,b", "mlp", "conv", "true", "\u00fc", "../x",
+               "/dev/null", "x" * 300, "-", "--", "3.7", "0x10", "1_000"]
+
+
+@st.composite
+def flags_inputs(draw) -> dict:
+    from vaelab.cli import build_parser
+    from vaelab.registry import MODELS
+    model = draw(st.sampled_from(sorted(MODELS)))
+    known = sorted(o for o in build_parser(model).commands["train"]._option_string_actions if o.startswith("--"))
+    argv = ["train", "--model", model, "--data", "digits"]
+    for _ in range(draw(st.integers(0, 5))):
+        flag = draw(st.sampled_from(known) | st.sampled_from(["--nope", "--epoch", "-x", "--model"]))
+        if flag in ("--help", "-h", "--out", "--resume", "--like", "--config"):
+            continue  # help prints and exits; the paths are the run-dir and settings targets'
+        argv.append(flag)
+        if draw(st.integers(0, 5)):
+            argv.append(draw(st.sampled_from(FLAG_VALUES) | st.text(max_size=6)))
+    return {"argv": argv}
+
+
+class _Trained(Exception):
+    """Raised where training would take its first step: the flags were parsed and checked."""
+
+
+def flags_case(inp: dict) -> Callable[[Path], None]:
+    import contextlib
+
+    from vaelab import cli
+    from vaelab.training import trainer
+
+    def case(tmp: Path) -> None:
+        def stop(*args, **kwargs):
+            raise _Trained
+        trainer._Loop.train_steps = stop
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+                rc = cli.main([*inp["argv"], "--out", str(tmp / "run"), "--threads", "1"])
+        except _Trained:
+            return
+        if rc == 2:
+            errors = [line for line in said.getvalue().splitlines() if line.startswith("error: ")]
+            if len(errors) != 1:
+                raise Unnamed(f"exit 2 without one line of error: {said.getvalue()[-500:]!r}")
+            raise VaelabError(errors[0][len("error: "):])
+        assert rc == 0, rc
+    return case
+
+
+# ---- the environment: torchrun's variables, the data and cache folders ------------------------------
+
+ENV_VALUES = ["", " ", "0", "1", "2", "3", "-1", "x", "1.5", "10" * 10, "\u00fc", "127.0.0.1", "nonexistent.invalid",
+              "65535", "70000", "/nonexistent", "/dev/null", "relative/dir", "/etc/passwd"]
+ENV_NAMES = ["WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "VAELAB_DATA",
+             "VAELAB_CACHE", "XDG_DATA_HOME", "VAELAB_MIRROR"]
+
+
+@st.composite
+def env_inputs(draw) -> dict:
+    names = draw(st.lists(st.sampled_from(ENV_NAMES), max_size=5, unique=True))
+    return {"env": {n: draw(st.sampled_from(ENV_VALUES) | st.text(max_size=6).filter(lambda t: "\x00" not in t))
+                    for n in names}}
+
+
+def env_case(inp: dict) -> Callable[[Path], None]:
+    import os
+
+    def case(tmp: Path) -> None:
+        for name in ENV_NAMES:
+            os.environ.pop(name, None)
+        os.environ.update({k: v.replace("TMP", str(tmp)) for k, v in inp["env"].items()})
+        flags_case({"argv": ["train", "--data", "digits", "--dist-timeout", "1"]})(tmp)
+    return case
+
+
 # ---- settings files: TOML and JSON -------------------------------------------------------------
 
 # real setting names, some misspelt, and tables as a file may hold them
@@ -288,4 +629,9 @@ TARGETS: dict[str, Target] = {
     "npy": Target(npy_inputs(), npy_case),
     "npz": Target(npz_inputs(), npz_case),
     "settings": Target(settings_inputs(), settings_case),
+    "cifar": Target(cifar_inputs(), cifar_case),
+    "images": Target(images_inputs(), images_case),
+    "run-dir": Target(run_dir_inputs(), run_dir_case),
+    "flags": Target(flags_inputs(), flags_case),
+    "env": Target(env_inputs(), env_case),
 }

@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzz_targets import TARGETS, idx_case, npy_case, npz_case, settings_case
+from fuzz_targets import TARGETS, idx_case, images_case, npy_case, npz_case, settings_case
 from fuzzing import BOUND_MB, run_case
 
 EXAMPLES = 25  # per parser in the suite; benchmarks/fuzz.py runs 10,000
+SLOW = {"env": 6, "flags": 12}  # cases of seconds each: a rendezvous that waits out its timeout, a model built
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_a_parser_parses_or_refuses_in_one_sentence(name):
     target = TARGETS[name]
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=SLOW.get(name, EXAMPLES), deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(target.inputs)
     def check(inp):
@@ -43,8 +44,8 @@ def test_the_harness_reports_each_kind_of_failure():
     def crash(tmp):
         {}["missing"]
 
-    def two_lines(tmp):
-        raise VaelabError("one\ntwo")
+    def too_long(tmp):
+        raise VaelabError("word " * 1000)
 
     def hog(tmp):
         np.ones(2 * BOUND_MB * 2 ** 20, np.uint8)  # twice the bound, touched
@@ -53,12 +54,14 @@ def test_the_harness_reports_each_kind_of_failure():
         time.sleep(60)
 
     def die(tmp):
+        import faulthandler
         import os
         import signal
+        faulthandler.disable()  # pytest's would print the child's stack to the run's log
         os.kill(os.getpid(), signal.SIGSEGV)
     kinds = {f.__name__: run_case(f, seconds=2 if f is hang else 60).kind
-             for f in (parse, refuse, crash, two_lines, hog, hang, die)}
-    assert kinds == {"parse": "parsed", "refuse": "refused", "crash": "crash", "two_lines": "message",
+             for f in (parse, refuse, crash, too_long, hog, hang, die)}
+    assert kinds == {"parse": "parsed", "refuse": "refused", "crash": "crash", "too_long": "message",
                      "hog": "memory", "hang": "timeout", "die": "killed"}
 
 
@@ -84,6 +87,19 @@ FOUND = {
     "npz member of corrupt deflate": (npz_case, {"bytes": None, "key": None, "label_key": None}),
     # a preset given as a list in a settings file ended in TypeError (unhashable)
     "preset as a list": (settings_case, {"suffix": "json", "bytes": b'{"preset": [], "model": "vae"}'}),
+    # 127 sizes of 2^32 - 1: the bytes they declare overflowed a float in the message (OverflowError)
+    "idx of 2^4000 bytes": (idx_case, {"bytes": b"\0\0\x0c\x7f" + b"\xff" * 4 * 127, "gzip": False, "expect": None}),
+    # 255 sizes of 8 digits: the message quoted all of them, thousands of characters
+    "idx of 255 sizes": (idx_case, {"bytes": b"\0\0\x08\xff" + (99999999).to_bytes(4, "big") * 255, "gzip": False,
+                                    "expect": None}),
+    # a symbolic link to itself in an image folder ended in RuntimeError (a symlink loop)
+    "a link to itself": (images_case, {"entries": [{"name": "a.png", "kind": "link", "data": b"", "target": "a.png"}],
+                                       "tarball": False, "size": None, "crop": None, "channels": None,
+                                       "compress": ""}),
+    # a newline in an image's name broke the sentence in two
+    "a newline in a name": (images_case, {"entries": [{"name": "a\nb.png", "kind": "file", "data": b"not an image",
+                                                       "target": ""}], "tarball": True, "size": None, "crop": None,
+                                          "channels": None, "compress": ""}),
 }
 
 
@@ -100,7 +116,7 @@ def _corrupt_npz() -> bytes:
 @pytest.mark.parametrize("name", sorted(FOUND))
 def test_what_the_fuzzer_found_is_refused_in_one_sentence(name):
     case, inp = FOUND[name]
-    if inp["bytes"] is None:
+    if "bytes" in inp and inp["bytes"] is None:
         inp = {**inp, "bytes": _corrupt_npz()}
     out = run_case(case(inp))
     assert out.kind == "refused", (out.kind, out.detail)
@@ -112,3 +128,9 @@ def test_a_gzipped_idx_bomb_is_refused_within_the_bound():
     data = gzip.compress(head + bytes(1 << 24))
     out = run_case(idx_case({"bytes": data, "gzip": False, "expect": None}))
     assert out.kind == "refused" and out.peak_mb < BOUND_MB, (out.kind, out.peak_mb, out.detail)
+
+
+def test_a_refusal_is_one_line_whatever_a_file_names():
+    from vaelab.errors import VaelabError
+    # a newline or a terminal's escape code in a file's name (or in a value read from a file)
+    assert str(VaelabError("a\nb \x1b[31m\tc \u00fc")) == "a\\nb \\x1b[31m\\tc \u00fc"

@@ -7,7 +7,20 @@ bug and keeps its traceback.
 
 
 class VaelabError(Exception):
-    """Bad input from the user: a flag, a file, a shape. The message is shown as is."""
+    """Bad input from the user: a flag, a file, a shape. The message is shown as is, on one line:
+    a character that would not print there (a newline in a file's name, a terminal's escape
+    code in a value read from a file) is written as its escape."""
+
+    def __init__(self, message: str = "", *args):
+        super().__init__(printable(str(message)), *args)
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that does not print on a line of its own written as its
+    Python escape (``\\n``, ``\\x1b``), so that what a file names cannot break a message in two."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 # A user's value can be anything a file holds (100 MB of it); a message shows its start only.

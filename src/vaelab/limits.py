@@ -56,7 +56,10 @@ def memory_limit() -> int:
 
 
 def fmt_bytes(n: int) -> str:
-    """1234567 -> '1.2 MB' (decimal units)."""
+    """1234567 -> '1.2 MB' (decimal units); a size past any memory (a corrupt header's product of
+    sizes, thousands of digits long) by its order of magnitude."""
+    if n >= 1000 ** 7:
+        return f"about 2^{n.bit_length() - 1} bytes"
     for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
         if n < 1000 or unit == "PB":
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"

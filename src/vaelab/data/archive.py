@@ -131,9 +131,15 @@ def list_folder_files(root: str | os.PathLike, accept: Accept | None = None) -> 
             if entry.name.startswith("."):
                 continue
             p = Path(entry.path)
-            if entry.is_symlink() and not p.resolve().is_relative_to(real_root):
-                raise VaelabError(f"{p} is a symbolic link to {p.resolve()}, outside {root}; "
-                                  f"expected every file of the data inside its folder.")
+            if entry.is_symlink():
+                try:
+                    target = p.resolve()
+                except (RuntimeError, OSError):  # Python 3.11 and 3.13 say a loop of links each their own way
+                    raise VaelabError(f"{p} is a symbolic link that leads back to itself, a loop; expected links "
+                                      f"under {root} to lead to files.") from None
+                if not target.is_relative_to(real_root):
+                    raise VaelabError(f"{p} is a symbolic link to {target}, outside {root}; "
+                                      f"expected every file of the data inside its folder.")
             if entry.is_dir():
                 walk(p, f"{prefix}{entry.name}/", (*above, real))
             elif entry.is_file() and (accept is None or accept(prefix + entry.name)):

@@ -224,9 +224,9 @@ def _check_npy_header(path: Path, f, size: int, name: str = "") -> None:
     if dtype.hasobject:
         return  # the load refuses Python objects
     nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    check_bytes(f"{path}{what}: the shape {shape} its .npy header declares", nbytes)
+    check_bytes(f"{path}{what}: the shape {clip(shape)} its .npy header declares", nbytes)
     if nbytes > size - f.tell():
-        raise VaelabError(f"{path}{what} is truncated: its header declares shape {shape}, which is "
+        raise VaelabError(f"{path}{what} is truncated: its header declares shape {clip(shape)}, which is "
                           f"{nbytes} bytes of data, but {size - f.tell()} bytes follow the header.")
 
 

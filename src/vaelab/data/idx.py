@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, clip
 from vaelab.limits import check_bytes, fmt_bytes
 
 # Type byte -> big-endian numpy dtype, as the IDX spec lists them.
@@ -69,14 +69,14 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None, copies:
         count = math.prod(shape)  # Python ints: a corrupt header cannot overflow this
         expected = count * dtype.itemsize
         held = f" ({copies} times its {fmt_bytes(expected)}: the data and its copies)" if copies > 1 else ""
-        check_bytes(f"{path}: the shape {shape} its IDX header declares{held}", expected * copies)
+        check_bytes(f"{path}: the shape {clip(shape)} its IDX header declares{held}", expected * copies)
         flat = np.empty(count, dtype=dtype)
         found = _read_into(path, f, memoryview(flat.view(np.uint8)))
         if found == expected:
             found += len(_read(path, f, 1))
     if found != expected:
         problem, follow = ("is truncated", f"{found} bytes") if found < expected else ("has trailing bytes", "more")
-        raise VaelabError(f"{path} {problem}: its header declares shape {shape}, which is "
+        raise VaelabError(f"{path} {problem}: its header declares shape {clip(shape)}, which is "
                           f"{expected} bytes of data, but {follow} follow the header.")
     # native byte order in place: the array the file was read into is the one returned
     return flat.byteswap(inplace=True).view(dtype.newbyteorder("=")).reshape(shape) \
