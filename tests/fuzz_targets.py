@@ -556,6 +556,54 @@ def env_case(inp: dict) -> Callable[[Path], None]:
     return case
 
 
+# ---- .mat files (MATLAB v5), and the samplers' specs ------------------------------------------------
+
+@st.composite
+def mat_inputs(draw) -> dict:
+    if draw(st.integers(0, 9)) == 0:
+        return {"bytes": draw(st.binary(max_size=1024)), "key": None}
+    import scipy.io
+    names = draw(st.lists(st.sampled_from(["x", "X", "images", "y", "data"]), min_size=1, max_size=3, unique=True))
+    arrays = {n: draw(_array()) for n in names}
+    arrays = {n: a for n, a in arrays.items() if a.dtype.kind in "biuf" and a.dtype.itemsize <= 8}
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, arrays, do_compression=draw(st.booleans()))
+    data = buf.getvalue()
+    if draw(st.integers(0, 9)) == 0:  # a v7.3 file's header: HDF5 inside, not read
+        data = b"MATLAB 7.3 MAT-file" + data[19:]
+    return {"bytes": draw(_mutated(data))[0], "key": draw(st.sampled_from([None, *names, "missing"]))}
+
+
+def mat_case(inp: dict) -> Callable[[Path], None]:
+    from vaelab.data.arrays import read_array
+
+    def case(tmp: Path) -> None:
+        path = tmp / "images.mat"
+        path.write_bytes(inp["bytes"])
+        _check_raw(_names_the_file(path, lambda: read_array(path, key=inp["key"])))
+    return case
+
+
+@st.composite
+def sampler_inputs(draw) -> dict:
+    from vaelab.registry import MODELS, SAMPLERS
+    names = sorted(SAMPLERS)
+    text = draw(st.sampled_from(names).flatmap(lambda n: st.sampled_from(
+        [n, f"{n}:", f"{n}:10", f"{n}:0", f"{n}:-1", f"{n}:1e3", f"{n}:{10 ** 30}", f"{n}:\u0661\u0662", f"{n}:x"]))
+        | st.text(max_size=12))
+    return {"text": text, "model": draw(st.sampled_from(sorted(MODELS)))}
+
+
+def sampler_case(inp: dict) -> Callable[[Path], None]:
+    from vaelab.registry import MODELS
+    from vaelab.samplers import resolve_sampler
+
+    def case(tmp: Path) -> None:
+        spec = resolve_sampler(inp["text"], MODELS[inp["model"]], tmp)
+        assert spec.title and spec.caption  # what a report and the samples' caption say of it
+    return case
+
+
 # ---- settings files: TOML and JSON -------------------------------------------------------------
 
 # real setting names, some misspelt, and tables as a file may hold them
@@ -634,4 +682,6 @@ TARGETS: dict[str, Target] = {
     "run-dir": Target(run_dir_inputs(), run_dir_case),
     "flags": Target(flags_inputs(), flags_case),
     "env": Target(env_inputs(), env_case),
+    "mat": Target(mat_inputs(), mat_case),
+    "sampler": Target(sampler_inputs(), sampler_case),
 }

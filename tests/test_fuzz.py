@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzz_targets import TARGETS, idx_case, images_case, npy_case, npz_case, settings_case
+from fuzz_targets import TARGETS, idx_case, images_case, mat_case, npy_case, npz_case, settings_case
 from fuzzing import BOUND_MB, run_case
 
 EXAMPLES = 25  # per parser in the suite; benchmarks/fuzz.py runs 10,000
@@ -92,6 +92,8 @@ FOUND = {
     # 255 sizes of 8 digits: the message quoted all of them, thousands of characters
     "idx of 255 sizes": (idx_case, {"bytes": b"\0\0\x08\xff" + (99999999).to_bytes(4, "big") * 255, "gzip": False,
                                     "expect": None}),
+    # a compressed .mat variable whose deflate stream is corrupt ended in zlib.error, inside scipy
+    "mat of corrupt deflate": (mat_case, {"bytes": None, "key": None}),
     # a symbolic link to itself in an image folder ended in RuntimeError (a symlink loop)
     "a link to itself": (images_case, {"entries": [{"name": "a.png", "kind": "link", "data": b"", "target": "a.png"}],
                                        "tarball": False, "size": None, "crop": None, "channels": None,
@@ -101,6 +103,16 @@ FOUND = {
                                                        "target": ""}], "tarball": True, "size": None, "crop": None,
                                           "channels": None, "compress": ""}),
 }
+
+
+def _corrupt_mat() -> bytes:
+    import scipy.io
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"x": np.arange(4096, dtype=np.uint8).reshape(16, 16, 16) % 7}, do_compression=True)
+    data = bytearray(buf.getvalue())
+    for i in range(128 + 8 + 20, 128 + 8 + 28):  # past the file's header and the variable's tag
+        data[i] ^= 0xA5
+    return bytes(data)
 
 
 def _corrupt_npz() -> bytes:
@@ -117,7 +129,7 @@ def _corrupt_npz() -> bytes:
 def test_what_the_fuzzer_found_is_refused_in_one_sentence(name):
     case, inp = FOUND[name]
     if "bytes" in inp and inp["bytes"] is None:
-        inp = {**inp, "bytes": _corrupt_npz()}
+        inp = {**inp, "bytes": _corrupt_mat() if case is mat_case else _corrupt_npz()}
     out = run_case(case(inp))
     assert out.kind == "refused", (out.kind, out.detail)
 

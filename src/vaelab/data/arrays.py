@@ -256,8 +256,11 @@ def _loadmat(path: Path) -> dict[str, np.ndarray]:
     except NotImplementedError:  # v7.3 without the usual header text
         raise VaelabError(f"{path} is a MATLAB v7.3 (HDF5) file, which cannot be read: re-save "
                           f"it in MATLAB with save(..., '-v7') or convert it to .npy.") from None
-    except (ValueError, TypeError, OSError, EOFError, scipy.io.matlab.MatReadError) as e:
-        raise VaelabError(f"{path} is not a readable MATLAB .mat file ({e}).") from None
+    # scipy's reader of a cut or changed file fails in many ways of its own, deep inside: each is
+    # this file's fault, said in one sentence
+    except (ValueError, TypeError, OSError, EOFError, scipy.io.matlab.MatReadError, zlib.error, IndexError, KeyError,
+            AttributeError, OverflowError) as e:
+        raise VaelabError(f"{path} is not a readable MATLAB .mat file ({type(e).__name__}: {clip(e)}).") from None
     return {k: v for k, v in variables.items() if not k.startswith("__")}
 
 
