@@ -530,6 +530,62 @@ def flags_case(inp: dict) -> Callable[[Path], None]:
     return case
 
 
+# ---- the other commands on a run: eval, sample, reconstruct, interpolate, manifold, probe, ... ------
+
+COMMANDS = ["eval", "sample", "reconstruct", "interpolate", "manifold", "probe", "finetune", "report"]
+
+
+@st.composite
+def commands_inputs(draw) -> dict:
+    cmd = draw(st.sampled_from(COMMANDS))
+    known = sorted(o for o in _options(cmd) if o.startswith("--") and o not in ("--help", "--data-dir"))
+    argv = [cmd, draw(st.sampled_from(["RUN", "RUN", "RUN", "TMP/missing", "RUN/config.json", "TMP"]))]
+    for _ in range(draw(st.integers(0, 4))):
+        argv.append(draw(st.sampled_from([*known, "-o", "--nope"])))
+        if draw(st.integers(0, 5)):
+            argv.append(draw(st.sampled_from(FLAG_VALUES + ["RUN/out.png", "TMP/x.json", "gmm:3", "prior"])
+                             | st.text(max_size=6)))
+    return {"run": str(pristine_run()), "argv": argv}
+
+
+def commands_case(inp: dict) -> Callable[[Path], None]:
+    import contextlib
+    import shutil
+
+    from vaelab import cli
+    from vaelab.evaluation import likelihood, probe
+
+    def case(tmp: Path) -> None:
+        run = tmp / "run"
+        shutil.copytree(inp["run"], run)
+
+        def stop(*args, **kwargs):  # where the minutes of work begin: the flags were parsed and checked
+            raise _Trained
+        likelihood.evaluate_likelihood = probe.linear_probe = probe.finetune = stop
+        argv = [a.replace("RUN", str(run)).replace("TMP", str(tmp)) for a in inp["argv"]]
+        if "--threads" in _options(argv[0]) and "--threads" not in argv:
+            argv += ["--threads", "1"]
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+                rc = cli.main(argv)
+        except _Trained:
+            return
+        if rc == 2:
+            errors = [line for line in said.getvalue().splitlines() if line.startswith("error: ")]
+            if len(errors) != 1:
+                raise Unnamed(f"exit 2 without one line of error: {said.getvalue()[-500:]!r}")
+            raise VaelabError(errors[0][len("error: "):])
+        assert rc == 0, rc
+    return case
+
+
+@functools.cache
+def _options(cmd: str) -> frozenset:
+    from vaelab.cli import build_parser
+    return frozenset(build_parser().commands[cmd]._option_string_actions)
+
+
 # ---- the environment: torchrun's variables, the data and cache folders ------------------------------
 
 ENV_VALUES = ["", " ", "0", "1", "2", "3", "-1", "x", "1.5", "10" * 10, "\u00fc", "127.0.0.1", "nonexistent.invalid",
@@ -684,4 +740,5 @@ TARGETS: dict[str, Target] = {
     "env": Target(env_inputs(), env_case),
     "mat": Target(mat_inputs(), mat_case),
     "sampler": Target(sampler_inputs(), sampler_case),
+    "commands": Target(commands_inputs(), commands_case),
 }
