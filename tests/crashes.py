@@ -1,0 +1,148 @@
+"""Killing training at random moments, and checking that ``--resume`` ends where an uninterrupted
+run ends, bit for bit, with no temporary file left: the harness of tests/test_crashes.py (a few
+kills) and benchmarks/faults.py (20 or more a model).
+
+A moment is a *write event* of the child process: each opening of a file to write, each fsync
+and each rename (the commit of an atomic write), counted in the order the run makes them. Kills
+land at events drawn uniformly from those of a whole run, so they fall inside checkpoint writes
+(between the temporary's data and its rename), in the final evaluation's file, in the pictures,
+in the report and the logs, wherever the run writes. The child is ``vaelab`` itself, with its
+``open``, ``os.fsync`` and ``os.replace`` wrapped to count, and to SIGKILL the process at the
+chosen event.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+# the wrapper: counts write events, dies at VAELAB_KILL_AT (0: never), writes the count and the
+# event names at exit to VAELAB_EVENTS when set
+CHILD = r"""
+import builtins, os, signal, sys, json
+kill_at = int(os.environ.get("VAELAB_KILL_AT", "0"))
+events = []
+def event(what):
+    events.append(what)
+    if len(events) == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+real_open, real_replace, real_fsync = builtins.open, os.replace, os.fsync
+def counted_open(file, mode="r", *a, **kw):
+    if any(c in mode for c in "wax+"):
+        event("open:" + os.path.basename(str(file)))
+    return real_open(file, mode, *a, **kw)
+def counted_replace(src, dst, *a, **kw):
+    event("replace:" + os.path.basename(str(dst)))
+    return real_replace(src, dst, *a, **kw)
+def counted_fsync(fd):
+    event("fsync")
+    return real_fsync(fd)
+builtins.open, os.replace, os.fsync = counted_open, counted_replace, counted_fsync
+from vaelab.cli import main
+rc = main(sys.argv[1:])
+if os.environ.get("VAELAB_EVENTS"):
+    with real_open(os.environ["VAELAB_EVENTS"], "w") as f:
+        json.dump(events, f)
+sys.exit(rc)
+"""
+
+
+def train_argv(model: str, epochs: int = 3) -> list[str]:
+    """A tiny run of ``model`` on the bundled digits that writes everything a run writes: each
+    epoch's checkpoints and logs, the final evaluation, the pictures and the report."""
+    from vaelab.registry import MODELS
+    argv = ["train", "--model", model, "--data", "digits", "--hidden", "16", "--latent-dim", "2", "--epochs",
+            str(epochs), "--batch-size", "64", "--nll-samples", "5", "--no-progress", "--threads", "1"]
+    return argv + (["--labels", "50"] if MODELS[model].labelled_part else [])
+
+
+def child(argv: list[str], kill_at: int = 0, events: Path | None = None, timeout: float = 600) -> int:
+    """``vaelab argv`` in a child killed at write event ``kill_at`` (0: never); its exit status
+    (-9 when killed). ``events``: where to write the list of its write events."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "VAELAB_KILL_AT": str(kill_at),
+           "VAELAB_EVENTS": str(events or "")}
+    return subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, timeout=timeout,
+                          env=env).returncode
+
+
+def temporaries(run: Path) -> list[str]:
+    """The temporaries of vaelab's writes left in ``run`` (``.NAME.RANDOM.tmp``)."""
+    return sorted(str(p.relative_to(run)) for p in run.rglob(".*.tmp"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two runs end with the same tensors, to the bit: the last and best checkpoints and
+    the resume file (weights, optimizer state, random streams)."""
+    for name in ("model.safetensors", "best.safetensors", "resume.safetensors"):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        if ta.keys() != tb.keys() or not all(torch.equal(ta[k], tb[k]) for k in ta):
+            return False
+    return True
+
+
+@dataclass
+class Crashes:
+    """What killing one model's runs found: ``kills`` (each with the event it landed on), the
+    ``runs`` that were taken to the end through them, and how many of those ended equal to the
+    uninterrupted run (``equal``) with no temporary left (``clean``)."""
+    model: str
+    kills: list[str] = field(default_factory=list)
+    runs: int = 0
+    equal: int = 0
+    clean: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def survived(self) -> int:
+        """Kills whose run ended bitwise equal and clean."""
+        return len(self.kills) if self.equal == self.clean == self.runs else 0
+
+
+def kill_and_resume(argv: list[str], work: Path, kills: int, seed: int = 0, model: str = "") -> Crashes:
+    """Train ``argv`` (``train ...`` without ``--out``) once uninterrupted, then again, killed at
+    random write events and resumed each time, until at least ``kills`` kills have landed; each
+    run taken to its end is compared with the uninterrupted one."""
+    rng = np.random.default_rng(seed)
+    ref = work / "reference"
+    log = work / "reference-events.json"
+    rc = child([*argv, "--out", str(ref)], events=log)
+    if rc != 0:
+        raise RuntimeError(f"the uninterrupted run of {argv} ended with status {rc}")
+    events = json.loads(log.read_text())
+    out = Crashes(model or argv[argv.index("--model") + 1] if "--model" in argv else "vae")
+    while len(out.kills) < kills:
+        run = work / f"run-{out.runs}"
+        rc = None
+        for _ in range(10 * kills):  # a run that never ends is a failure, not a hang
+            if (run / "finished.json").exists():  # killed after its end was recorded (in the report, say)
+                rc = 0
+                break
+            # as a user would go on: --resume from the last finished epoch, else the same command again
+            fresh = not (run / "resume.safetensors").exists()
+            cmd = [*argv, "--out", str(run), "--overwrite"] if fresh else ["train", "--resume", str(run)]
+            at = int(rng.integers(1, len(events) + 1))
+            rc = child(cmd, kill_at=at if len(out.kills) < kills else 0)
+            if rc == -9:
+                out.kills.append(events[at - 1] if fresh else f"after resuming, write {at}")
+                continue
+            if rc != 0:
+                out.failures.append(f"{' '.join(cmd[:3])} ... ended with status {rc} after {len(out.kills)} kills")
+            break
+        out.runs += 1
+        if rc == 0:
+            equal = same_weights(ref, run)
+            left = temporaries(run)
+            out.equal += equal
+            out.clean += not left
+            if left:
+                out.failures.append(f"temporaries left in {run.name}: {left[:5]}")
+            if not equal:
+                out.failures.append(f"{run.name} ended with other weights than the uninterrupted run")
+    return out
