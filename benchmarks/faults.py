@@ -1,9 +1,16 @@
-"""Kill every registered model's training at random write events, at least ``--kills`` times
-each (20 by default), resume each time, and check that every run ends bitwise equal to an
-uninterrupted one with no temporary file left (tests/crashes.py). One JSON line per model:
+"""Faults injected, with one JSON line per model or command:
+
+- ``sigkill``: kill every registered model's training at random write events, at least
+  ``--kills`` times each (20 by default), resume each time, and check that every run ends bitwise
+  equal to an uninterrupted one with no temporary file left (tests/crashes.py);
+- ``disk-full``: run each command that writes (training resumed, eval with a fitted sampler,
+  sample, report) on a real full disk (a tmpfs, so root only) with ``--points`` amounts of free
+  space from none to more than it writes, and check that each ends in one sentence naming the
+  file, leaves the run intact, and ends as it would have once there is room (tests/diskfull.py).
 
     python benchmarks/faults.py --kills 20
-    python benchmarks/faults.py --models vae,gan --kills 40 --seed 1
+    python benchmarks/faults.py --faults sigkill --models vae,gan --kills 40 --seed 1
+    python benchmarks/faults.py --faults disk-full --points 24
 
 ``kills`` lists the write event each kill landed on (``replace:resume.safetensors`` is the
 rename that commits the resume file; ``open:...`` a file opened to be written; ``fsync`` data
@@ -24,26 +31,55 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from _common import RESULTS, emit, machine, names, shown  # noqa: E402
 
 from crashes import kill_and_resume, train_argv  # noqa: E402
+from diskfull import COMMANDS, PAGE, ends_as_with_room, finished_run, on_a_full_disk, small_disk, snapshot  # noqa: E402
 from vaelab.registry import MODELS  # noqa: E402
+
+
+def sigkill(models: list[str], kills: int, seed: int, out: str, base: dict) -> None:
+    for model in models:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"vaelab-faults-{model}-") as work:
+            res = kill_and_resume(train_argv(model), Path(work), kills, seed, model)
+        where = collections.Counter(k.split(":")[0] if not k.startswith("after") else "after resuming"
+                                    for k in res.kills)
+        emit(out, {"fault": "sigkill", "model": model, "injected": len(res.kills), "survived": res.survived,
+                   "runs": res.runs, "equal": res.equal, "clean": res.clean, "failures": res.failures,
+                   "kinds": dict(where), "kills": res.kills, "seconds": round(time.perf_counter() - t0, 1), **base})
+
+
+def disk_full(points: int, out: str, base: dict) -> None:
+    with tempfile.TemporaryDirectory(prefix="vaelab-diskfull-") as work:
+        work = Path(work)
+        finished = finished_run(work / "finished")
+        for name, argv in COMMANDS.items():
+            t0 = time.perf_counter()
+            same = ends_as_with_room(name, finished, work)
+            ref = work / f"reference-{name}"
+            written = sum(len(v) for v in snapshot(ref).values()) - sum(len(v) for v in snapshot(finished).values())
+            top = max(written, 0) + 16 * PAGE  # past what it writes, with the temporaries beside their files
+            frees = sorted({PAGE * round(top * i / (points - 1) / PAGE) for i in range(points)})
+            with small_disk(work / "disk") as disk:
+                res = on_a_full_disk(argv, finished, disk, frees, same)
+            emit(out, {"fault": "disk_full", "command": res.command, "cases": res.tried, "survived": res.survived,
+                       "refused": res.refused, "named": res.named, "failures": res.failures, "free_bytes": frees,
+                       "seconds": round(time.perf_counter() - t0, 1), **base})
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--faults", default="sigkill,disk-full")
     p.add_argument("--models", default=",".join(sorted(MODELS)))
     p.add_argument("--kills", type=int, default=20, help="kills per model, at least")
+    p.add_argument("--points", type=int, default=16, help="amounts of free space per command")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "faults.jsonl"))
     a = p.parse_args()
     base = {"machine": machine(1), "command": shown(sys.argv), "seed": a.seed}
-    for model in names(p, "--models", a.models, sorted(MODELS)):
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"vaelab-faults-{model}-") as work:
-            out = kill_and_resume(train_argv(model), Path(work), a.kills, a.seed, model)
-        where = collections.Counter(k.split(":")[0] if not k.startswith("after") else "after resuming"
-                                    for k in out.kills)
-        emit(a.out, {"fault": "sigkill", "model": model, "injected": len(out.kills), "survived": out.survived,
-                     "runs": out.runs, "equal": out.equal, "clean": out.clean, "failures": out.failures,
-                     "kinds": dict(where), "kills": out.kills, "seconds": round(time.perf_counter() - t0, 1), **base})
+    faults = names(p, "--faults", a.faults, ("sigkill", "disk-full"))
+    if "disk-full" in faults:
+        disk_full(a.points, a.out, base)
+    if "sigkill" in faults:
+        sigkill(names(p, "--models", a.models, sorted(MODELS)), a.kills, a.seed, a.out, base)
 
 
 if __name__ == "__main__":
