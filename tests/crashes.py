@@ -63,13 +63,14 @@ def train_argv(model: str, epochs: int = 3) -> list[str]:
     return argv + (["--labels", "50"] if MODELS[model].labelled_part else [])
 
 
-def child(argv: list[str], kill_at: int = 0, events: Path | None = None, timeout: float = 600) -> int:
-    """``vaelab argv`` in a child killed at write event ``kill_at`` (0: never); its exit status
-    (-9 when killed). ``events``: where to write the list of its write events."""
+def child(argv: list[str], kill_at: int = 0, events: Path | None = None, timeout: float = 600) -> tuple[int, str]:
+    """``vaelab argv`` in a child killed at write event ``kill_at`` (0: never): its exit status
+    (-9 when killed) and what it said on stderr. ``events``: where to write the list of its
+    write events."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "VAELAB_KILL_AT": str(kill_at),
            "VAELAB_EVENTS": str(events or "")}
-    return subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, timeout=timeout,
-                          env=env).returncode
+    p = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, timeout=timeout, env=env)
+    return p.returncode, p.stderr
 
 
 def temporaries(run: Path) -> list[str]:
@@ -112,28 +113,28 @@ def kill_and_resume(argv: list[str], work: Path, kills: int, seed: int = 0, mode
     rng = np.random.default_rng(seed)
     ref = work / "reference"
     log = work / "reference-events.json"
-    rc = child([*argv, "--out", str(ref)], events=log)
+    rc, err = child([*argv, "--out", str(ref)], events=log)
     if rc != 0:
-        raise RuntimeError(f"the uninterrupted run of {argv} ended with status {rc}")
+        raise RuntimeError(f"the uninterrupted run of {argv} ended with status {rc}: {err[-2000:]}")
     events = json.loads(log.read_text())
     out = Crashes(model or argv[argv.index("--model") + 1] if "--model" in argv else "vae")
     while len(out.kills) < kills:
         run = work / f"run-{out.runs}"
         rc = None
         for _ in range(10 * kills):  # a run that never ends is a failure, not a hang
-            if (run / "finished.json").exists():  # killed after its end was recorded (in the report, say)
-                rc = 0
-                break
             # as a user would go on: --resume from the last finished epoch, else the same command again
             fresh = not (run / "resume.safetensors").exists()
             cmd = [*argv, "--out", str(run), "--overwrite"] if fresh else ["train", "--resume", str(run)]
             at = int(rng.integers(1, len(events) + 1))
-            rc = child(cmd, kill_at=at if len(out.kills) < kills else 0)
+            rc, err = child(cmd, kill_at=at if len(out.kills) < kills else 0)
+            if rc == 2 and "already finished" in err:  # killed after everything was written
+                rc = 0
             if rc == -9:
                 out.kills.append(events[at - 1] if fresh else f"after resuming, write {at}")
                 continue
             if rc != 0:
-                out.failures.append(f"{' '.join(cmd[:3])} ... ended with status {rc} after {len(out.kills)} kills")
+                out.failures.append(f"{' '.join(cmd[:3])} ... ended with status {rc} after {len(out.kills)} kills: "
+                                    f"{err.strip().splitlines()[-1:] }")
             break
         out.runs += 1
         if rc == 0:

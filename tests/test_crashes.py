@@ -8,3 +8,19 @@ def test_a_run_killed_at_random_writes_and_resumed_ends_as_an_uninterrupted_one(
     out = kill_and_resume(train_argv("vae"), tmp_path, kills=2, seed=1)
     assert len(out.kills) >= 2 and out.runs >= 1 and not out.failures, out
     assert out.equal == out.clean == out.runs and out.survived == len(out.kills)
+
+
+def test_a_run_killed_while_its_report_was_written_is_finished_by_resume(tmp_path, capsys):
+    """Killed after finished.json, inside the report's write: --resume said the run had already
+    finished, and the page was never written (its temporary stayed until then)."""
+    from vaelab.cli import main
+    run = tmp_path / "run"
+    assert main([*train_argv("vae", epochs=1)[:-2], "--threads", "1", "--out", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    (run / "report.html").unlink()
+    (run / ".report.html.0123abcd.tmp").write_text(page[:100])  # the write the kill cut short
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (run / "report.html").read_text().rstrip().endswith("</html>") and not list(run.glob(".*.tmp"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2  # now it is finished, page and all
+    assert "already finished" in capsys.readouterr().err
