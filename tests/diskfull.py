@@ -13,6 +13,7 @@ it must end as it ends on a disk with room, bit for bit, with no temporary left.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -119,7 +120,8 @@ def on_a_full_disk(command: list[str], finished: Path, disk: Path, frees: list[i
         elif rc != 0:
             out.failures.append(f"{free} bytes free: exit status {rc}: {err[-300:]}")
         free_disk(disk)
-        rc, err = vaelab(argv)
+        if rc != 0:  # as a user would go on: the same command again, now that there is room
+            rc, err = vaelab(argv)
         if rc != 0:
             out.failures.append(f"{free} bytes free, then room: exit status {rc}: {err[-300:]}")
         elif not same(run):
@@ -166,5 +168,8 @@ def ends_as_with_room(name: str, finished: Path, work: Path):
         return lambda run: same_weights(ref, run)
     if name == "report":
         return lambda run: "</html>" in (run / "report.html").read_text()
-    result = {"eval": "eval.json", "sample": "s.png"}[name]
-    return lambda run: (run / result).read_bytes() == (ref / result).read_bytes()
+    if name == "eval":  # every figure to the bit; not the speed it was measured at
+        def figures(run):
+            return {k: v for k, v in json.loads((run / "eval.json").read_text()).items() if "per_s" not in k}
+        return lambda run: figures(run) == figures(ref)
+    return lambda run: (run / "s.png").read_bytes() == (ref / "s.png").read_bytes()

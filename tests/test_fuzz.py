@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzz_targets import TARGETS, idx_case, images_case, mat_case, npy_case, npz_case, settings_case
+from fuzz_targets import (TARGETS, cifar_case, idx_case, images_case, mat_case, npy_case, npz_case,
+                          run_dir_case, settings_case)
 from fuzzing import BOUND_MB, run_case
 
 EXAMPLES = 25  # per parser in the suite; benchmarks/fuzz.py runs 10,000
@@ -79,6 +80,11 @@ def _npy(a) -> bytes:
     return buf.getvalue()
 
 
+def _cifar_members() -> dict:
+    from test_cifar import official_members
+    return official_members()
+
+
 FOUND = {
     # numpy reads a .npy header as Python tokens: one cut inside its dict ended in tokenize.TokenError
     "npy header cut in its dict": (npy_case, {"bytes": b"\x93NUMPY\x01\x00v\x00{'descr': '|V4', 'fortran_order': "
@@ -94,6 +100,11 @@ FOUND = {
                                     "expect": None}),
     # a compressed .mat variable whose deflate stream is corrupt ended in zlib.error, inside scipy
     "mat of corrupt deflate": (mat_case, {"bytes": None, "key": None}),
+    # a zip of a version zipfile does not read ended in NotImplementedError
+    "npz of zip version 11.2": (npz_case, {"bytes": None, "key": None, "label_key": None, "zip_version": 112}),
+    # a pickle of nine bytes that names memo slot 2^25: the unpickler took 513 MB for its memo
+    "pickle with a far memo slot": (cifar_case, {"members": {**_cifar_members(), "test_batch": b"\x80\x02}r\xff\xff\xff\x01."},
+                                                 "tarball": False, "cut": False}),
     # a symbolic link to itself in an image folder ended in RuntimeError (a symlink loop)
     "a link to itself": (images_case, {"entries": [{"name": "a.png", "kind": "link", "data": b"", "target": "a.png"}],
                                        "tarball": False, "size": None, "crop": None, "channels": None,
@@ -115,6 +126,20 @@ def _corrupt_mat() -> bytes:
     return bytes(data)
 
 
+def _npz_of_version(version: int) -> bytes:
+    data = bytearray(_npy_zip())
+    for sig, at in ((b"PK\x03\x04", 4), (b"PK\x01\x02", 6)):  # "version needed to extract" of each header
+        i = data.index(sig)
+        data[i + at:i + at + 2] = version.to_bytes(2, "little")
+    return bytes(data)
+
+
+def _npy_zip() -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((2, 3, 3), np.uint8))
+    return buf.getvalue()
+
+
 def _corrupt_npz() -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, x=np.arange(4096, dtype=np.uint8).reshape(16, 16, 16) % 7)
@@ -128,7 +153,9 @@ def _corrupt_npz() -> bytes:
 @pytest.mark.parametrize("name", sorted(FOUND))
 def test_what_the_fuzzer_found_is_refused_in_one_sentence(name):
     case, inp = FOUND[name]
-    if "bytes" in inp and inp["bytes"] is None:
+    if "zip_version" in inp:
+        inp = {**inp, "bytes": _npz_of_version(inp.pop("zip_version"))}
+    elif "bytes" in inp and inp["bytes"] is None:
         inp = {**inp, "bytes": _corrupt_mat() if case is mat_case else _corrupt_npz()}
     out = run_case(case(inp))
     assert out.kind == "refused", (out.kind, out.detail)
@@ -146,3 +173,20 @@ def test_a_refusal_is_one_line_whatever_a_file_names():
     from vaelab.errors import VaelabError
     # a newline or a terminal's escape code in a file's name (or in a value read from a file)
     assert str(VaelabError("a\nb \x1b[31m\tc \u00fc")) == "a\\nb \\x1b[31m\\tc \u00fc"
+
+
+@pytest.mark.parametrize("change", ["model", "data_spec"])
+def test_a_changed_config_json_is_refused_naming_it(change):
+    """A run's config.json naming a model that is not one, or a data spec missing its keys: the
+    refusals named neither the file nor the run."""
+    import json
+
+    from fuzz_targets import pristine_run
+    doc = json.loads((pristine_run() / "config.json").read_text())
+    if change == "model":
+        doc["run"]["train"]["model"] = ">ae"
+    else:
+        doc["data_spec"] = {"shape": [1, 8, 8]}
+    out = run_case(run_dir_case({"run": str(pristine_run()), "file": "config.json", "how": "bytes",
+                                 "bytes": json.dumps(doc).encode(), "target": ""}))
+    assert out.kind == "refused" and "config.json" in out.detail, (out.kind, out.detail)

@@ -44,6 +44,10 @@ class RunConfig:
                       from_dict(model_cls.config_cls, d["model"], where))
         except (KeyError, TypeError, AttributeError):
             raise VaelabError(f"{where} does not describe a vaelab run (missing data/train/model sections).") from None
+        except VaelabError as e:  # a value of the file (an unknown model's name): the message names the file
+            if where in str(e):
+                raise
+            raise VaelabError(f"{where}: {e}") from None
         if hasattr(run.model, "levels"):
             check_levels(run.model.levels, f"{where}: the model's levels")
         check_model_size(run.train.model, run.model, f"{where}: ")

@@ -172,7 +172,8 @@ def open_npz(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
     with f:
         try:
             archive = np.load(f, allow_pickle=False)
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        # NotImplementedError: zipfile's word for a version or a compression it does not read
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as e:
             raise unreadable(e) from None
         with archive:
             yield archive
@@ -219,7 +220,8 @@ def _check_npy_header(path: Path, f, size: int, name: str = "") -> None:
         shape, _, dtype = read(f)
     # numpy parses the header's text as Python tokens: a cut or changed header can end in
     # tokenize's or the parser's errors too; the member of a corrupt .npz, in zlib's
-    except (ValueError, SyntaxError, tokenize.TokenError, zlib.error, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, SyntaxError, tokenize.TokenError, zlib.error, EOFError, zipfile.BadZipFile,
+            NotImplementedError) as e:
         raise VaelabError(f"{path}{what} cannot be read as a NumPy array ({clip(e)}).") from None
     if dtype.hasobject:
         return  # the load refuses Python objects
@@ -239,7 +241,7 @@ def _np_load(path: Path, load, name: str = "") -> np.ndarray:
             raise VaelabError(f"{path}{what} holds Python objects, not numbers: expected a "
                               f"numeric array.") from None
         raise VaelabError(f"{path}{what} cannot be read as a NumPy array ({e}).") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         raise VaelabError(f"{path}{what} cannot be read ({clip(e)}); is the file truncated?") from None
 
 

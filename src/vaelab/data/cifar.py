@@ -20,6 +20,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import re
 import tarfile
 import zlib
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaelab.errors import VaelabError
+from vaelab.errors import VaelabError, clip
 
 from .download import file_md5
 from .raw import RawData
@@ -249,9 +250,23 @@ class _PlainDataUnpickler(pickle.Unpickler):
             raise _Refused(f"the global {module}.{name}") from None
 
 
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+def _check_memo(raw: bytes) -> None:
+    """Refuse a pickle that names a memo slot past its own length, read without running it
+    (:func:`pickletools.genops`): the unpickler sizes its memo to the largest slot it is told to
+    fill, so nine bytes could take gigabytes; a real pickle's slots are numbered by its objects,
+    fewer than its bytes."""
+    for op, arg, _ in pickletools.genops(raw):
+        if op.name in _MEMO_OPS and isinstance(arg, int) and arg > len(raw):
+            raise _Refused(f"memo slot {arg:,} in {len(raw):,} bytes (memory for every slot up to it)")
+
+
 def _unpickle(raw: bytes, label: str) -> object:
     """Load a CIFAR pickle with :class:`_PlainDataUnpickler`; arrays come back as ndarrays."""
     try:
+        _check_memo(raw)
         obj = _PlainDataUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except _Refused as e:
         raise VaelabError(f"{label} is a pickle that asks for {e}, so it was refused before "
@@ -260,7 +275,7 @@ def _unpickle(raw: bytes, label: str) -> object:
         raise VaelabError(f"{label} holds {e}; expected CIFAR's uint8 array of shape "
                           f"(n, 3072).") from None
     except Exception as e:  # a corrupt pickle can fail in any of a dozen ways
-        raise VaelabError(f"{label} is not a readable pickle ({type(e).__name__}: {e}); the "
+        raise VaelabError(f"{label} is not a readable pickle ({type(e).__name__}: {clip(e)}); the "
                           f"file is corrupt or not a CIFAR batch.") from None
     return _plain(obj)
 

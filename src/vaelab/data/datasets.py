@@ -71,7 +71,7 @@ class DataSpec:
         ``where`` (such as ``"run/config.json: "``) starts the message of a value out of bounds."""
         missing = [k for k in ("name", "shape", "levels", "num_classes") if k not in d]
         if missing:
-            raise VaelabError(f"the data spec {d!r} lacks the key(s) {', '.join(missing)}.")
+            raise VaelabError(f"{where}the data spec lacks the key(s) {', '.join(missing)}.")
         spec = cls(name=str(d["name"]), shape=tuple(int(s) for s in d["shape"]),
                    levels=int(d["levels"]), num_classes=int(d["num_classes"]))
         if len(spec.shape) != 3 or min(spec.shape) < 1:
