@@ -13,8 +13,8 @@
     python benchmarks/faults.py --faults disk-full --points 24
 
 ``kills`` lists the write event each kill landed on (``replace:resume.safetensors`` is the
-rename that commits the resume file; ``open:...`` a file opened to be written; ``fsync`` data
-being flushed before its rename), so the moments hit can be read back.
+rename that commits the resume file; ``open:...`` a file opened to be written; ``write:...`` a
+write to it), so the moments hit can be read back.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def disk_full(points: int, out: str, base: dict) -> None:
             frees = sorted({PAGE * round(top * i / (points - 1) / PAGE) for i in range(points)})
             with small_disk(work / "disk") as disk:
                 res = on_a_full_disk(argv, finished, disk, frees, same)
-            emit(out, {"fault": "disk_full", "command": res.command, "cases": res.tried, "survived": res.survived,
+            emit(out, {"fault": "disk_full", "tested": res.command, "cases": res.tried, "survived": res.survived,
                        "refused": res.refused, "named": res.named, "failures": res.failures, "free_bytes": frees,
                        "seconds": round(time.perf_counter() - t0, 1), **base})
 

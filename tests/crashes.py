@@ -2,13 +2,14 @@
 run ends, bit for bit, with no temporary file left: the harness of tests/test_crashes.py (a few
 kills) and benchmarks/faults.py (20 or more a model).
 
-A moment is a *write event* of the child process: each opening of a file to write, each fsync
-and each rename (the commit of an atomic write), counted in the order the run makes them. Kills
-land at events drawn uniformly from those of a whole run, so they fall inside checkpoint writes
-(between the temporary's data and its rename), in the final evaluation's file, in the pictures,
-in the report and the logs, wherever the run writes. The child is ``vaelab`` itself, with its
-``open``, ``os.fsync`` and ``os.replace`` wrapped to count, and to SIGKILL the process at the
-chosen event.
+A moment is a *write event* of the child process: each opening of a file to write (Python's
+``open`` and ``os.open``), each ``write`` to a file Python opened, and each rename (the commit of
+an atomic write), counted in the order the run makes them. Kills land at events drawn uniformly
+from those of a whole run, so they fall inside checkpoint writes (between the temporary's
+creation and its rename), between two writes of one file, in the final evaluation's file, in the
+pictures, in the report and the logs, wherever the run writes. (safetensors writes its files in
+Rust: a kill lands before or after, not between its writes.) The child is ``vaelab`` itself, with
+those functions wrapped to count, and to SIGKILL the process at the chosen event.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-# the wrapper: counts write events, dies at VAELAB_KILL_AT (0: never), writes the count and the
-# event names at exit to VAELAB_EVENTS when set
+# the wrapper: counts write events, dies at VAELAB_KILL_AT (0: never), writes the event names
+# at exit to VAELAB_EVENTS when set. A file opened to write by Python is handed out behind a
+# proxy that counts each write, so a kill can land between two writes of one file (a torn line,
+# a half-written picture); os.open to write, and each rename, count too.
 CHILD = r"""
 import builtins, os, signal, sys, json
 kill_at = int(os.environ.get("VAELAB_KILL_AT", "0"))
@@ -33,18 +36,43 @@ def event(what):
     events.append(what)
     if len(events) == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-real_open, real_replace, real_fsync = builtins.open, os.replace, os.fsync
+class Counted:
+    def __init__(self, f, name):
+        object.__setattr__(self, "_f", f)
+        object.__setattr__(self, "_name", name)
+    def write(self, data):
+        event("write:" + self._name)
+        return self._f.write(data)
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+    def __setattr__(self, name, value):
+        setattr(self._f, name, value)
+    def __enter__(self):
+        self._f.__enter__()
+        return self
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+    def __iter__(self):
+        return iter(self._f)
+real_open, real_os_open, real_replace = builtins.open, os.open, os.replace
 def counted_open(file, mode="r", *a, **kw):
+    f = real_open(file, mode, *a, **kw)
     if any(c in mode for c in "wax+"):
-        event("open:" + os.path.basename(str(file)))
-    return real_open(file, mode, *a, **kw)
+        name = os.path.basename(str(file))
+        event("open:" + name)
+        return Counted(f, name)
+    return f
+def counted_os_open(path, flags, *a, **kw):
+    if flags & (os.O_WRONLY | os.O_RDWR):
+        event("open:" + os.path.basename(str(path)))
+    return real_os_open(path, flags, *a, **kw)
 def counted_replace(src, dst, *a, **kw):
     event("replace:" + os.path.basename(str(dst)))
     return real_replace(src, dst, *a, **kw)
-def counted_fsync(fd):
-    event("fsync")
-    return real_fsync(fd)
-builtins.open, os.replace, os.fsync = counted_open, counted_replace, counted_fsync
+builtins.open, os.open, os.replace = counted_open, counted_os_open, counted_replace
 from vaelab.cli import main
 rc = main(sys.argv[1:])
 if os.environ.get("VAELAB_EVENTS"):
@@ -78,14 +106,32 @@ def temporaries(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob(".*.tmp"))
 
 
+def _untimed(obj):
+    """``obj`` (JSON) without its timings: the figures two runs of the same work share."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k not in TIMINGS and not k.endswith("_per_s")}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+TIMINGS = {"seconds", "elapsed", "wall_seconds", "epoch_seconds"}
+
+
 def same_weights(a: Path, b: Path) -> bool:
-    """Whether two runs end with the same tensors, to the bit: the last and best checkpoints and
-    the resume file (weights, optimizer state, random streams)."""
+    """Whether two runs end the same, to the bit: the tensors of the last and best checkpoints
+    and the resume file (weights, optimizer state, random streams), the resume file's loop
+    state (epoch, step, history, best score) and every epoch's record in metrics.jsonl, their
+    timings aside."""
+    from vaelab.io import read_metadata
     for name in ("model.safetensors", "best.safetensors", "resume.safetensors"):
         ta, tb = load_file(str(a / name)), load_file(str(b / name))
         if ta.keys() != tb.keys() or not all(torch.equal(ta[k], tb[k]) for k in ta):
             return False
-    return True
+    if _untimed(read_metadata(a / "resume.safetensors")) != _untimed(read_metadata(b / "resume.safetensors")):
+        return False
+    records = [[_untimed(json.loads(line)) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (a, b)]
+    return records[0] == records[1]
 
 
 @dataclass

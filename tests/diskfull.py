@@ -13,19 +13,29 @@ it must end as it ends on a disk with room, bit for bit, with no temporary left.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PAGE = 4096  # tmpfs counts whole pages
 
 
+@functools.cache
 def can_mount() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount") is not None
+    """Whether this process may mount a tmpfs: root, and allowed to (a container may refuse
+    root that), tried once."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount")):
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d], capture_output=True).returncode:
+            return False
+        return subprocess.run(["umount", d], capture_output=True).returncode == 0
 
 
 @contextlib.contextmanager
@@ -37,7 +47,9 @@ def small_disk(where: Path, size_mb: int = 64):
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        subprocess.run(["umount", str(where)], capture_output=True)
+        if os.path.ismount(where):  # busy: detach it now, so nothing of the test stays mounted
+            subprocess.run(["umount", "-l", str(where)], check=True, capture_output=True)
 
 
 FILLER = ".reserved-by-the-test"
@@ -72,6 +84,10 @@ def snapshot(run: Path) -> dict[str, bytes]:
     holds the last process's id, nor the filler."""
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
             if p.is_file() and p.name not in (".lock", FILLER)}
+
+
+# what an epoch writes together (vaelab.io.all_or_nothing): all of it moves, or none
+EPOCH_SET = ("model.safetensors", "resume.safetensors", "metrics.jsonl")
 
 
 @dataclass
@@ -115,7 +131,12 @@ def on_a_full_disk(command: list[str], finished: Path, disk: Path, frees: list[i
                 out.named[name] = out.named.get(name, 0) + 1
             after = snapshot(run)
             changed = sorted(k for k in before if after.get(k) != before[k])
-            if changed and command[0] != "train":  # training may move the run forward a whole epoch
+            if command[0] == "train":  # training may move the run forward, a whole epoch's set at a time
+                moved = {k in changed for k in EPOCH_SET}
+                if len(moved) > 1:
+                    out.failures.append(f"{free} bytes free: part of an epoch's set changed: "
+                                        f"{sorted(k for k in EPOCH_SET if k in changed)}")
+            elif changed:
                 out.failures.append(f"{free} bytes free: changed {changed[:5]}")
         elif rc != 0:
             out.failures.append(f"{free} bytes free: exit status {rc}: {err[-300:]}")

@@ -14,7 +14,10 @@ import gzip
 import io
 import json
 import math
+import os
 import re
+import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -218,7 +221,9 @@ def _check_raw(raw) -> None:
 
 # ---- CIFAR-10: pickled batches, in their folder or their tarball ----------------------------------
 
-PWNED = Path("/tmp/vaelab-fuzz-pwned")  # what a pickle that runs a command would create
+# what a pickle that runs a command would create: a name of this session's, so no file of
+# another can be there before
+PWNED = Path(tempfile.gettempdir()) / f"vaelab-fuzz-pwned-{os.getpid()}-{secrets.token_hex(4)}"
 EVIL = b"cos\nsystem\n(S'touch " + str(PWNED).encode() + b"'\ntR."
 
 
@@ -323,7 +328,6 @@ def images_inputs(draw) -> dict:
 
 
 def _write_folder(root: Path, entries: list[dict]) -> None:
-    import os
     for e in entries:
         p = root / e["name"]
         if "\x00" in e["name"] or not p.resolve().is_relative_to(root.resolve()):
@@ -390,8 +394,6 @@ RUN_FILES = ["config.json", "best.safetensors", "model.safetensors", "resume.saf
 def pristine_run() -> Path:
     """A finished run of a tiny VAE on the bundled digits (trained once, in the parent): what each
     case copies and changes one file of."""
-    import tempfile
-
     import vaelab
     out = Path(tempfile.mkdtemp(prefix="vaelab-fuzz-run-")) / "run"
     cfg = vaelab.make_config(data="digits", hidden=(8,), latent_dim=2, epochs=1, nll_samples=0, ema="none",
@@ -440,7 +442,6 @@ def run_dir_inputs(draw) -> dict:
 
 
 def run_dir_case(inp: dict) -> Callable[[Path], None]:
-    import os
     import shutil
 
     import vaelab
@@ -552,7 +553,7 @@ def commands_case(inp: dict) -> Callable[[Path], None]:
     import contextlib
     import shutil
 
-    from vaelab import cli
+    from vaelab import api, cli
     from vaelab.evaluation import likelihood, probe
 
     def case(tmp: Path) -> None:
@@ -561,7 +562,8 @@ def commands_case(inp: dict) -> Callable[[Path], None]:
 
         def stop(*args, **kwargs):  # where the minutes of work begin: the flags were parsed and checked
             raise _Trained
-        likelihood.evaluate_likelihood = probe.linear_probe = probe.finetune = stop
+        # as each caller holds them: vaelab.api imports evaluate_likelihood by name
+        api.evaluate_likelihood = likelihood.evaluate_likelihood = probe.linear_probe = probe.finetune = stop
         argv = [a.replace("RUN", str(run)).replace("TMP", str(tmp)) for a in inp["argv"]]
         if "--threads" in _options(argv[0]) and "--threads" not in argv:
             argv += ["--threads", "1"]
@@ -602,7 +604,6 @@ def env_inputs(draw) -> dict:
 
 
 def env_case(inp: dict) -> Callable[[Path], None]:
-    import os
 
     def case(tmp: Path) -> None:
         for name in ENV_NAMES:

@@ -20,11 +20,15 @@ classifies its end (a signal, no report, a report of an exception).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import select
+import shutil
 import signal
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +79,17 @@ def _rss_kb() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def _child(fn: Callable[[Path], None], w: int, seconds: int) -> None:
-    """Run ``fn`` in a fresh temporary folder under the limits; write the outcome to ``w``."""
+class _Timeout(BaseException):
+    """The case's time is up (not an Exception: a parser's ``except Exception`` must not take it
+    for a bad file)."""
+
+
+def _alarm(signum, frame):
+    raise _Timeout
+
+
+def _child(fn: Callable[[Path], None], w: int, seconds: int, tmp: Path) -> None:
+    """Run ``fn`` in the empty folder ``tmp`` under the limits; write the outcome to ``w``."""
     import torch
     import vaelab.limits
     torch.set_num_threads(1)
@@ -84,11 +97,13 @@ def _child(fn: Callable[[Path], None], w: int, seconds: int) -> None:
     base_kb = _rss_kb()
     cap = _vm_bytes() + (BOUND_MB + _SAFETY_MB) * 2 ** 20
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    signal.signal(signal.SIGALRM, _alarm)  # a hang in Python code ends in _Timeout, its report written
     signal.alarm(seconds)
     try:
-        with tempfile.TemporaryDirectory(prefix="vaelab-fuzz-") as tmp:
-            fn(Path(tmp))
+        fn(tmp)
         kind, detail = PARSED, ""
+    except _Timeout:
+        kind, detail = "timeout", f"no outcome in {seconds} s"
     except VaelabError as e:
         text = str(e)
         kind, detail = (REFUSED, text) if text and "\n" not in text and len(text) <= MAX_MESSAGE else \
@@ -108,27 +123,42 @@ def _child(fn: Callable[[Path], None], w: int, seconds: int) -> None:
 
 def run_case(fn: Callable[[Path], None], seconds: int = SECONDS) -> Outcome:
     """``fn(tmp)`` (it writes its input under the empty folder ``tmp`` and calls a parser) in a
-    forked child under the limits: its :class:`Outcome`."""
+    forked child under the limits: its :class:`Outcome`. The parent makes and removes ``tmp``,
+    and waits for the child's report ``seconds`` + 10 s at most: a child stuck where its alarm
+    cannot reach it (inside C code) is killed, with its whole process group."""
+    tmp = Path(tempfile.mkdtemp(prefix="vaelab-fuzz-"))
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's frames
         code = 0
         try:
+            os.setpgid(0, 0)  # its own group: whatever it starts is killed with it
             os.close(r)
-            _child(fn, w, seconds)
+            _child(fn, w, seconds, tmp)
         except BaseException:  # noqa: BLE001 - reported by the parent as a child without a report
             code = 1
         finally:
             os._exit(code)
     os.close(w)
-    chunks = []
-    while True:
-        chunk = os.read(r, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
+    chunks, deadline, late = [], time.monotonic() + seconds + 10, False
+    try:
+        while True:
+            ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                late = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                break
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if late:
+        return Outcome("timeout", f"no report in {seconds + 10} s: the child was killed")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         kind = "timeout" if sig == signal.SIGALRM else "killed"
@@ -140,5 +170,6 @@ def run_case(fn: Callable[[Path], None], seconds: int = SECONDS) -> Outcome:
 
 
 def named_in(message: str, path: Path) -> bool:
-    """Whether a refusal names the file it is about (its path or its name)."""
-    return str(path) in message or path.name in message
+    """Whether a refusal names the file it is about: its path, or the name of a file (one with a
+    suffix; a bare folder name such as ``run`` could be any word of a sentence)."""
+    return str(path) in message or bool(path.suffix) and path.name in message

@@ -4,6 +4,7 @@ The CLI catches :class:`VaelabError`, prints its message (one sentence that name
 flag and what was expected) and exits with status 2, without a traceback. Everything else is a
 bug and keeps its traceback.
 """
+import unicodedata
 
 
 class VaelabError(Exception):
@@ -16,11 +17,16 @@ class VaelabError(Exception):
 
 
 def printable(text: str) -> str:
-    """``text`` with each character that does not print on a line of its own written as its
-    Python escape (``\\n``, ``\\x1b``), so that what a file names cannot break a message in two."""
+    """``text`` with each character that would break or hide part of a line (a control character
+    such as a newline or a terminal's escape, a format character such as a direction override, a
+    line or paragraph separator, a lone surrogate of an undecodable file name) written as its
+    Python escape (``\\n``, ``\\x1b``), so that what a file names cannot break a message in two;
+    letters and spaces of every script stay as they are."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")
+                   else c for c in text)
 
 
 # A user's value can be anything a file holds (100 MB of it); a message shows its start only.

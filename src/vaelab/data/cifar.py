@@ -250,17 +250,19 @@ class _PlainDataUnpickler(pickle.Unpickler):
             raise _Refused(f"the global {module}.{name}") from None
 
 
-_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
 
 
 def _check_memo(raw: bytes) -> None:
-    """Refuse a pickle that names a memo slot past its own length, read without running it
-    (:func:`pickletools.genops`): the unpickler sizes its memo to the largest slot it is told to
-    fill, so nine bytes could take gigabytes; a real pickle's slots are numbered by its objects,
-    fewer than its bytes."""
-    for op, arg, _ in pickletools.genops(raw):
-        if op.name in _MEMO_OPS and isinstance(arg, int) and arg > len(raw):
-            raise _Refused(f"memo slot {arg:,} in {len(raw):,} bytes (memory for every slot up to it)")
+    """Refuse a pickle that names a memo slot past the number of objects it memoizes, read
+    without running it (:func:`pickletools.genops`): the unpickler sizes its memo to twice the
+    largest slot it is told to fill, so nine bytes could take gigabytes; a real pickler numbers
+    its slots one after another, so none is past that count."""
+    ops = list(pickletools.genops(raw))
+    puts = sum(op.name in _MEMO_PUTS or op.name == "MEMOIZE" for op, _, _ in ops)
+    for op, arg, _ in ops:
+        if op.name in _MEMO_PUTS and isinstance(arg, int) and arg > puts:
+            raise _Refused(f"memo slot {arg:,} among {puts:,} memoized objects (memory for every slot up to it)")
 
 
 def _unpickle(raw: bytes, label: str) -> object:

@@ -1,0 +1,52 @@
+"""The reliability figure sheet: one JSON object on one line, read from the recorded results
+(benchmarks/results/fuzz.jsonl and faults.jsonl), the last line of each parser, model and
+command counting:
+
+    python benchmarks/reliability.py
+
+Keys (counts are integers; a part not yet recorded is null):
+
+- ``fuzzed``: ``{parser: {"inputs", "failures", "peak_mb"}}``, from benchmarks/fuzz.py;
+- ``crashes``: ``{"injected", "survived"}``: SIGKILLs at random writes of every model's training,
+  and those whose run then ended bitwise equal to an uninterrupted one (benchmarks/faults.py);
+- ``disk_full``: ``{"cases", "survived"}``: commands run on a full disk, and those that kept
+  their contract (benchmarks/faults.py --faults disk-full);
+- ``crafted``: ``{"files", "refused"}`` and ``nonfinite``: ``{"skipped", "stopped"}``, from
+  their benchmarks once recorded.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS  # noqa: E402
+
+
+def _last(name: str, key) -> dict:
+    """The last recorded line of each ``key(row)`` in results/``name``.jsonl."""
+    path = RESULTS / f"{name}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return {key(r): r for r in rows}
+
+
+def sheet() -> dict:
+    fuzz = _last("fuzz", lambda r: r["parser"])
+    faults = _last("faults", lambda r: (r["fault"], r.get("model") or r.get("tested")))
+    kills = [r for (kind, _), r in faults.items() if kind == "sigkill"]
+    full = [r for (kind, _), r in faults.items() if kind == "disk_full"]
+    return {
+        "fuzzed": {p: {"inputs": r["inputs"], "failures": r["failures"], "peak_mb": r["peak_mb"]}
+                   for p, r in sorted(fuzz.items())} or None,
+        "crashes": {"injected": sum(r["injected"] for r in kills), "survived": sum(r["survived"] for r in kills)}
+        if kills else None,
+        "disk_full": {"cases": sum(r["cases"] for r in full), "survived": sum(r["survived"] for r in full)}
+        if full else None,
+        "crafted": None,
+        "nonfinite": None,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(sheet()))
