@@ -9,6 +9,7 @@ quiet. A refusal must name the file it is about.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import io
@@ -506,28 +507,33 @@ class _Trained(Exception):
     """Raised where training would take its first step: the flags were parsed and checked."""
 
 
-def flags_case(inp: dict) -> Callable[[Path], None]:
-    import contextlib
-
+def _run_cli(argv: list[str]) -> None:
+    """``vaelab argv`` in this process: returns where it succeeded or was stopped where its work
+    begins (:class:`_Trained`); its one line of error, where it exited 2, raised as the
+    VaelabError it was."""
     from vaelab import cli
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+            rc = cli.main(argv)
+    except _Trained:
+        return
+    if rc == 2:
+        errors = [line for line in said.getvalue().splitlines() if line.startswith("error: ")]
+        if len(errors) != 1:
+            raise Unnamed(f"exit 2 without one line of error: {said.getvalue()[-500:]!r}")
+        raise VaelabError(errors[0][len("error: "):])
+    assert rc == 0, rc
+
+
+def flags_case(inp: dict) -> Callable[[Path], None]:
     from vaelab.training import trainer
 
     def case(tmp: Path) -> None:
         def stop(*args, **kwargs):
             raise _Trained
         trainer._Loop.train_steps = stop
-        said = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
-                rc = cli.main([*inp["argv"], "--out", str(tmp / "run"), "--threads", "1"])
-        except _Trained:
-            return
-        if rc == 2:
-            errors = [line for line in said.getvalue().splitlines() if line.startswith("error: ")]
-            if len(errors) != 1:
-                raise Unnamed(f"exit 2 without one line of error: {said.getvalue()[-500:]!r}")
-            raise VaelabError(errors[0][len("error: "):])
-        assert rc == 0, rc
+        _run_cli([*inp["argv"], "--out", str(tmp / "run"), "--threads", "1"])
     return case
 
 
@@ -550,10 +556,9 @@ def commands_inputs(draw) -> dict:
 
 
 def commands_case(inp: dict) -> Callable[[Path], None]:
-    import contextlib
     import shutil
 
-    from vaelab import api, cli
+    from vaelab import api
     from vaelab.evaluation import likelihood, probe
 
     def case(tmp: Path) -> None:
@@ -567,18 +572,7 @@ def commands_case(inp: dict) -> Callable[[Path], None]:
         argv = [a.replace("RUN", str(run)).replace("TMP", str(tmp)) for a in inp["argv"]]
         if "--threads" in _options(argv[0]) and "--threads" not in argv:
             argv += ["--threads", "1"]
-        said = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
-                rc = cli.main(argv)
-        except _Trained:
-            return
-        if rc == 2:
-            errors = [line for line in said.getvalue().splitlines() if line.startswith("error: ")]
-            if len(errors) != 1:
-                raise Unnamed(f"exit 2 without one line of error: {said.getvalue()[-500:]!r}")
-            raise VaelabError(errors[0][len("error: "):])
-        assert rc == 0, rc
+        _run_cli(argv)
     return case
 
 
