@@ -188,9 +188,14 @@ def test_linear_ae_spans_pca_subspace(mnist_dir, tmp_path):
     assert page.read_text(encoding="utf-8").count("<figure>") == 1
 
 
-def test_the_command_writes_the_page_and_refuses_an_unknown_name(tmp_path, capsys):
+def test_the_command_writes_the_page_and_refuses_an_unknown_name(tmp_path, capsys, monkeypatch):
     from vaelab.cli import main
+    # the flag's 2 threads reach torch, which is given one: two OpenMP threads on a machine whose
+    # cores the suite's other worker shares wait for each other (142 s instead of 5)
+    asked, real = [], torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (asked.append(n), real(1))[1])
     assert main(["figures", "--out", str(tmp_path / "f"), "--only", "dae-field", "--threads", "2"]) == 0
+    assert 2 in asked
     assert capsys.readouterr().out.strip() == str(tmp_path / "f" / "figures.html")
     assert json.loads((tmp_path / "f" / "index.json").read_text())["threads"] == 2  # the flag reaches the runs
     assert {p.name for p in (tmp_path / "f").iterdir()} >= {"dae-field.png", "dae-field.json", "figures.html"}
