@@ -11,6 +11,7 @@
     python benchmarks/faults.py --kills 20
     python benchmarks/faults.py --faults sigkill --models vae,gan --kills 40 --seed 1
     python benchmarks/faults.py --faults disk-full --points 24
+    python benchmarks/faults.py --faults sigkill --ranks 2 --kills 20   # under torchrun, either rank
 
 ``kills`` lists the write event each kill landed on (``replace:resume.safetensors`` is the
 rename that commits the resume file; ``open:...`` a file opened to be written; ``write:...`` a
@@ -35,14 +36,24 @@ from diskfull import COMMANDS, PAGE, ends_as_with_room, finished_run, on_a_full_
 from vaelab.registry import MODELS  # noqa: E402
 
 
-def sigkill(models: list[str], kills: int, seed: int, out: str, base: dict) -> None:
+def _kind(kill: str) -> str:
+    """What a kill landed on: ``open``, ``write``, ``replace``, ``step`` or ``after resuming``,
+    after the rank under torchrun (``rank 1 step``)."""
+    who = ""
+    if kill.startswith("rank "):
+        who, kill = kill.split(": ", 1)
+        who += " "
+    return who + ("after resuming" if kill.startswith("after") else kill.split(":")[0])
+
+
+def sigkill(models: list[str], kills: int, seed: int, out: str, base: dict, ranks: int = 0) -> None:
     for model in models:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"vaelab-faults-{model}-") as work:
-            res = kill_and_resume(train_argv(model), Path(work), kills, seed, model)
-        where = collections.Counter(k.split(":")[0] if not k.startswith("after") else "after resuming"
-                                    for k in res.kills)
-        emit(out, {"fault": "sigkill", "model": model, "injected": len(res.kills), "survived": res.survived,
+            res = kill_and_resume(train_argv(model), Path(work), kills, seed, model, ranks=ranks)
+        where = collections.Counter(_kind(k) for k in res.kills)
+        emit(out, {"fault": "sigkill", "model": model if not ranks else f"{model} (torchrun, {ranks} ranks)",
+                   "ranks": ranks or 1, "injected": len(res.kills), "survived": res.survived,
                    "runs": res.runs, "equal": res.equal, "clean": res.clean, "failures": res.failures,
                    "kinds": dict(where), "kills": res.kills, "seconds": round(time.perf_counter() - t0, 1), **base})
 
@@ -71,6 +82,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join(sorted(MODELS)))
     p.add_argument("--kills", type=int, default=20, help="kills per model, at least")
     p.add_argument("--points", type=int, default=16, help="amounts of free space per command")
+    p.add_argument("--ranks", type=int, default=0, help="kill runs under torchrun with this many ranks (0: one process)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "faults.jsonl"))
     a = p.parse_args()
@@ -79,7 +91,7 @@ def main() -> None:
     if "disk-full" in faults:
         disk_full(a.points, a.out, base)
     if "sigkill" in faults:
-        sigkill(names(p, "--models", a.models, sorted(MODELS)), a.kills, a.seed, a.out, base)
+        sigkill(names(p, "--models", a.models, sorted(MODELS)), a.kills, a.seed, a.out, base, a.ranks)
 
 
 if __name__ == "__main__":

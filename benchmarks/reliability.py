@@ -11,8 +11,11 @@ Keys (counts are integers; a part not yet recorded is null):
   and those whose run then ended bitwise equal to an uninterrupted one (benchmarks/faults.py);
 - ``disk_full``: ``{"cases", "survived"}``: commands run on a full disk, and those that kept
   their contract (benchmarks/faults.py --faults disk-full);
-- ``crafted``: ``{"files", "refused"}`` and ``nonfinite``: ``{"skipped", "stopped"}``, from
-  their benchmarks once recorded.
+- ``crafted``: ``{"files", "refused"}``: the crafted files of tests/crafted.py, and those refused
+  in one sentence with nothing changed outside the run and the cache (benchmarks/crafted.py);
+- ``nonfinite``: ``{"injected", "skipped", "persistent", "stopped"}``: NaN losses injected into
+  every model's training, the steps the guard dropped and counted, and the runs poisoned for good
+  that stopped in one sentence keeping their last good epoch (benchmarks/nonfinite.py).
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ def sheet() -> dict:
     faults = _last("faults", lambda r: (r["fault"], r.get("model") or r.get("tested")))
     kills = [r for (kind, _), r in faults.items() if kind == "sigkill"]
     full = [r for (kind, _), r in faults.items() if kind == "disk_full"]
+    crafted = _last("crafted", lambda r: "corpus").get("corpus")
+    nonfinite = list(_last("nonfinite", lambda r: r["model"]).values())
     return {
         "fuzzed": {p: {"inputs": r["inputs"], "failures": r["failures"], "peak_mb": r["peak_mb"]}
                    for p, r in sorted(fuzz.items())} or None,
@@ -43,8 +48,9 @@ def sheet() -> dict:
         if kills else None,
         "disk_full": {"cases": sum(r["cases"] for r in full), "survived": sum(r["survived"] for r in full)}
         if full else None,
-        "crafted": None,
-        "nonfinite": None,
+        "crafted": {"files": crafted["files"], "refused": crafted["refused"]} if crafted else None,
+        "nonfinite": {k: sum(r[k] for r in nonfinite) for k in ("injected", "skipped", "persistent", "stopped")}
+        if nonfinite else None,
     }
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +31,14 @@ from safetensors.torch import load_file
 # a half-written picture); os.open to write, and each rename, count too.
 CHILD = r"""
 import builtins, os, signal, sys, json
-kill_at = int(os.environ.get("VAELAB_KILL_AT", "0"))
+rank = os.environ.get("RANK")
+kill_at = int(os.environ.get("VAELAB_KILL_AT", "0")) if os.environ.get("VAELAB_KILL_RANK", rank) == rank else 0
 events = []
 def event(what):
     events.append(what)
     if len(events) == kill_at:
+        if os.environ.get("VAELAB_KILLED"):  # under torchrun, whose exit status does not say who died how
+            os.close(real_os_open(os.environ["VAELAB_KILLED"], os.O_CREAT | os.O_WRONLY))
         os.kill(os.getpid(), signal.SIGKILL)
 class Counted:
     def __init__(self, f, name):
@@ -74,9 +78,16 @@ def counted_replace(src, dst, *a, **kw):
     return real_replace(src, dst, *a, **kw)
 builtins.open, os.open, os.replace = counted_open, counted_os_open, counted_replace
 from vaelab.cli import main
+if rank is not None:  # under torchrun the ranks but rank 0 write nothing: their moments are their steps
+    import vaelab.training.trainer as trainer
+    real_step = trainer.take_step
+    def counted_step(*a, **kw):
+        event("step")
+        return real_step(*a, **kw)
+    trainer.take_step = counted_step
 rc = main(sys.argv[1:])
 if os.environ.get("VAELAB_EVENTS"):
-    with real_open(os.environ["VAELAB_EVENTS"], "w") as f:
+    with real_open(os.environ["VAELAB_EVENTS"] + ("" if rank is None else f".{rank}"), "w") as f:
         json.dump(events, f)
 sys.exit(rc)
 """
@@ -91,14 +102,30 @@ def train_argv(model: str, epochs: int = 3) -> list[str]:
     return argv + (["--labels", "50"] if MODELS[model].labelled_part else [])
 
 
-def child(argv: list[str], kill_at: int = 0, events: Path | None = None, timeout: float = 600) -> tuple[int, str]:
+def child(argv: list[str], kill_at: int = 0, events: Path | None = None, timeout: float = 600,
+          ranks: int = 0, kill_rank: int = 0) -> tuple[int, str]:
     """``vaelab argv`` in a child killed at write event ``kill_at`` (0: never): its exit status
     (-9 when killed) and what it said on stderr. ``events``: where to write the list of its
-    write events."""
+    write events (``events.RANK`` for each rank under torchrun).
+
+    ``ranks``: under torchrun with that many ranks on this machine, where rank ``kill_rank`` is
+    killed at its event ``kill_at`` (the steps count as events of every rank, since the ranks
+    but rank 0 write nothing); the exit status is then -9 when that kill happened, whatever
+    torchrun's own."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "VAELAB_KILL_AT": str(kill_at),
            "VAELAB_EVENTS": str(events or "")}
-    p = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, timeout=timeout, env=env)
-    return p.returncode, p.stderr
+    if not ranks:
+        p = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, timeout=timeout,
+                           env=env)
+        return p.returncode, p.stderr
+    with tempfile.TemporaryDirectory(prefix="vaelab-kill-") as tmp:
+        script, killed = Path(tmp) / "child.py", Path(tmp) / "killed"
+        script.write_text(CHILD)
+        env.update(VAELAB_KILL_RANK=str(kill_rank), VAELAB_KILLED=str(killed), OMP_NUM_THREADS="1",
+                   GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                            str(ranks), str(script), *argv], capture_output=True, text=True, timeout=timeout, env=env)
+        return (-9 if killed.exists() else p.returncode), p.stderr
 
 
 def temporaries(run: Path) -> list[str]:
@@ -152,17 +179,21 @@ class Crashes:
         return len(self.kills) if self.equal == self.clean == self.runs else 0
 
 
-def kill_and_resume(argv: list[str], work: Path, kills: int, seed: int = 0, model: str = "") -> Crashes:
+def kill_and_resume(argv: list[str], work: Path, kills: int, seed: int = 0, model: str = "",
+                    ranks: int = 0) -> Crashes:
     """Train ``argv`` (``train ...`` without ``--out``) once uninterrupted, then again, killed at
     random write events and resumed each time, until at least ``kills`` kills have landed; each
-    run taken to its end is compared with the uninterrupted one."""
+    run taken to its end is compared with the uninterrupted one. ``ranks``: every run under
+    torchrun with that many ranks, each kill landing on a rank drawn at random, at one of its
+    events (its writes and its steps)."""
     rng = np.random.default_rng(seed)
     ref = work / "reference"
     log = work / "reference-events.json"
-    rc, err = child([*argv, "--out", str(ref)], events=log)
+    rc, err = child([*argv, "--out", str(ref)], events=log, ranks=ranks)
     if rc != 0:
         raise RuntimeError(f"the uninterrupted run of {argv} ended with status {rc}: {err[-2000:]}")
-    events = json.loads(log.read_text())
+    by_rank = [json.loads(Path(f"{log}.{r}").read_text()) for r in range(ranks)] if ranks else \
+        [json.loads(log.read_text())]
     out = Crashes(model or argv[argv.index("--model") + 1] if "--model" in argv else "vae")
     while len(out.kills) < kills:
         run = work / f"run-{out.runs}"
@@ -171,12 +202,15 @@ def kill_and_resume(argv: list[str], work: Path, kills: int, seed: int = 0, mode
             # as a user would go on: --resume from the last finished epoch, else the same command again
             fresh = not (run / "resume.safetensors").exists()
             cmd = [*argv, "--out", str(run), "--overwrite"] if fresh else ["train", "--resume", str(run)]
+            victim = int(rng.integers(len(by_rank)))
+            events = by_rank[victim]
             at = int(rng.integers(1, len(events) + 1))
-            rc, err = child(cmd, kill_at=at if len(out.kills) < kills else 0)
-            if rc == 2 and "already finished" in err:  # killed after everything was written
+            rc, err = child(cmd, kill_at=at if len(out.kills) < kills else 0, ranks=ranks, kill_rank=victim)
+            if rc not in (0, -9) and "already finished" in err:  # killed after everything was written
                 rc = 0
             if rc == -9:
-                out.kills.append(events[at - 1] if fresh else f"after resuming, write {at}")
+                where = events[at - 1] if fresh else f"after resuming, event {at}"
+                out.kills.append(f"rank {victim}: {where}" if ranks else where)
                 continue
             if rc != 0:
                 out.failures.append(f"{' '.join(cmd[:3])} ... ended with status {rc} after {len(out.kills)} kills: "

@@ -222,3 +222,40 @@ def test_cifar_pixels_through_array():
     np.testing.assert_array_equal(raw.x_train, data.reshape(-1, 3, 32, 32))
     np.testing.assert_array_equal(raw.y_train, labels.astype(np.int64))
     assert raw.classes == [str(k) for k in range(10)]
+
+
+# ---- a .mat file's declared size is checked before scipy reads it ---------------------------------
+
+def _bound(monkeypatch, mb):
+    import vaelab.limits
+    monkeypatch.setattr(vaelab.limits, "memory_limit", lambda: mb * 2 ** 20)
+
+
+def test_a_compressed_mat_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """64 MB of zeros compress to 64 kB: the size inside the zlib stream is read, not inflated."""
+    path = tmp_path / "bomb.mat"
+    scipy.io.savemat(path, {"x": np.zeros((64, 2 ** 20), np.uint8)}, do_compression=True)
+    assert path.stat().st_size < 2 ** 20
+    _bound(monkeypatch, 16)
+    inflated = []
+    monkeypatch.setattr(scipy.io, "loadmat", lambda *a, **k: inflated.append(1))
+    with pytest.raises(VaelabError, match=r"bomb\.mat: the variables its headers declare would take 67\.1 MB"):
+        read_array(path)
+    assert not inflated
+
+
+@pytest.mark.parametrize("fmt", ["4", "5"])
+def test_a_mat_header_declaring_past_the_bound_is_refused_and_within_it_read(fmt, tmp_path, monkeypatch):
+    path = tmp_path / "images.mat"
+    x = (np.arange(20 * 28 * 28) % 256).astype(np.uint8).reshape(20, 28 * 28)
+    scipy.io.savemat(path, {"x": x}, format=fmt)
+    _bound(monkeypatch, 16)
+    assert (read_array(path, shape=(28, 28)).x_train.reshape(x.shape) == x).all()  # within the bound: read as written
+    raw = bytearray(path.read_bytes())
+    if fmt == "4":  # rows x columns in the first variable's header: 2^16 x 2^15 bytes
+        raw[4:12] = (2 ** 16).to_bytes(4, "little") + (2 ** 15).to_bytes(4, "little")
+    else:  # the first element's tag: 2 GB (uncompressed)
+        raw[132:136] = (2 ** 31).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(VaelabError, match=r"images\.mat: the variables its headers declare would take 2\.1 GB"):
+        read_array(path)

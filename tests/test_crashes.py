@@ -24,3 +24,11 @@ def test_a_run_killed_while_its_report_was_written_is_finished_by_resume(tmp_pat
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 2  # now it is finished, page and all
     assert "already finished" in capsys.readouterr().err
+
+
+def test_a_torchrun_run_killed_on_a_rank_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    """Under torchrun with 2 ranks, rank 1 (which writes nothing: its moments are its steps) is
+    killed; torchrun stops rank 0, and --resume under torchrun ends as the uninterrupted launch."""
+    out = kill_and_resume(train_argv("vae", epochs=2), tmp_path, kills=1, seed=2, ranks=2)
+    assert out.kills and out.kills[0].startswith("rank 1: "), out
+    assert out.equal == out.clean == out.runs >= 1 and out.survived == len(out.kills) and not out.failures, out

@@ -127,21 +127,42 @@ def test_atomic_write_replaces_a_symlink_and_never_writes_through_it(tmp_path):
     assert precious.read_text() == "precious data\n"
 
 
-def test_resume_replaces_symlinked_run_files_and_leaves_their_targets(run, tmp_path):
-    """Every file a run writes goes through atomic_write's rename: a symbolic link a run directory
-    holds in place of one of them is replaced, whatever it points at."""
+@pytest.mark.parametrize("argv", [["train", "--resume", "RUN", "--epochs", "2"], ["eval", "RUN"], ["sample", "RUN"],
+                                  ["report", "RUN"]])
+def test_a_symlinked_run_file_is_refused_and_its_target_left(argv, run, tmp_path, capsys):
+    """A run directory may come from someone else: a symbolic link there in place of one of its
+    files is refused by every command that opens the run, naming it, and nothing is read or
+    written through it (its writes would replace it anyway: atomic_write's rename)."""
     names = ["model.safetensors", "best.safetensors", "metrics.jsonl", "curves.png", "samples.png",
              "eval-test.json", "finished.json"]
     targets = tmp_path / "elsewhere"
     targets.mkdir()
     for name in names:
         (targets / name).write_bytes((run / name).read_bytes())
+    before, kept = files(targets), files(run)
+    for name in names:
         (run / name).unlink()
         (run / name).symlink_to(targets / name)
-    before = files(targets)
-    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
-    assert files(targets) == before
-    assert not any((run / name).is_symlink() for name in names)
+        capsys.readouterr()
+        assert main([str(run) if a == "RUN" else a for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{run / name} is a symbolic link" in err, err
+        (run / name).unlink()
+        (run / name).write_bytes((targets / name).read_bytes())
+    assert files(targets) == before and files(run) == kept
+
+
+def test_a_fifo_or_a_linked_subfolder_in_a_run_is_refused(run, tmp_path, capsys):
+    os.mkfifo(run / "report.html.fifo")  # not a run's name: left alone
+    (run / "report.html").unlink()
+    os.mkfifo(run / "report.html")  # reading it would wait for a writer forever
+    assert main(["eval", str(run)]) == 2
+    assert f"{run / 'report.html'} is not a plain file" in capsys.readouterr().err
+    (run / "report.html").unlink()
+    (tmp_path / "theirs").mkdir()
+    (run / "samplers").symlink_to(tmp_path / "theirs")
+    assert main(["sample", str(run)]) == 2
+    assert f"{run / 'samplers'} is a symbolic link" in capsys.readouterr().err
 
 
 def test_the_clean_up_does_not_follow_a_symlinked_sub_folder_out_of_the_run(tmp_path):
@@ -478,6 +499,88 @@ def test_a_linked_samplers_folder_gets_nothing_written_into_it(tmp_path, capsys)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (run / "samplers").symlink_to(elsewhere)
-    assert main(["sample", str(run), "--sampler", "gmm:2", "-n", "4"]) == 0  # drawn, just not cached
-    assert "is a symbolic link" in capsys.readouterr().err
+    assert main(["sample", str(run), "--sampler", "gmm:2", "-n", "4"]) == 2  # the run is refused as it is
+    assert f"{run / 'samplers'} is a symbolic link" in capsys.readouterr().err
     assert list(elsewhere.iterdir()) == []
+
+
+# ------------------------------------------------------------------ out of memory on the device
+
+def _oom_at(monkeypatch, where, name, at: int):
+    """``where.name`` raising a GPU's out-of-memory error at its ``at``-th call (1-based), as
+    torch's CUDA allocator raises it (no GPU here: the same code path, injected)."""
+    real, calls = getattr(where, name), []
+
+    def fails(*a, **kw):
+        calls.append(1)
+        if len(calls) == at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total)")
+        return real(*a, **kw)
+    monkeypatch.setattr(where, name, fails)
+
+
+def test_training_out_of_memory_suggests_half_the_batch_and_keeps_the_last_epoch(tmp_path, monkeypatch, capsys):
+    import vaelab.training.trainer as trainer
+    out = tmp_path / "run"
+    _oom_at(monkeypatch, trainer, "take_step", 21 + 5)  # in epoch 2 (21 steps an epoch)
+    assert main(["train", "--data", "digits", "--hidden", "16", "--latent-dim", "2", "--batch-size", "64",
+                 "--epochs", "2", "--nll-samples", "0", "--no-progress", "--threads", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([e for e in err if e.startswith("error: ")]) == 1 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("error: training ran out of memory on cpu at step 26, with --batch-size 64 (CUDA out "
+                              "of memory. Tried to allocate 2.00 GiB"), err[-1]
+    assert f"{out} keeps the checkpoints of epoch 1; try --batch-size 32, or a smaller model." in err[-1]
+    assert vaelab.load(out, "last") is not None
+
+
+def test_eval_out_of_memory_suggests_a_smaller_batch(run, monkeypatch, capsys):
+    from vaelab import api
+    _oom_at(monkeypatch, api, "evaluate", 1)
+    assert main(["eval", str(run), "--batch-size", "500"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: vaelab eval ran out of memory on the device (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; "
+        "7.79 GiB total)); try --batch-size 250.")
+
+
+# ------------------------------------------------------------------ an unwritable or vanished run directory
+
+def _denied(monkeypatch, run):
+    """Every write into ``run`` refused as a read-only folder refuses it (EACCES, injected: the
+    tests run as root, whom permissions do not stop); vaelab's cache stays writable."""
+    import errno
+
+    import vaelab.io as vio
+    real = vio._create_temp
+
+    def create_temp(path):
+        if Path(path).resolve().is_relative_to(run.resolve()):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+    monkeypatch.setattr(vio, "_create_temp", create_temp)
+
+
+@pytest.mark.parametrize("argv", [["train", "--resume", "RUN", "--epochs", "2"], ["eval", "RUN"],
+                                  ["sample", "RUN"], ["report", "RUN"]])
+def test_an_unwritable_run_directory_is_named_in_one_sentence_and_left_as_it_was(argv, run, monkeypatch, capsys):
+    before = files(run)
+    _denied(monkeypatch, run)
+    assert main([str(run) if a == "RUN" else a for a in argv]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"error: cannot write {run}/") and ": permission denied;" in err, err
+    assert files(run) == before
+
+
+def test_a_run_directory_deleted_mid_run_ends_in_one_sentence(tmp_path, monkeypatch, capsys):
+    import vaelab.training.trainer as trainer
+    out, real, calls = tmp_path / "run", trainer.take_step, []
+
+    def step(*a, **kw):
+        calls.append(1)
+        if len(calls) == 25:  # in epoch 2, after epoch 1's checkpoints
+            shutil.rmtree(out)
+        return real(*a, **kw)
+    monkeypatch.setattr(trainer, "take_step", step)
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"error: cannot write {out}/") and "no such file or directory" in err, err
+    assert not out.exists()  # nothing made again in its place

@@ -259,6 +259,9 @@ def test_a_tampered_figures_record_embeds_nothing_but_the_runs_own_pictures(runs
     (run / "samples.png").symlink_to(secret)  # a link planted in the run directory
     record = json.loads((run / FIGURES).read_text())
     (run / FIGURES).write_text(json.dumps(record + [{"file": "notes.txt", "title": "t", "caption": "c"}]))
+    assert main(["report", str(run)]) == 2  # the link is refused by name
+    assert f"{run / 'samples.png'} is a symbolic link" in capsys.readouterr().err
+    (run / "samples.png").unlink()
     assert main(["report", str(run)]) == 0, capsys.readouterr().err
     html = _html(run)
     assert "<code>notes.txt</code>" not in html and "<code>samples.png</code>" not in html

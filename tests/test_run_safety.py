@@ -195,3 +195,29 @@ def test_start_and_resume_remove_the_temporaries_of_a_killed_write(finished, tmp
     assert len(killed) == 1, killed  # the first file written
     assert main(argv) == 0
     assert _temporaries(run) == sorted(p.name for p in kept if p.name.startswith("."))
+
+
+def test_injected_non_finite_losses_are_skipped_or_stop_the_run(tmp_path):
+    """NaN losses injected at chosen steps (tests/nonfinite.py): three random steps of a run are
+    dropped and counted, the run ending finite; a run poisoned for good from the middle of its
+    second epoch stops in one sentence, keeping epoch 1. benchmarks/nonfinite.py runs every model."""
+    from nonfinite import Injected, persistent, transient
+    out = Injected("vae")
+    transient("vae", tmp_path, out)
+    persistent("vae", tmp_path, out)
+    assert out.failures == [] and (out.injected, out.skipped, out.persistent, out.stopped) == (3, 3, 1, 1), out
+
+
+def test_the_injection_reaches_the_guard(tmp_path):
+    """The harness can fail: a step poisoned with the guard's check disabled reaches the weights."""
+    import vaelab.training.update as update
+    from nonfinite import Injected, transient
+    real = torch.isfinite
+    update.torch = type("T", (), {"__getattr__": lambda self, n: getattr(torch, n),
+                                  "isfinite": staticmethod(lambda t: real(t) | True)})()
+    try:
+        out = Injected("vae")
+        transient("vae", tmp_path, out, count=1)
+    finally:
+        update.torch = torch
+    assert out.skipped == 0 and out.failures, out

@@ -9,6 +9,8 @@ import time
 import typing
 from pathlib import Path
 
+import torch
+
 from . import distributed
 from .io import dumps, not_finite, write_json
 from .config import DataConfig, TrainConfig, _unwrap_optional, field_types, flag_name
@@ -593,6 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     except VaelabError as e:
         if distributed.prints(e):  # under torchrun, one copy of what every rank raised alike
             print(f"error: {e}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError as e:  # a GPU's allocator (training's own steps say more)
+        what = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+        size = getattr(args, "batch_size", None)
+        smaller = f"--batch-size {size // 2}" if isinstance(size, int) and size > 1 else "a smaller --batch-size"
+        print(f"error: vaelab {args.cmd} ran out of memory on the device ({clip(what, 200)}); try {smaller}.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -118,6 +118,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise VaelabError(f"{run_dir} is a file, not a run directory (a folder holding {CONFIG}).")
     if not Path(run_dir).is_dir():
         raise VaelabError(f"run directory {run_dir} does not exist.")
+    check_run_files(Path(run_dir))
     if not p.is_file():
         raise VaelabError(f"{run_dir} is not a vaelab run directory: {p.name} is missing.")
     try:
@@ -128,6 +129,22 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise VaelabError(f"{p} is not a vaelab run config of format version "
                           f"{' or '.join(map(str, READABLE_VERSIONS))}.")
     return d
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run directory holding a symbolic link, a FIFO, a device or a folder where one of
+    its files goes (:data:`RUN_FILES`, :data:`RUN_PATTERNS`): a run may come from someone else,
+    and through a link there vaelab would read another file as the run's (a checkpoint, its
+    config) or, had its writes not replaced links, write into any file the user can write. Every
+    command that opens a run checks this first (:func:`read_run_config`); ``--overwrite`` removes
+    such entries with the rest of the run."""
+    found = [run_dir / name for name in (*RUN_FILES, *SUBFOLDERS)] + \
+        [p for pattern in RUN_PATTERNS for p in run_dir.glob(pattern)]
+    for p in found:
+        if p.is_symlink() or p.exists() and not (p.is_dir() if p.name in SUBFOLDERS else p.is_file()):
+            what = "a symbolic link" if p.is_symlink() else "a folder" if p.is_dir() else "not a plain file"
+            raise VaelabError(f"{clip(p)} is {what}: vaelab reads and writes a run's own files only, never through "
+                              f"a link or a special file; remove it if the run is yours.")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -66,7 +66,7 @@ def iter_tar_files(path: str | os.PathLike, accept: Accept | None = None) -> Ite
     with tf:
         try:
             for member in tf:
-                name = _safe_name(path, member)
+                name = safe_member_name(path, member)
                 if name is None or _hidden(name) or (accept is not None and not accept(name)):
                     continue
                 _check_size(f"{path} (member {name})", member.size)
@@ -152,7 +152,7 @@ def list_folder_files(root: str | os.PathLike, accept: Accept | None = None) -> 
 
 # ------------------------------------------------------------------------------------ helpers
 
-def _safe_name(path: Path, m: tarfile.TarInfo) -> str | None:
+def safe_member_name(path: Path, m: tarfile.TarInfo) -> str | None:
     """The member's normalised name, None for a directory; an error for anything unsafe."""
     name = m.name
     while name.startswith("./"):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import struct
 import tokenize
 import zipfile
 import zlib
@@ -253,6 +254,7 @@ def _loadmat(path: Path) -> dict[str, np.ndarray]:
     if header.startswith(b"MATLAB 7.3"):
         raise VaelabError(f"{path} is a MATLAB v7.3 (HDF5) file, which cannot be read: re-save "
                           f"it in MATLAB with save(..., '-v7') or convert it to .npy.")
+    check_bytes(f"{path}: the variables its headers declare", _mat_bytes(path))
     try:
         variables = scipy.io.loadmat(path)
     except NotImplementedError:  # v7.3 without the usual header text
@@ -264,6 +266,63 @@ def _loadmat(path: Path) -> dict[str, np.ndarray]:
             AttributeError, OverflowError) as e:
         raise VaelabError(f"{path} is not a readable MATLAB .mat file ({type(e).__name__}: {clip(e)}).") from None
     return {k: v for k, v in variables.items() if not k.startswith("__")}
+
+
+# MATLAB v4 element sizes by the P digit of a variable's type (MOPT): double, single, int32,
+# int16, uint16, uint8
+_MAT4_BYTES = (8, 4, 4, 2, 2, 1)
+_MAT5_COMPRESSED, _MAT5_HEADER = 15, 128
+
+
+def _mat_bytes(path: Path) -> int:
+    """The bytes a .mat file's variables take once read, summed from their headers alone, so
+    that a file declaring more than the memory bound is refused before scipy reads it (scipy
+    allocates what a header says, and inflates a compressed variable whole).
+
+    - v5 (MATLAB's default up to 7.2): each top-level data element's tag gives its size; a
+      compressed element's is the tag inside its zlib stream, of which 8 bytes are inflated.
+    - v4: each variable's header gives rows x columns x its element size (twice, if complex).
+
+    A header that cannot be read is left to scipy's reader, which refuses the file."""
+    size = path.stat().st_size
+    total = 0
+    with open(path, "rb") as f:
+        head = f.read(_MAT5_HEADER)
+        if len(head) < 4:
+            return size
+        if 0 in head[:4]:  # v4 (scipy's test): a run of 20-byte headers, names and data
+            order = "<" if struct.unpack("<i", head[:4])[0] in range(5000) else ">"
+            pos = 0
+            while pos + 20 <= size:
+                f.seek(pos)
+                mopt, rows, cols, imagf, namlen = struct.unpack(order + "5i", f.read(20))
+                elem = _MAT4_BYTES[(mopt // 10) % 10] if (mopt // 10) % 10 < len(_MAT4_BYTES) else 8
+                data = max(rows, 0) * max(cols, 0) * elem * (2 if imagf else 1)
+                total += data + max(namlen, 0)
+                pos += 20 + max(namlen, 0) + data
+            return total
+        order = ">" if head[126:128] == b"MI" else "<"
+        pos = _MAT5_HEADER
+        while pos + 8 <= size:
+            f.seek(pos)
+            kind, n = struct.unpack(order + "II", f.read(8))
+            if kind >> 16:  # a small element: its 4 bytes of data are in the tag
+                total, pos = total + 4, pos + 8
+                continue
+            if kind == _MAT5_COMPRESSED:
+                inner = zlib.decompressobj()
+                try:
+                    tag = inner.decompress(f.read(min(n, 1 << 12)), 8)
+                except zlib.error:
+                    return total  # scipy's reader says what is wrong
+                if len(tag) == 8:
+                    kind, m = struct.unpack(order + "II", tag)
+                    total += 4 if kind >> 16 else m
+                pos += 8 + n
+            else:
+                total += n
+                pos += 8 + n + (-n % 8)
+    return total
 
 
 def _to_images(path: Path, a: np.ndarray, shape, layout: str, examples: str) -> np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 
 from vaelab.errors import VaelabError, clip
 
+from .archive import safe_member_name
 from .download import file_md5
 from .raw import RawData
 
@@ -109,6 +110,7 @@ def _read_tarball(path: Path) -> dict[str, object]:
     try:
         with tarfile.open(path, "r|*") as tar:  # a stream: gzip is decompressed only once
             for info in tar:
+                safe_member_name(path, info)  # every member, wanted or not: no '..', absolute path, link or device
                 folder, _, name = info.name.removeprefix("./").partition("/")
                 if folder != FOLDER or not _wanted(name):
                     continue

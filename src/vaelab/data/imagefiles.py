@@ -18,6 +18,7 @@ import math
 import multiprocessing
 import os
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Sequence
 
@@ -46,6 +47,17 @@ def check_transform(crop: int | None, size: int | None, channels: int | None) ->
         raise VaelabError(f"--channels must be 1 (greyscale) or 3 (RGB), got {channels!r}.")
 
 
+def _check_pixels(img: Image.Image, name: str) -> None:
+    """Refuse an image whose header declares more pixels than Pillow's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``) before it is decoded: Pillow itself only warns up to twice the
+    limit, and 10,000 x 10,000 RGB pixels, stored in 1 MB, decode to 300 MB."""
+    limit = Image.MAX_IMAGE_PIXELS or 89_478_485
+    w, h = img.size
+    if w * h > limit:
+        raise VaelabError(f"{name} declares {w:,}x{h:,} pixels, more than the {limit:,} vaelab decodes "
+                          f"(Pillow's decompression-bomb limit); expected an image of ordinary size.")
+
+
 def decode(data: bytes, name: str, channels: int | None = None) -> Image.Image:
     """Decode image bytes into a Pillow image of mode ``L`` or ``RGB``.
 
@@ -57,7 +69,10 @@ def decode(data: bytes, name: str, channels: int | None = None) -> Image.Image:
         VaelabError: naming ``name`` when the bytes do not decode.
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # past Pillow's limit it warns; _check_pixels refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        _check_pixels(img, name)
         img.load()  # open() only reads the header; a truncated or corrupt body fails here
     except Image.UnidentifiedImageError:
         raise VaelabError(f"{name} does not decode as an image (its bytes are no format Pillow "

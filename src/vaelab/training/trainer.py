@@ -28,7 +28,7 @@ from ..config import TrainConfig
 from ..data import Batch, DataSpec, run_dataset
 from ..data.labels import balanced_subset
 from ..data.transforms import Batches, dequantize_fixed, eval_inputs
-from ..errors import VaelabError
+from ..errors import VaelabError, clip
 from ..models import get_model
 from ..models.base import SAMPLE, StepInfo
 from ..run import RunConfig, check_model_size
@@ -139,6 +139,17 @@ def _check_subfolders(out: Path) -> None:
 
 def _remove_temporaries(out: Path) -> None:
     remove_temporaries(out, RUN_FILES + RUN_PATTERNS)
+
+
+def _out_of_memory(out: Path, device: torch.device, batch_size: int, step: int, kept: int,
+                   e: BaseException) -> VaelabError:
+    """A training step that ran out of the device's memory (a GPU's allocator raises
+    ``torch.OutOfMemoryError``): the advice is a smaller minibatch, and what the run keeps."""
+    keep = (f"{out} keeps the checkpoints of epoch {kept}" if kept else f"{out} holds no checkpoint yet")
+    smaller = f"--batch-size {batch_size // 2}" if batch_size > 1 else "a smaller model (--hidden, --latent-dim)"
+    what = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+    return VaelabError(f"training ran out of memory on {device} at step {step + 1}, with --batch-size {batch_size} "
+                       f"({clip(what, 200)}); {keep}; try {smaller}, or a smaller model.")
 
 
 def _diverged(out: Path, what: str, lr: float, kept: int) -> VaelabError:
@@ -485,7 +496,10 @@ class _Loop:
             share = self.shares[(i + 1) * per_step - 1] if dist.active() else None
             info = StepInfo(epoch, self.step, n_steps, len(self.ds.train), self.fast.compiled, share,
                              self.t.labels)
-            m = take_step(model, self.optimizers, xb, info, self.fast)
+            try:
+                m = take_step(model, self.optimizers, xb, info, self.fast)
+            except torch.OutOfMemoryError as e:
+                raise _out_of_memory(self.out, self.device, t.batch_size, self.step, len(self.history), e) from None
             self.step += 1
             dropped = m.pop("skipped").bool()
             if self.ema:
