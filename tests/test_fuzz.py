@@ -105,6 +105,8 @@ FOUND = {
     # 255 sizes of 8 digits: the message quoted all of them, thousands of characters
     "idx of 255 sizes": (idx_case, {"bytes": b"\0\0\x08\xff" + (99999999).to_bytes(4, "big") * 255, "gzip": False,
                                     "expect": None}),
+    # 104 sizes, one of them 0: no data to read, and numpy's reshape refused 104 dimensions (ValueError)
+    "idx of 104 dimensions": (idx_case, {"bytes": b"\0\0\x0d\x68" + bytes(4 * 104), "gzip": False, "expect": None}),
     # a compressed .mat variable whose deflate stream is corrupt ended in zlib.error, inside scipy
     "mat of corrupt deflate": (mat_case, {"bytes": None, "key": None}),
     # a zip of a version zipfile does not read ended in NotImplementedError

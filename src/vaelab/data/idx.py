@@ -40,6 +40,9 @@ def describe_magic(magic: int) -> str:
     return f"{kind}, {ndim} dimension{'s' if ndim != 1 else ''}"
 
 
+MAX_DIMS = 32  # numpy 1's limit (numpy 2's is 64)
+
+
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None, copies: int = 1) -> np.ndarray:
     """Read an IDX file (gzipped or not) into a native-endian numpy array of its declared shape.
 
@@ -151,6 +154,9 @@ def _read_shape(path: Path, sizes: bytes, ndim: int) -> tuple[int, ...]:
     if len(sizes) < 4 * ndim:
         raise VaelabError(f"{path} is truncated: its header declares {ndim} dimensions, "
                           f"but the file ends after {4 + len(sizes)} bytes, inside the list of sizes.")
+    if ndim > MAX_DIMS:  # numpy holds at most 64 (32 before numpy 2); an image file has 1 to 4
+        raise VaelabError(f"{path} is not a readable IDX file: its header declares {ndim} dimensions, more than "
+                          f"the {MAX_DIMS} an array may have (MNIST's images have 3).")
     # Sizes are big-endian *signed* int32 in the spec; read them unsigned so a corrupt header
     # shows up as an absurd size in the message below rather than as a negative one.
     return tuple(int(s) for s in np.frombuffer(sizes, dtype=">u4", count=ndim))
