@@ -36,6 +36,7 @@ import numpy as np
 
 from fuzzing import Outcome, Unnamed, named_in, run_case
 from vaelab.errors import VaelabError
+from vaelab.io import LOCK
 
 Call = Callable[[], object]
 
@@ -76,14 +77,14 @@ def _snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple]:
         dirs[:] = [d for d in dirs if here / d not in skip]
         for n in dirs + names:
             p = here / n
+            st = p.lstat()
             if p.is_symlink():
                 out[str(p)] = ("link", os.readlink(p))
             elif p.is_file():  # a small file by its bytes, a large one (a bomb) by its size and time
-                st = p.stat()
-                out[str(p)] = ("file", st.st_size, st.st_mtime_ns,
+                out[str(p)] = ("file", st.st_mode, st.st_size, st.st_mtime_ns,
                                hashlib.sha256(p.read_bytes()).hexdigest() if st.st_size < 2 ** 20 else "")
             else:
-                out[str(p)] = ("other" if not p.is_dir() else "dir",)
+                out[str(p)] = ("other" if not p.is_dir() else "dir", st.st_mode)
     return out
 
 
@@ -92,10 +93,15 @@ def case_fn(item: Crafted) -> Callable[[Path], None]:
     ends in the VaelabError (the harness checks it is one sentence); a refusal naming another file
     is :class:`~fuzzing.Unnamed`; anything written outside ``run/`` and ``cache/`` fails."""
     def case(root: Path) -> None:
-        for d in ("data", "run", "home", "cache"):
+        for d in ("data", "run", "home", "cache", "tmp"):
             (root / d).mkdir(exist_ok=True)
         (root / "home" / "precious.txt").write_text("the user's own file\n")
-        os.environ["VAELAB_CACHE"] = str(root / "cache")
+        # everything this process could write to without being told where is inside the folder
+        # compared: its home, its temporary folder and its working folder (the user's home)
+        os.environ.update(VAELAB_CACHE=str(root / "cache"), HOME=str(root / "home"), TMPDIR=str(root / "tmp"))
+        import tempfile
+        tempfile.tempdir = None
+        os.chdir(root / "home")
         call, named = item.make(root)
         skip = (root / "run", root / "cache")
         before = _snapshot(root, skip)
@@ -252,8 +258,7 @@ def _planted(name: str, *argv: str) -> Callable[[Path], tuple[Call, Path]]:
         else:
             target.write_bytes(b"the user's own\n")
         p.symlink_to(target)
-        lock = name == ".lock"
-        named = run if lock else p
+        named = run if name == LOCK else p  # the lock's refusal names the run it locks
         return _cli(*[str(run) if a == "RUN" else a for a in argv]), named
     return make
 
@@ -292,12 +297,13 @@ def _deflated(n: int, prefix: bytes = b"", wbits: int = 15) -> bytes:
     return b"".join(out) + z.flush()
 
 
-def _image_bomb(in_tarball: bool) -> Callable[[Path], tuple[Call, Path]]:
-    """An RGB PNG of 10,000 x 10,000 black pixels: 300 MB decoded, 1 MB stored. It is more than
-    Pillow's limit (89,478,485 pixels) and less than twice it, where Pillow only warns."""
+def _image_bomb(in_tarball: bool, side: int = 10_000) -> Callable[[Path], tuple[Call, Path]]:
+    """An RGB PNG of ``side`` x ``side`` black pixels: 300 MB decoded, 1 MB stored, at 10,000, more
+    than Pillow's limit (89,478,485 pixels) and less than twice it, where Pillow only warns; at
+    9,000, under it, 243 MB, which the memory bound refuses."""
     def make(root: Path):
         from vaelab.data.folder import read_image_folder
-        w = h = 10_000
+        w = h = side
         row = 1 + 3 * w  # a filter byte, then the pixels
 
         def chunk(kind: bytes, body: bytes) -> bytes:
@@ -404,8 +410,9 @@ def corpus() -> list[Crafted]:
     out += [Crafted("CIFAR tarball: a '..' member", "tarball", _cifar_tar_dotdot),
             Crafted("image folder: a link out of it", "tarball", _folder_link_out)]
     out += [Crafted(f"run directory: {name} a link ({argv[0]})", "run-link", _planted(name, *argv)) for name, argv in [
-        (".lock", ("train", "--resume", "RUN")), ("best.safetensors", ("eval", "RUN")),
-        ("model.safetensors", ("train", "--resume", "RUN")), ("resume.safetensors", ("train", "--resume", "RUN")),
+        (LOCK, ("train", "--resume", "RUN", "--epochs", "2")), ("best.safetensors", ("eval", "RUN")),
+        ("model.safetensors", ("train", "--resume", "RUN", "--epochs", "2")),
+        ("resume.safetensors", ("train", "--resume", "RUN", "--epochs", "2")),
         ("config.json", ("sample", "RUN")), ("samples.png", ("report", "RUN")),
         ("eval-test.json", ("eval", "RUN")), ("metrics.jsonl", ("report", "RUN")),
         ("samplers", ("sample", "RUN"))]]
@@ -413,6 +420,7 @@ def corpus() -> list[Crafted]:
             for argv in (("eval", "RUN"), ("train", "--resume", "RUN"))]
     out += [Crafted("image bomb: a 10,000 x 10,000 RGB PNG in a folder", "bomb", _image_bomb(False)),
             Crafted("image bomb: a 10,000 x 10,000 RGB PNG in a tarball", "bomb", _image_bomb(True)),
+            Crafted("image bomb: a 9,000 x 9,000 RGB PNG, within Pillow's limit", "bomb", _image_bomb(False, 9_000)),
             Crafted("gzip bomb: an IDX file of 256 MB", "bomb", _gzip_idx_bomb),
             Crafted("zip bomb: a .npz member of 256 MB", "bomb", _npz_bomb),
             Crafted("MATLAB bomb: a compressed matrix of 256 MB", "bomb", _mat_bomb),

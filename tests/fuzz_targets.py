@@ -9,6 +9,7 @@ quiet. A refusal must name the file it is about.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import gzip
@@ -18,6 +19,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,7 +390,7 @@ def images_case(inp: dict) -> Callable[[Path], None]:
 # ---- run directories: config.json, checkpoints, the resume file, the logs, the lock -----------------
 
 RUN_FILES = ["config.json", "best.safetensors", "model.safetensors", "resume.safetensors", "metrics.jsonl",
-             "finished.json", ".lock"]
+             "finished.json", ".vaelab.lock"]
 
 
 @functools.cache
@@ -397,6 +399,7 @@ def pristine_run() -> Path:
     case copies and changes one file of."""
     import vaelab
     out = Path(tempfile.mkdtemp(prefix="vaelab-fuzz-run-")) / "run"
+    atexit.register(shutil.rmtree, out.parent, True)  # this process's (a forked case's exit skips it: os._exit)
     cfg = vaelab.make_config(data="digits", hidden=(8,), latent_dim=2, epochs=1, nll_samples=0, ema="none",
                              progress=False, report=False, out=str(out))
     return vaelab.train(cfg, log=lambda m: None)
@@ -443,8 +446,6 @@ def run_dir_inputs(draw) -> dict:
 
 
 def run_dir_case(inp: dict) -> Callable[[Path], None]:
-    import shutil
-
     import vaelab
     from vaelab.io import lock_run
     from vaelab.loading import read_run
@@ -556,8 +557,6 @@ def commands_inputs(draw) -> dict:
 
 
 def commands_case(inp: dict) -> Callable[[Path], None]:
-    import shutil
-
     from vaelab import api
     from vaelab.evaluation import likelihood, probe
 

@@ -232,14 +232,15 @@ def _bound(monkeypatch, mb):
 
 
 def test_a_compressed_mat_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
-    """64 MB of zeros compress to 64 kB: the size inside the zlib stream is read, not inflated."""
+    """64 MB of zeros compress to 64 kB: the variable's header inside the zlib stream is read (its
+    64 MB of elements, and the 64 MB its data's tag says scipy reads first), not the data."""
     path = tmp_path / "bomb.mat"
     scipy.io.savemat(path, {"x": np.zeros((64, 2 ** 20), np.uint8)}, do_compression=True)
     assert path.stat().st_size < 2 ** 20
     _bound(monkeypatch, 16)
     inflated = []
     monkeypatch.setattr(scipy.io, "loadmat", lambda *a, **k: inflated.append(1))
-    with pytest.raises(VaelabError, match=r"bomb\.mat: the variables its headers declare would take 67\.1 MB"):
+    with pytest.raises(VaelabError, match=r"bomb\.mat: the variables its headers declare would take 134\.2 MB"):
         read_array(path)
     assert not inflated
 
@@ -254,8 +255,39 @@ def test_a_mat_header_declaring_past_the_bound_is_refused_and_within_it_read(fmt
     raw = bytearray(path.read_bytes())
     if fmt == "4":  # rows x columns in the first variable's header: 2^16 x 2^15 bytes
         raw[4:12] = (2 ** 16).to_bytes(4, "little") + (2 ** 15).to_bytes(4, "little")
-    else:  # the first element's tag: 2 GB (uncompressed)
-        raw[132:136] = (2 ** 31).to_bytes(4, "little")
+    else:  # the tag of the first variable's data (after its flags, dimensions and name): 2 GB
+        raw[180:184] = (2 ** 31).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
     with pytest.raises(VaelabError, match=r"images\.mat: the variables its headers declare would take 2\.1 GB"):
         read_array(path)
+
+
+def test_complex_and_sparse_mat_variables_are_refused_unread(tmp_path):
+    """A complex or sparse variable is no image, and its size is not its header's (scipy returns
+    complex128 for complex uint8, 16 times the bytes): it is listed apart and never read."""
+    import scipy.sparse
+    for name, value, what in [("complex", np.ones((4, 4), np.uint8) * (1 + 1j), "complex"),
+                              ("sparse", scipy.sparse.csc_matrix(np.eye(4)), "a sparse matrix")]:
+        path = tmp_path / f"{name}.mat"
+        scipy.io.savemat(path, {"x": value}, do_compression=True)
+        with pytest.raises(VaelabError, match=rf"{name}\.mat holds no array of numbers: its variables are 'x' "
+                                              rf"\({what}\)\."):
+            read_array(path)
+        with pytest.raises(VaelabError, match=rf"its variable 'x' is {what}, not an array of numbers"):
+            read_array(path, key="x")
+
+
+def test_the_mat_header_walk_stops_where_scipy_refuses(tmp_path):
+    """A v5 header over a 1 GB hole (tags of 0 bytes) and 64 MB of zeros read as v4 (headers of
+    zeros): the walk stops at the first tag scipy refuses, in the fuzzer's time limit."""
+    from fuzzing import run_case
+    hole = tmp_path / "hole.mat"
+    with open(hole, "wb") as f:
+        f.write(b"MATLAB 5.0 MAT-file".ljust(116, b" ") + bytes(8) + b"\x00\x01IM")
+        f.truncate(2 ** 30)
+    zeros = tmp_path / "zeros.mat"
+    with open(zeros, "wb") as f:
+        f.truncate(2 ** 26)
+    for path in (hole, zeros):
+        out = run_case(lambda tmp, path=path: read_array(path))
+        assert out.kind == "refused" and "is not a readable MATLAB .mat file" in out.detail, out

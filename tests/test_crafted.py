@@ -9,6 +9,7 @@ import pytest
 
 from crafted import CORPUS, Crafted, check
 from fuzzing import BOUND_MB
+from vaelab.io import LOCK
 
 
 @pytest.mark.parametrize("name", list(CORPUS))
@@ -45,3 +46,10 @@ def test_the_check_fails_a_file_that_is_read_or_a_write_outside():
     assert check(Crafted("plain", "tarball", _plain_png)).kind == "crash"
     out = check(Crafted("writes", "pickle", _writes_home))
     assert out.kind == "crash" and "changed outside the run" in out.detail and "precious.txt" in out.detail
+
+
+def test_a_link_planted_as_the_lock_of_a_run_with_epochs_to_go_is_refused_before_training():
+    """The lock case trains if the lock is not refused: its run has an epoch to go."""
+    from crafted import _planted
+    out = check(Crafted("lock", "run-link", _planted(LOCK, "train", "--resume", "RUN", "--epochs", "2")))
+    assert out.kind == "refused" and f"its {LOCK} is a symbolic link" in out.detail, out

@@ -529,17 +529,17 @@ def test_training_out_of_memory_suggests_half_the_batch_and_keeps_the_last_epoch
     assert len([e for e in err if e.startswith("error: ")]) == 1 and "Traceback" not in "\n".join(err)
     assert err[-1].startswith("error: training ran out of memory on cpu at step 26, with --batch-size 64 (CUDA out "
                               "of memory. Tried to allocate 2.00 GiB"), err[-1]
-    assert f"{out} keeps the checkpoints of epoch 1; try --batch-size 32, or a smaller model." in err[-1]
+    assert f"{out} keeps the checkpoints of epoch 1; try --batch-size 32, or a smaller model (--hidden, " in err[-1]
     assert vaelab.load(out, "last") is not None
 
 
 def test_eval_out_of_memory_suggests_a_smaller_batch(run, monkeypatch, capsys):
     from vaelab import api
     _oom_at(monkeypatch, api, "evaluate", 1)
-    assert main(["eval", str(run), "--batch-size", "500"]) == 2
+    assert main(["eval", str(run), "--batch-size", "500", "--nll-samples", "1000"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: vaelab eval ran out of memory on the device (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; "
-        "7.79 GiB total)); try --batch-size 250.")
+        "7.79 GiB total)); try --batch-size 250 or --nll-samples 500.")
 
 
 # ------------------------------------------------------------------ an unwritable or vanished run directory
@@ -584,3 +584,20 @@ def test_a_run_directory_deleted_mid_run_ends_in_one_sentence(tmp_path, monkeypa
     err = one_line_error(capsys)
     assert err.startswith(f"error: cannot write {out}/") and "no such file or directory" in err, err
     assert not out.exists()  # nothing made again in its place
+
+
+def test_out_of_memory_in_a_command_without_a_batch_names_what_it_has(run, monkeypatch, capsys):
+    from vaelab.report import run as report_run
+    _oom_at(monkeypatch, report_run, "write_report", 1)
+    assert main(["report", str(run)]) == 2
+    assert capsys.readouterr().err.strip().endswith("7.79 GiB total)); try it on the CPU (--device cpu).")
+
+
+def test_overwrite_refuses_a_folder_where_a_run_file_goes_and_deletes_nothing(run, capsys):
+    (run / "samples.png").unlink()
+    (run / "samples.png").mkdir()
+    (run / "samples.png" / "mine.txt").write_text("the user's")
+    before = files(run)
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run), "--overwrite"]) == 2
+    assert f"--overwrite cannot replace {run / 'samples.png'}: it is a folder" in one_line_error(capsys)
+    assert files(run) == before and (run / "samples.png" / "mine.txt").exists()

@@ -574,6 +574,19 @@ def build_parser(model_name: str = TrainConfig.model) -> argparse.ArgumentParser
     return p
 
 
+def _smaller(args) -> str:
+    """What to make smaller when a command ran out of the device's memory: its flags that size what
+    the device holds at once (half of each value given), else the device."""
+    flags = [(flag, getattr(args, name, None)) for flag, name in
+             (("--batch-size", "batch_size"), ("--nll-samples", "nll_samples"), ("-n", "n"))
+             if hasattr(args, name)]
+    if not flags:
+        return "try it on the CPU (--device cpu)" if hasattr(args, "device") else "try it with less at once"
+    said = [f"{flag} {v // 2}" if isinstance(v, int) and not isinstance(v, bool) and v > 1 else f"a smaller {flag}"
+            for flag, v in flags]
+    return "try " + " or ".join(said)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -596,12 +609,10 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.prints(e):  # under torchrun, one copy of what every rank raised alike
             print(f"error: {e}", file=sys.stderr)
         return 2
-    except torch.OutOfMemoryError as e:  # a GPU's allocator (training's own steps say more)
+    except torch.cuda.OutOfMemoryError as e:  # a GPU's allocator (torch.OutOfMemoryError from torch 2.5)
         what = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
-        size = getattr(args, "batch_size", None)
-        smaller = f"--batch-size {size // 2}" if isinstance(size, int) and size > 1 else "a smaller --batch-size"
-        print(f"error: vaelab {args.cmd} ran out of memory on the device ({clip(what, 200)}); try {smaller}.",
-              file=sys.stderr)
+        print(f"error: vaelab {args.cmd} ran out of memory on the device ({clip(what, 200)}); "
+              f"{_smaller(args)}.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

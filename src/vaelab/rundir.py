@@ -118,9 +118,9 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise VaelabError(f"{run_dir} is a file, not a run directory (a folder holding {CONFIG}).")
     if not Path(run_dir).is_dir():
         raise VaelabError(f"run directory {run_dir} does not exist.")
-    check_run_files(Path(run_dir))
-    if not p.is_file():
+    if not p.is_file() and not p.is_symlink():
         raise VaelabError(f"{run_dir} is not a vaelab run directory: {p.name} is missing.")
+    check_run_files(Path(run_dir))
     try:
         d = json.loads(p.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as e:

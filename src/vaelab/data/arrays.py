@@ -154,7 +154,7 @@ def _load(path: Path, key: str | None, label_key: str | None):
             key = _pick(path, list(archive.files), key, label_key)
             images = _npz_array(path, archive, key)
             return images, None if label_key is None else _npz_array(path, archive, label_key)
-    variables = _loadmat(path)
+    variables = _loadmat(path, [n for n in (key, label_key) if n is not None])
     key = _pick(path, list(variables), key, label_key)
     return variables[key], None if label_key is None else variables[label_key]
 
@@ -246,7 +246,9 @@ def _np_load(path: Path, load, name: str = "") -> np.ndarray:
         raise VaelabError(f"{path}{what} cannot be read ({clip(e)}); is the file truncated?") from None
 
 
-def _loadmat(path: Path) -> dict[str, np.ndarray]:
+def _loadmat(path: Path, wanted=()) -> dict[str, np.ndarray]:
+    """The numeric variables of a .mat file (v4 to v7.2), their sizes checked from the headers
+    first (:func:`_mat_variables`); ``wanted``: the names asked for, refused if not numeric."""
     import scipy.io  # a heavy import, only for .mat files
 
     with open(path, "rb") as f:
@@ -254,9 +256,18 @@ def _loadmat(path: Path) -> dict[str, np.ndarray]:
     if header.startswith(b"MATLAB 7.3"):
         raise VaelabError(f"{path} is a MATLAB v7.3 (HDF5) file, which cannot be read: re-save "
                           f"it in MATLAB with save(..., '-v7') or convert it to .npy.")
-    check_bytes(f"{path}: the variables its headers declare", _mat_bytes(path))
+    total, numeric, other = _mat_variables(path)
+    for name in wanted:
+        if name in other:
+            raise VaelabError(f"{path}: its variable {name!r} is {other[name]}, not an array of numbers.")
+    if not numeric and other:
+        listing = ", ".join(f"{k!r} ({v})" for k, v in list(other.items())[:8])
+        raise VaelabError(f"{path} holds no array of numbers: its variables are {listing}.")
+    check_bytes(f"{path}: the variables its headers declare", total)
     try:
-        variables = scipy.io.loadmat(path)
+        # only the numeric variables are read: a cell, a struct or a sparse matrix is no image, and
+        # what it holds cannot be sized from its header
+        variables = scipy.io.loadmat(path, variable_names=numeric)
     except NotImplementedError:  # v7.3 without the usual header text
         raise VaelabError(f"{path} is a MATLAB v7.3 (HDF5) file, which cannot be read: re-save "
                           f"it in MATLAB with save(..., '-v7') or convert it to .npy.") from None
@@ -265,64 +276,137 @@ def _loadmat(path: Path) -> dict[str, np.ndarray]:
     except (ValueError, TypeError, OSError, EOFError, scipy.io.matlab.MatReadError, zlib.error, IndexError, KeyError,
             AttributeError, OverflowError) as e:
         raise VaelabError(f"{path} is not a readable MATLAB .mat file ({type(e).__name__}: {clip(e)}).") from None
-    return {k: v for k, v in variables.items() if not k.startswith("__")}
+    out = {k: v for k, v in variables.items() if not k.startswith("__")}
+    for k, v in out.items():  # what the headers called numeric, scipy must have read as an array
+        if not isinstance(v, np.ndarray) or v.dtype.kind not in "biuf":
+            kind = v.dtype.kind if isinstance(v, np.ndarray) else ""
+            what = "text" if kind in ("U", "S") else "complex numbers" if kind == "c" else type(v).__name__
+            raise VaelabError(f"{path}: its variable {k!r} is not an array of numbers (it holds {what}).")
+    return out
 
 
 # MATLAB v4 element sizes by the P digit of a variable's type (MOPT): double, single, int32,
 # int16, uint16, uint8
 _MAT4_BYTES = (8, 4, 4, 2, 2, 1)
-_MAT5_COMPRESSED, _MAT5_HEADER = 15, 128
+_MAT4_MAX_VARIABLES = 10_000
+# MATLAB v5: data types of the tags, and the classes of numeric arrays with their item sizes
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
+_MX_NUMERIC = {6: 8, 7: 4, 8: 1, 9: 1, 10: 2, 11: 2, 12: 4, 13: 4, 14: 8, 15: 8}  # double .. uint64
+_MX_NAMES = {1: "a cell array", 2: "a struct", 3: "an object", 4: "text", 5: "a sparse matrix"}
+_MAT5_HEADER = 128
+_MAT5_HEAD_BYTES = 4096  # a variable's header (flags, dimensions, name, its data's tag) is read up to this
 
 
-def _mat_bytes(path: Path) -> int:
-    """The bytes a .mat file's variables take once read, summed from their headers alone, so
-    that a file declaring more than the memory bound is refused before scipy reads it (scipy
-    allocates what a header says, and inflates a compressed variable whole).
+def _mat_variables(path: Path) -> tuple[int, list[str], dict[str, str]]:
+    """What a .mat file's variables would take once read, from their headers alone: (bytes, the
+    numeric variables' names, the others' names with what each is), so that a file declaring more
+    than the memory bound is refused before scipy reads anything (scipy allocates what a header
+    says, and inflates a compressed variable as it reads it).
 
-    - v5 (MATLAB's default up to 7.2): each top-level data element's tag gives its size; a
-      compressed element's is the tag inside its zlib stream, of which 8 bytes are inflated.
-    - v4: each variable's header gives rows x columns x its element size (twice, if complex).
+    - v5 (MATLAB's default up to 7.2): each variable is a data element, compressed or not; its
+      array flags, dimensions, name and the tag of its data are read (a compressed one's from at
+      most 4 kB inflated), and it counts its elements times its class's item size plus the bytes
+      its data's tag declares (which scipy reads before it converts them). Complex, sparse, cell,
+      struct, object and text variables are no images: they are listed apart, and not read.
+    - v4: each variable's 20-byte header gives rows x columns x its element size (twice, if
+      complex).
 
-    A header that cannot be read is left to scipy's reader, which refuses the file."""
+    Where a header cannot be read, the walk stops and scipy's reader refuses the file (scipy's
+    own rules: a tag of 0 bytes, a type other than a matrix)."""
     size = path.stat().st_size
-    total = 0
     with open(path, "rb") as f:
         head = f.read(_MAT5_HEADER)
-        if len(head) < 4:
-            return size
-        if 0 in head[:4]:  # v4 (scipy's test): a run of 20-byte headers, names and data
-            order = "<" if struct.unpack("<i", head[:4])[0] in range(5000) else ">"
-            pos = 0
-            while pos + 20 <= size:
-                f.seek(pos)
-                mopt, rows, cols, imagf, namlen = struct.unpack(order + "5i", f.read(20))
-                elem = _MAT4_BYTES[(mopt // 10) % 10] if (mopt // 10) % 10 < len(_MAT4_BYTES) else 8
-                data = max(rows, 0) * max(cols, 0) * elem * (2 if imagf else 1)
-                total += data + max(namlen, 0)
-                pos += 20 + max(namlen, 0) + data
-            return total
+        if len(head) < 4 or head.count(0) == len(head):
+            return 0, [], {}
+        if 0 in head[:4]:
+            return _mat4_variables(f, size)
         order = ">" if head[126:128] == b"MI" else "<"
+        total, numeric, other = 0, [], {}
         pos = _MAT5_HEADER
         while pos + 8 <= size:
             f.seek(pos)
             kind, n = struct.unpack(order + "II", f.read(8))
-            if kind >> 16:  # a small element: its 4 bytes of data are in the tag
-                total, pos = total + 4, pos + 8
-                continue
-            if kind == _MAT5_COMPRESSED:
+            if kind >> 16 or n == 0 or kind not in (_MI_MATRIX, _MI_COMPRESSED):
+                break  # scipy refuses it
+            if kind == _MI_COMPRESSED:
                 inner = zlib.decompressobj()
                 try:
-                    tag = inner.decompress(f.read(min(n, 1 << 12)), 8)
+                    data = inner.decompress(f.read(min(n, 1 << 16)), _MAT5_HEAD_BYTES)
                 except zlib.error:
-                    return total  # scipy's reader says what is wrong
-                if len(tag) == 8:
-                    kind, m = struct.unpack(order + "II", tag)
-                    total += 4 if kind >> 16 else m
-                pos += 8 + n
+                    break
+                if len(data) < 8 or struct.unpack(order + "I", data[:4])[0] != _MI_MATRIX:
+                    break
+                data = data[8:]
             else:
-                total += n
-                pos += 8 + n + (-n % 8)
-    return total
+                data = f.read(min(n, _MAT5_HEAD_BYTES))
+            var = _mat5_matrix(path, data, order)
+            if var is None:
+                break
+            name, what, nbytes = var
+            if what is None:
+                numeric.append(name)
+                total += nbytes
+            else:
+                other[name] = what
+            pos += 8 + n  # where scipy looks for the next variable
+    return total, numeric, other
+
+
+def _mat5_element(data: bytes, at: int, order: str) -> tuple[int, int, int, int] | None:
+    """The data element at ``at`` of a variable's header: (type, byte count, where its data
+    begins, where the next element begins), the small format (data inside the tag) included."""
+    if at + 8 > len(data):
+        return None
+    kind, n = struct.unpack_from(order + "II", data, at)
+    if kind >> 16:  # small: 2 bytes of count, 2 of type, 4 of data
+        return kind & 0xFFFF, kind >> 16, at + 4, at + 8
+    return kind, n, at + 8, at + 8 + n + (-n % 8)
+
+
+def _mat5_matrix(path: Path, data: bytes, order: str) -> tuple[str, str | None, int] | None:
+    """(name, what it is if not numeric, the bytes reading it takes) of the miMATRIX element whose
+    data begins ``data``; None where its header cannot be read."""
+    flags = _mat5_element(data, 0, order)
+    if flags is None or flags[0] != _MI_UINT32 or flags[1] < 4:
+        return None
+    word = struct.unpack_from(order + "I", data, flags[2])[0]
+    cls, is_complex = word & 0xFF, bool(word & 0x0800)
+    dims = _mat5_element(data, flags[3], order)
+    if dims is None or dims[0] != _MI_INT32 or dims[2] + dims[1] > len(data):
+        if dims is not None and dims[0] == _MI_INT32 and dims[1] > 4 * 64:
+            raise VaelabError(f"{path} declares a variable of {dims[1] // 4:,} dimensions; an array has 64 at most.")
+        return None
+    shape = struct.unpack_from(f"{order}{dims[1] // 4}i", data, dims[2])
+    named = _mat5_element(data, dims[3], order)
+    if named is None or named[0] != _MI_INT8 or named[2] + named[1] > len(data):
+        return None
+    name = data[named[2]:named[2] + named[1]].decode("latin1")
+    if cls not in _MX_NUMERIC or is_complex:
+        return name, _MX_NAMES.get(cls, f"of MATLAB class {cls}") if not is_complex else "complex", 0
+    real = _mat5_element(data, named[3], order)
+    stored = 0 if real is None else real[1]
+    return name, None, math.prod(max(d, 0) for d in shape) * _MX_NUMERIC[cls] + stored
+
+
+def _mat4_variables(f, size: int) -> tuple[int, list[str], dict[str, str]]:
+    """v4: a run of 20-byte headers (type, rows, columns, complex, name length), names and data."""
+    total, names = 0, []
+    pos = 0
+    while pos + 20 <= size and len(names) < _MAT4_MAX_VARIABLES:
+        f.seek(pos)
+        raw = f.read(20)
+        order = "<" if struct.unpack("<i", raw[:4])[0] in range(5000) else ">"
+        mopt, rows, cols, imagf, namlen = struct.unpack(order + "5i", raw)
+        o, p, t = mopt // 100 % 10, mopt // 10 % 10, mopt % 10
+        if not (0 <= mopt < 5000 and o == 0 and p < len(_MAT4_BYTES) and t <= 2 and rows >= 0 and cols >= 0
+                and imagf in (0, 1) and 0 < namlen <= 1 << 16) or raw.count(0) == 20:
+            break  # scipy refuses it
+        data = rows * cols * _MAT4_BYTES[p] * (2 if imagf else 1)
+        f.seek(pos + 20)
+        names.append(f.read(namlen).rstrip(b"\0").decode("latin1"))
+        total += data + (rows * cols * 16 if imagf else 0)
+        pos += 20 + namlen + data
+    return total, names, {}
 
 
 def _to_images(path: Path, a: np.ndarray, shape, layout: str, examples: str) -> np.ndarray:

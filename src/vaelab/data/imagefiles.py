@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from vaelab.errors import VaelabError
+from vaelab.limits import check_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -56,6 +57,9 @@ def _check_pixels(img: Image.Image, name: str) -> None:
     if w * h > limit:
         raise VaelabError(f"{name} declares {w:,}x{h:,} pixels, more than the {limit:,} vaelab decodes "
                           f"(Pillow's decompression-bomb limit); expected an image of ordinary size.")
+    # decoded, then converted to L or RGB (a copy): checked against the memory bound too
+    band = 4 if img.mode in ("I", "F", "RGBX") else 2 if img.mode.startswith("I;16") else 1
+    check_bytes(f"{name}: the {w:,}x{h:,} pixels its header declares", 2 * w * h * len(img.getbands()) * band)
 
 
 def decode(data: bytes, name: str, channels: int | None = None) -> Image.Image:

@@ -123,11 +123,13 @@ def _prepare_out(out: Path, overwrite: bool, hold: contextlib.ExitStack) -> None
     _remove_temporaries(out)
     _check_subfolders(out)
     if replace:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for pattern in RUN_PATTERNS:
-            for p in out.glob(pattern):
-                p.unlink()
+        found = [out / name for name in RUN_FILES] + [p for pattern in RUN_PATTERNS for p in out.glob(pattern)]
+        folder = next((p for p in found if p.is_dir() and not p.is_symlink()), None)
+        if folder is not None:  # checked before anything is deleted
+            raise VaelabError(f"--overwrite cannot replace {clip(folder)}: it is a folder where the run keeps a file; "
+                              "move it away first.")
+        for p in found:
+            p.unlink(missing_ok=True)
 
 
 def _check_subfolders(out: Path) -> None:
@@ -146,10 +148,11 @@ def _out_of_memory(out: Path, device: torch.device, batch_size: int, step: int, 
     """A training step that ran out of the device's memory (a GPU's allocator raises
     ``torch.OutOfMemoryError``): the advice is a smaller minibatch, and what the run keeps."""
     keep = (f"{out} keeps the checkpoints of epoch {kept}" if kept else f"{out} holds no checkpoint yet")
-    smaller = f"--batch-size {batch_size // 2}" if batch_size > 1 else "a smaller model (--hidden, --latent-dim)"
+    smaller = (f"--batch-size {batch_size // 2}, or a smaller model (--hidden, --latent-dim)" if batch_size > 1 else
+               "a smaller model (--hidden, --latent-dim)")
     what = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
     return VaelabError(f"training ran out of memory on {device} at step {step + 1}, with --batch-size {batch_size} "
-                       f"({clip(what, 200)}); {keep}; try {smaller}, or a smaller model.")
+                       f"({clip(what, 200)}); {keep}; try {smaller}.")
 
 
 def _diverged(out: Path, what: str, lr: float, kept: int) -> VaelabError:
@@ -498,7 +501,7 @@ class _Loop:
                              self.t.labels)
             try:
                 m = take_step(model, self.optimizers, xb, info, self.fast)
-            except torch.OutOfMemoryError as e:
+            except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError from torch 2.5
                 raise _out_of_memory(self.out, self.device, t.batch_size, self.step, len(self.history), e) from None
             self.step += 1
             dropped = m.pop("skipped").bool()
