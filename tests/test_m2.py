@@ -259,6 +259,20 @@ def test_metrics_json_of_m2_logs_its_terms(tmp_path):
     assert rec["val_name"] == "bound" and {"train_bound", "train_labelled_elbo", "train_class_loss"} <= set(rec)
 
 
+def test_each_epoch_records_the_classifiers_validation_accuracy(tmp_path):
+    """Logged, not selected on: the last epoch's figure is a direct count of the last checkpoint's
+    most probable class on the validation split."""
+    run = _run(tmp_path, epochs=2)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    model = vaelab.load(run, "last", device="cpu")
+    x, y = vaelab.api.split_inputs(run, "val")
+    with torch.no_grad():
+        want = (model.class_logits(x).argmax(-1) == y).double().mean().item()
+    assert len(recs) == 2 and all(0 <= r["val_classifier_accuracy"] <= 1 for r in recs)
+    assert recs[-1]["val_classifier_accuracy"] == pytest.approx(want)
+    assert recs[-1]["val_classifier_error"] == pytest.approx(1 - want)
+
+
 # --- M1+M2: M2 on the codes of a trained VAE ----------------------------------------------------
 
 def _stacked(d1=1, keep=None):

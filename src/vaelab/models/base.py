@@ -106,6 +106,9 @@ class Model(nn.Module):
     # a model that learns from a few labels (M2): each minibatch carries a minibatch of labelled
     # images beside it (Batch.labelled_part); one that does not may not hide labels (--labels N)
     labelled_part: ClassVar[bool] = False
+    # a model whose :meth:`metrics` on the validation split are cheap and worth watching (M2's
+    # classifier): after each epoch they go into its record as ``val_<name>``
+    epoch_metrics: ClassVar[bool] = False
     # a model whose likelihood is of x given its label (cvae): evaluation passes the labels to
     # encode(x, y) and log_weights(x, k, q, y)
     conditional: ClassVar[bool] = False

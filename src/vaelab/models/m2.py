@@ -198,6 +198,7 @@ class M2(LabelledModel):
     config_cls = M2Config
     capabilities = frozenset({ENCODE, SAMPLE, LIKELIHOOD})
     val_name = "bound"  # U(x): it needs no validation labels
+    epoch_metrics = True  # the classifier's validation accuracy after each epoch (logged, not selected on)
     labelled_part = True
 
     def __new__(cls, cfg=None, *args, **kwargs):

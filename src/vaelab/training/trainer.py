@@ -540,6 +540,9 @@ class _Loop:
         if len(self.x_val):
             rec["val"] = val
             rec["val_name"] = cls.val_name
+        if cls.epoch_metrics and len(self.x_val) and self.y_val is not None:  # rank 0's, sent to all
+            extra = dist.from_main(measured.metrics, Batch(self.x_val, self.y_val))
+            rec.update({f"val_{k}": v for k, v in extra.items()})
         # without a validation set, the training score of the same quantity (not the loss,
         # which carries beta and the warm-up weight)
         metric = rec.get("val", rec.get(f"train_{cls.val_name}"))
@@ -553,6 +556,8 @@ class _Loop:
         # model's own, so that a run resumed from an older vaelab ranks its epochs alike
         rec = on_data_scale(rec, self.model, cls.val_name)
         val_txt = f", val {cls.val_name} {rec['val']:.3f}" if "val" in rec else ""
+        if "val_classifier_accuracy" in rec:
+            val_txt += f", val accuracy {rec['val_classifier_accuracy']:.4f}"
         skip_txt = f", {n_skipped} of {n_steps} steps skipped (non-finite loss or gradient)" if n_skipped else ""
         self.log(f"epoch {epoch + 1}/{self.t.epochs}: train loss {rec['train_loss']:.3f}{val_txt}{skip_txt} "
                  f"({seconds:.1f}s)")
