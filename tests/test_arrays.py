@@ -255,9 +255,15 @@ def test_a_mat_header_declaring_past_the_bound_is_refused_and_within_it_read(fmt
     raw = bytearray(path.read_bytes())
     if fmt == "4":  # rows x columns in the first variable's header: 2^16 x 2^15 bytes
         raw[4:12] = (2 ** 16).to_bytes(4, "little") + (2 ** 15).to_bytes(4, "little")
+        path.write_bytes(bytes(raw))
+        with pytest.raises(VaelabError, match=r"images\.mat is not a readable MATLAB \.mat file: its variable at "
+                                              r"byte 0 declares 65,536 x 32,768 values, more than the file holds"):
+            read_array(path)
+        with open(path, "r+b") as f:  # and a file that holds them all, sparse
+            f.truncate(20 + 2 + 2 ** 31)
     else:  # the tag of the first variable's data (after its flags, dimensions and name): 2 GB
         raw[180:184] = (2 ** 31).to_bytes(4, "little")
-    path.write_bytes(bytes(raw))
+        path.write_bytes(bytes(raw))
     with pytest.raises(VaelabError, match=r"images\.mat: the variables its headers declare would take 2\.1 GB"):
         read_array(path)
 

@@ -92,6 +92,12 @@ def _cifar_members() -> dict:
     return official_members()
 
 
+def _mat_file(text: bytes, tail: bytes) -> bytes:
+    """A MATLAB v5 file: its 128-byte header (``text``, then the version and byte order), then
+    ``tail``, its data elements."""
+    return text.ljust(116, b" ") + bytes(8) + b"\x00\x01IM" + tail
+
+
 FOUND = {
     # numpy reads a .npy header as Python tokens: one cut inside its dict ended in tokenize.TokenError
     "npy header cut in its dict": (npy_case, {"bytes": b"\x93NUMPY\x01\x00v\x00{'descr': '|V4', 'fortran_order': "
@@ -109,6 +115,23 @@ FOUND = {
     "idx of 104 dimensions": (idx_case, {"bytes": b"\0\0\x0d\x68" + bytes(4 * 104), "gzip": False, "expect": None}),
     # a compressed .mat variable whose deflate stream is corrupt ended in zlib.error, inside scipy
     "mat of corrupt deflate": (mat_case, {"bytes": None, "key": None}),
+    # in its first 10,000 .mat inputs, each found by benchmarks/fuzz.py in the new header walk or
+    # past it: a real part of data type 174 (scipy's reader crashed the process: SIGSEGV)
+    "mat of data type 174": (mat_case, {"bytes": _mat_file(b"MATLAB 5.0 MAT-file",
+                                                  b'\x0e\x00\x00\x000\x00\x00\x00\x06\x00\x00\x00\x08\x00\x00\x00\x07\x00\x00\x00'
+                                                  b'\x00\x00\x00\x00\x05\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00'
+                                                  b'\x01\x00\x01\x00x\x00\x00\x00\xae\x00\x04\x00(4\x81\xb4'),
+                       "key": 'x'}),
+    # a compressed variable whose header ends inside its array flags (struct.error)
+    "mat of a cut compressed header": (mat_case, {"bytes": _mat_file(b"MATLAB 5.0 MAT-file",
+                                                  b'\x0f\x00\x00\x00/\x00\x00\x00x\x9c\xe3c``\xf0\x00b6 \xe6\x00b'),
+                       "key": 'data'}),
+    # a v4 header (a 0 in its first bytes) naming a name of 2^30 bytes: scipy read it (MemoryError)
+    "mat v4 of a long name": (mat_case, {"bytes": _mat_file(b"\0ATLAB 7.3 MAT-file",
+                                                  b'\x0e\x00\x00\x000\x00\x00\x00\x06\x00\x00\x00\x08\x00\x00\x00\x08\x00\x00\x00'
+                                                  b'\x00\x00\x00\x00\x05\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00'
+                                                  b'\x01\x00\x01\x00y\x00\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00'),
+                       "key": None}),
     # a zip of a version zipfile does not read ended in NotImplementedError
     "npz of zip version 11.2": (npz_case, {"bytes": None, "key": None, "label_key": None, "zip_version": 112}),
     # a pickle of nine bytes that names memo slot 2^25: the unpickler took 513 MB for its memo

@@ -291,6 +291,7 @@ _MAT4_BYTES = (8, 4, 4, 2, 2, 1)
 _MAT4_MAX_VARIABLES = 10_000
 # MATLAB v5: data types of the tags, and the classes of numeric arrays with their item sizes
 _MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
+_MI_NUMERIC = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8}  # miINT8 .. miUINT64: item bytes
 _MX_NUMERIC = {6: 8, 7: 4, 8: 1, 9: 1, 10: 2, 11: 2, 12: 4, 13: 4, 14: 8, 15: 8}  # double .. uint64
 _MX_NAMES = {1: "a cell array", 2: "a struct", 3: "an object", 4: "text", 5: "a sparse matrix"}
 _MAT5_HEADER = 128
@@ -301,25 +302,27 @@ def _mat_variables(path: Path) -> tuple[int, list[str], dict[str, str]]:
     """What a .mat file's variables would take once read, from their headers alone: (bytes, the
     numeric variables' names, the others' names with what each is), so that a file declaring more
     than the memory bound is refused before scipy reads anything (scipy allocates what a header
-    says, and inflates a compressed variable as it reads it).
+    says, inflates a compressed variable as it reads it, and crashes the process on a data type
+    that is none of MATLAB's).
 
     - v5 (MATLAB's default up to 7.2): each variable is a data element, compressed or not; its
       array flags, dimensions, name and the tag of its data are read (a compressed one's from at
-      most 4 kB inflated), and it counts its elements times its class's item size plus the bytes
-      its data's tag declares (which scipy reads before it converts them). Complex, sparse, cell,
-      struct, object and text variables are no images: they are listed apart, and not read.
+      most 4 kB inflated) and checked, and it counts its elements times its class's item size plus
+      the bytes its data's tag declares (which scipy reads before it converts them). Complex,
+      sparse, cell, struct, object and text variables are no images: they are listed apart, and
+      not read.
     - v4: each variable's 20-byte header gives rows x columns x its element size (twice, if
       complex).
 
-    Where a header cannot be read, the walk stops and scipy's reader refuses the file (scipy's
-    own rules: a tag of 0 bytes, a type other than a matrix)."""
+    A header that is not what the format says is refused here, in one sentence: scipy would read
+    on from it (a name of any length, a data type of any number)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(_MAT5_HEADER)
         if len(head) < 4 or head.count(0) == len(head):
-            return 0, [], {}
+            return 0, [], {}  # scipy's own refusal: too short, or zeros
         if 0 in head[:4]:
-            return _mat4_variables(f, size)
+            return _mat4_variables(path, f, size)
         order = ">" if head[126:128] == b"MI" else "<"
         total, numeric, other = 0, [], {}
         pos = _MAT5_HEADER
@@ -327,21 +330,23 @@ def _mat_variables(path: Path) -> tuple[int, list[str], dict[str, str]]:
             f.seek(pos)
             kind, n = struct.unpack(order + "II", f.read(8))
             if kind >> 16 or n == 0 or kind not in (_MI_MATRIX, _MI_COMPRESSED):
-                break  # scipy refuses it
+                raise _unreadable(path, pos, f"is not a matrix (a data element of type {kind & 0xFFFF}, {n} bytes)")
             if kind == _MI_COMPRESSED:
-                inner = zlib.decompressobj()
                 try:
-                    data = inner.decompress(f.read(min(n, 1 << 16)), _MAT5_HEAD_BYTES)
-                except zlib.error:
-                    break
+                    data = zlib.decompressobj().decompress(f.read(min(n, 1 << 16)), _MAT5_HEAD_BYTES)
+                except zlib.error as e:
+                    raise _unreadable(path, pos, f"is compressed, and its stream is corrupt ({e})") from None
                 if len(data) < 8 or struct.unpack(order + "I", data[:4])[0] != _MI_MATRIX:
-                    break
+                    raise _unreadable(path, pos, "is compressed, and holds no matrix")
                 data = data[8:]
             else:
                 data = f.read(min(n, _MAT5_HEAD_BYTES))
-            var = _mat5_matrix(path, data, order)
+            try:
+                var = _mat5_matrix(path, data, order)
+            except struct.error:
+                var = None
             if var is None:
-                break
+                raise _unreadable(path, pos, "has a header (flags, dimensions, name, data type) that cannot be read")
             name, what, nbytes = var
             if what is None:
                 numeric.append(name)
@@ -352,57 +357,67 @@ def _mat_variables(path: Path) -> tuple[int, list[str], dict[str, str]]:
     return total, numeric, other
 
 
+def _unreadable(path: Path, pos: int, why: str) -> VaelabError:
+    return VaelabError(f"{path} is not a readable MATLAB .mat file: its variable at byte {pos} {why}.")
+
+
 def _mat5_element(data: bytes, at: int, order: str) -> tuple[int, int, int, int] | None:
     """The data element at ``at`` of a variable's header: (type, byte count, where its data
-    begins, where the next element begins), the small format (data inside the tag) included."""
+    begins, where the next element begins), the small format (data inside the tag) included;
+    None where the header ends before its data does."""
     if at + 8 > len(data):
         return None
     kind, n = struct.unpack_from(order + "II", data, at)
     if kind >> 16:  # small: 2 bytes of count, 2 of type, 4 of data
-        return kind & 0xFFFF, kind >> 16, at + 4, at + 8
+        kind, n, start, end = kind & 0xFFFF, kind >> 16, at + 4, at + 8
+        return (kind, n, start, end) if n <= 4 else None
     return kind, n, at + 8, at + 8 + n + (-n % 8)
 
 
 def _mat5_matrix(path: Path, data: bytes, order: str) -> tuple[str, str | None, int] | None:
     """(name, what it is if not numeric, the bytes reading it takes) of the miMATRIX element whose
-    data begins ``data``; None where its header cannot be read."""
+    data begins ``data``; None where its header is not the format's."""
     flags = _mat5_element(data, 0, order)
-    if flags is None or flags[0] != _MI_UINT32 or flags[1] < 4:
+    if flags is None or flags[0] != _MI_UINT32 or flags[1] < 8 or flags[2] + 8 > len(data):
         return None
     word = struct.unpack_from(order + "I", data, flags[2])[0]
     cls, is_complex = word & 0xFF, bool(word & 0x0800)
     dims = _mat5_element(data, flags[3], order)
-    if dims is None or dims[0] != _MI_INT32 or dims[2] + dims[1] > len(data):
-        if dims is not None and dims[0] == _MI_INT32 and dims[1] > 4 * 64:
-            raise VaelabError(f"{path} declares a variable of {dims[1] // 4:,} dimensions; an array has 64 at most.")
+    if dims is None or dims[0] != _MI_INT32 or dims[1] % 4 or not 8 <= dims[1] <= 4 * 64 \
+            or dims[2] + dims[1] > len(data):
         return None
     shape = struct.unpack_from(f"{order}{dims[1] // 4}i", data, dims[2])
     named = _mat5_element(data, dims[3], order)
-    if named is None or named[0] != _MI_INT8 or named[2] + named[1] > len(data):
+    if named is None or named[0] != _MI_INT8 or named[1] > 255 or named[2] + named[1] > len(data):
         return None
     name = data[named[2]:named[2] + named[1]].decode("latin1")
     if cls not in _MX_NUMERIC or is_complex:
         return name, _MX_NAMES.get(cls, f"of MATLAB class {cls}") if not is_complex else "complex", 0
     real = _mat5_element(data, named[3], order)
+    if real is None and named[3] + 8 > len(data) or real is not None and real[0] not in _MI_NUMERIC:
+        return None  # a data type scipy's reader does not check: it crashed the process (SIGSEGV)
     stored = 0 if real is None else real[1]
     return name, None, math.prod(max(d, 0) for d in shape) * _MX_NUMERIC[cls] + stored
 
 
-def _mat4_variables(f, size: int) -> tuple[int, list[str], dict[str, str]]:
+def _mat4_variables(path: Path, f, size: int) -> tuple[int, list[str], dict[str, str]]:
     """v4: a run of 20-byte headers (type, rows, columns, complex, name length), names and data."""
     total, names = 0, []
     pos = 0
-    while pos + 20 <= size and len(names) < _MAT4_MAX_VARIABLES:
+    while pos < size and len(names) < _MAT4_MAX_VARIABLES:
         f.seek(pos)
         raw = f.read(20)
+        if len(raw) < 20:
+            raise _unreadable(path, pos, "is cut short inside its 20-byte header")
         order = "<" if struct.unpack("<i", raw[:4])[0] in range(5000) else ">"
         mopt, rows, cols, imagf, namlen = struct.unpack(order + "5i", raw)
         o, p, t = mopt // 100 % 10, mopt // 10 % 10, mopt % 10
         if not (0 <= mopt < 5000 and o == 0 and p < len(_MAT4_BYTES) and t <= 2 and rows >= 0 and cols >= 0
-                and imagf in (0, 1) and 0 < namlen <= 1 << 16) or raw.count(0) == 20:
-            break  # scipy refuses it
+                and imagf in (0, 1) and 0 < namlen <= 4096) or raw.count(0) == 20:
+            raise _unreadable(path, pos, "has a v4 header that is not the format's (type, sizes, name length)")
         data = rows * cols * _MAT4_BYTES[p] * (2 if imagf else 1)
-        f.seek(pos + 20)
+        if pos + 20 + namlen + data > size:
+            raise _unreadable(path, pos, f"declares {rows:,} x {cols:,} values, more than the file holds")
         names.append(f.read(namlen).rstrip(b"\0").decode("latin1"))
         total += data + (rows * cols * 16 if imagf else 0)
         pos += 20 + namlen + data
