@@ -5,6 +5,7 @@ input and what happened) and the peak memory of a case:
 
     python benchmarks/fuzz.py --inputs 10000
     python benchmarks/fuzz.py --parsers idx,npz --inputs 20000 --seed 3
+    python benchmarks/fuzz.py --parsers run-dir,flags,commands --jobs 2   # a process per parser, 2 at once
 
 A failure is any outcome but a correct parse or a one-sentence refusal naming the file: an
 unhandled exception, memory past the bound, a hang, a signal, a refusal of several lines or
@@ -60,12 +61,36 @@ def main() -> None:
     p.add_argument("--parsers", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
     p.add_argument("--inputs", type=int, default=10_000, help="inputs per parser")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="parsers fuzzed at once, each in its own process")
     p.add_argument("--out", default=str(RESULTS / "fuzz.jsonl"))
     a = p.parse_args()
     parsers = names(p, "--parsers", a.parsers, TARGETS)
+    if a.jobs > 1:
+        return _in_parallel(parsers, a)
     base = {"machine": machine(1), "command": shown(sys.argv), "seed": a.seed}
     for name in parsers:
         emit(a.out, {**fuzz(name, a.inputs, a.seed), **base})
+
+
+def _in_parallel(parsers: list[str], a) -> None:
+    """Each parser in a process of its own, ``--jobs`` at a time, each writing a file of its own;
+    their lines are appended to ``--out`` as each ends (one writer: no line interleaves)."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="vaelab-fuzz-jobs-") as tmp:
+        waiting, running = list(parsers), []
+        while waiting or running:
+            while waiting and len(running) < a.jobs:
+                name = waiting.pop(0)
+                part = Path(tmp) / f"{name}.jsonl"
+                running.append((part, subprocess.Popen([sys.executable, __file__, "--parsers", name, "--inputs",
+                                                        str(a.inputs), "--seed", str(a.seed), "--out", str(part)])))
+            time.sleep(1)
+            for part, proc in [r for r in running if r[1].poll() is not None]:
+                running.remove((part, proc))
+                if part.exists():
+                    with open(a.out, "a") as f:
+                        f.write(part.read_text())
 
 
 if __name__ == "__main__":
