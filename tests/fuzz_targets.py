@@ -331,10 +331,17 @@ def images_inputs(draw) -> dict:
 
 
 def _write_folder(root: Path, entries: list[dict]) -> None:
+    """The entries as a folder: each one a folder can hold (the writer's own limits are not the
+    parser's findings: a name or a link's target with a NUL, a name through a loop of links
+    written before it, or one that leaves the folder, is left out)."""
     for e in entries:
         p = root / e["name"]
-        if "\x00" in e["name"] or not p.resolve().is_relative_to(root.resolve()):
-            continue  # a folder cannot hold a name with a NUL, or one that leaves it
+        try:
+            inside = p.resolve().is_relative_to(root.resolve())
+        except (RuntimeError, OSError, ValueError):  # a loop of the links written before it, a NUL
+            continue
+        if "\x00" in e["name"] + e["target"] or not inside:
+            continue
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             if e["kind"] == "link":
