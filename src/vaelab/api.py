@@ -186,9 +186,11 @@ def train(config: RunConfig, resume: str | Path | None = None, log=None) -> Path
             write_figures_record(run_dir, figures)
             # what lets --resume tell a finished run from one killed in the stages above
             epochs = read_metadata(run_dir / CHECKPOINTS["last"])["epoch"]
-            write_json(run_dir / FINISHED, {"epochs": epochs})
-            # last, so that it shows the run finished (vaelab report RUN_DIR writes it again)
+            write_json(run_dir / FINISHED, {"epochs": epochs, **({"report": False} if run.train.report else {})})
+            # last, so that it shows the run finished (vaelab report RUN_DIR writes it again); then
+            # said done, since a page that could not be written leaves the last one, which is stale
             if run.train.report:
                 write_report(run_dir, run.data.data_dir, model=model, x=x, y=y)
+                write_json(run_dir / FINISHED, {"epochs": epochs, "report": True})
         distributed.together(finish, main_only=True)  # and no rank leaves before rank 0 is done
     return run_dir

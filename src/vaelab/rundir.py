@@ -173,6 +173,17 @@ def finished_epochs(run_dir) -> int | None:
         return None
 
 
+def report_done(run_dir) -> bool:
+    """Whether the run's report page was written for its finish: :data:`FINISHED` says so, and the
+    page is there. (A page that could not be written, its disk full, leaves the last one, which is
+    of an earlier finish; a run of a vaelab before this one says nothing, and its page counts.)"""
+    try:
+        done = json.loads((Path(run_dir) / FINISHED).read_text()).get("report", True)
+    except (OSError, UnicodeDecodeError, TypeError, ValueError, AttributeError):
+        done = False
+    return done is True and (Path(run_dir) / REPORT).is_file()
+
+
 def result_name(kind: str, suffix: str, *settings) -> str:
     """A later command's file name: ``kind``, then each setting that is given, joined by ``-``:
     ``result_name("eval", ".json", "test", "best", "k1000", "seed0")`` is

@@ -33,8 +33,8 @@ from ..models import get_model
 from ..models.base import SAMPLE, StepInfo
 from ..run import RunConfig, check_model_size
 from ..loading import resolve_device
-from ..rundir import (CHECKPOINTS, CONFIG, FORMAT_VERSION, REPORT, RESUME, RUN_FILES, RUN_PATTERNS, SUBFOLDERS,
-                      finished_epochs, read_run_config)
+from ..rundir import (CHECKPOINTS, CONFIG, FORMAT_VERSION, RESUME, RUN_FILES, RUN_PATTERNS, SUBFOLDERS,
+                      finished_epochs, read_run_config, report_done)
 from . import checkpoint as ckpt
 from .ema import EMA
 from .loggers import Logger, run_loggers, tensorboard_writer_class
@@ -444,7 +444,7 @@ class _Loop:
         # finished: its epochs, evaluation, pictures and (where it makes one) its report are all there; a
         # run killed while its report was being written is finished again, page and all
         if self.start_epoch >= t.epochs and finished_epochs(out) == self.start_epoch and (
-                not t.report or (out / REPORT).exists()):
+                not t.report or report_done(out)):
             raise dist.alike(VaelabError(f"--resume {out}: the run already finished {self.start_epoch} epochs and "
                                          f"its final evaluation; pass --epochs larger than {self.start_epoch} to "
                                          "continue it."))
