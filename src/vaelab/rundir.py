@@ -137,7 +137,7 @@ def check_run_files(run_dir: Path) -> None:
     and through a link there vaelab would read another file as the run's (a checkpoint, its
     config) or, had its writes not replaced links, write into any file the user can write. Every
     command that opens a run checks this first (:func:`read_run_config`); ``--overwrite`` removes
-    such entries with the rest of the run."""
+    such links with the rest of the run, and refuses a folder in a file's place."""
     found = [run_dir / name for name in (*RUN_FILES, *SUBFOLDERS)] + \
         [p for pattern in RUN_PATTERNS for p in run_dir.glob(pattern)]
     for p in found:
