@@ -4,17 +4,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 # where results and pictures go by default: beside this file, from whatever folder a script runs
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def portable(text: str) -> str:
+    """``text`` (a result's line) naming no path of the machine it ran on: the project's folder is
+    ``.``, the Python environment's ``$VENV``, the data folder ``$VAELAB_DATA`` and the temporary
+    folder ``$TMPDIR`` (also as a relative path that climbs to it)."""
+    root = str(RESULTS.parent.parent)
+    data = os.environ.get("VAELAB_DATA") or str(Path(root).parent / "shared" / "data")
+    tmp = tempfile.gettempdir()
+    text = re.sub(r"(?:\.\./)+" + re.escape(tmp.lstrip("/")) + "/", "$TMPDIR/", text)
+    for path, name in sorted([(sys.prefix, "$VENV"), (os.path.realpath(data), "$VAELAB_DATA"), (root, "."),
+                              (tmp, "$TMPDIR")], key=lambda item: -len(item[0])):
+        text = re.sub(re.escape(path) + r"(?=[/\"\s]|$)", lambda m: name, text)
+    return text
+
+
 def shown(args) -> str:
     """A command line as the results record it: absolute paths made relative to the project, so
     a line names no path of the machine it ran on."""
     root = RESULTS.parent.parent
-    return " ".join(os.path.relpath(a, root) if os.path.isabs(str(a)) else str(a) for a in args)
+    return portable(" ".join(os.path.relpath(a, root) if os.path.isabs(str(a)) else str(a) for a in args))
 
 
 def names(parser, flag: str, text: str, known) -> list[str]:
@@ -28,7 +45,7 @@ def names(parser, flag: str, text: str, known) -> list[str]:
 
 
 def emit(path: str, row: dict) -> None:
-    line = json.dumps(row)
+    line = portable(json.dumps(row))
     print(line, flush=True)
     with open(path, "a") as f:
         f.write(line + "\n")
