@@ -131,6 +131,13 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return d
 
 
+def run_entries(run_dir: Path) -> list[Path]:
+    """Where the run's own files go (:data:`RUN_FILES`, there or not) and the results of it
+    found there (:data:`RUN_PATTERNS`): what ``--overwrite`` replaces and what a command opening
+    the run checks."""
+    return [run_dir / name for name in RUN_FILES] + [p for pattern in RUN_PATTERNS for p in run_dir.glob(pattern)]
+
+
 def check_run_files(run_dir: Path) -> None:
     """Refuse a run directory holding a symbolic link, a FIFO, a device or a folder where one of
     its files goes (:data:`RUN_FILES`, :data:`RUN_PATTERNS`): a run may come from someone else,
@@ -138,9 +145,7 @@ def check_run_files(run_dir: Path) -> None:
     config) or, had its writes not replaced links, write into any file the user can write. Every
     command that opens a run checks this first (:func:`read_run_config`); ``--overwrite`` removes
     such links with the rest of the run, and refuses a folder in a file's place."""
-    found = [run_dir / name for name in (*RUN_FILES, *SUBFOLDERS)] + \
-        [p for pattern in RUN_PATTERNS for p in run_dir.glob(pattern)]
-    for p in found:
+    for p in [*run_entries(run_dir), *(run_dir / name for name in SUBFOLDERS)]:
         if p.is_symlink() or p.exists() and not (p.is_dir() if p.name in SUBFOLDERS else p.is_file()):
             what = "a symbolic link" if p.is_symlink() else "a folder" if p.is_dir() else "not a plain file"
             raise VaelabError(f"{clip(p)} is {what}: vaelab reads and writes a run's own files only, never through "

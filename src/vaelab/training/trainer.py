@@ -34,7 +34,7 @@ from ..models.base import SAMPLE, StepInfo
 from ..run import RunConfig, check_model_size
 from ..loading import resolve_device
 from ..rundir import (CHECKPOINTS, CONFIG, FORMAT_VERSION, RESUME, RUN_FILES, RUN_PATTERNS, SUBFOLDERS,
-                      finished_epochs, read_run_config, report_done)
+                      finished_epochs, read_run_config, report_done, run_entries)
 from . import checkpoint as ckpt
 from .ema import EMA
 from .loggers import Logger, run_loggers, tensorboard_writer_class
@@ -123,7 +123,7 @@ def _prepare_out(out: Path, overwrite: bool, hold: contextlib.ExitStack) -> None
     _remove_temporaries(out)
     _check_subfolders(out)
     if replace:
-        found = [out / name for name in RUN_FILES] + [p for pattern in RUN_PATTERNS for p in out.glob(pattern)]
+        found = run_entries(out)
         folder = next((p for p in found if p.is_dir() and not p.is_symlink()), None)
         if folder is not None:  # checked before anything is deleted
             raise VaelabError(f"--overwrite cannot replace {clip(folder)}: it is a folder where the run keeps a file; "
