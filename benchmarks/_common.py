@@ -16,14 +16,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def portable(text: str) -> str:
     """``text`` (a result's line) naming no path of the machine it ran on: the project's folder is
     ``.``, the Python environment's ``$VENV``, the data folder ``$VAELAB_DATA`` and the temporary
-    folder ``$TMPDIR`` (also as a relative path that climbs to it)."""
+    folder ``$TMPDIR`` (the data and temporary folders also as a relative path that climbs to them,
+    as ``shown`` writes a path outside the project)."""
     root = str(RESULTS.parent.parent)
     data = os.environ.get("VAELAB_DATA") or str(Path(root).parent / "shared" / "data")
     tmp = tempfile.gettempdir()
-    text = re.sub(r"(?:\.\./)+" + re.escape(tmp.lstrip("/")) + "/", "$TMPDIR/", text)
+    ends = r"(?=[/\"\s]|$)"
+    for path, name in sorted([(os.path.realpath(data), "$VAELAB_DATA"), (tmp, "$TMPDIR")], key=lambda item: -len(item[0])):
+        text = re.sub(r"(?:\.\./)+" + re.escape(path.lstrip("/")) + ends, lambda m: name, text)
     for path, name in sorted([(sys.prefix, "$VENV"), (os.path.realpath(data), "$VAELAB_DATA"), (root, "."),
                               (tmp, "$TMPDIR")], key=lambda item: -len(item[0])):
-        text = re.sub(re.escape(path) + r"(?=[/\"\s]|$)", lambda m: name, text)
+        text = re.sub(re.escape(path) + ends, lambda m: name, text)
     return text
 
 
