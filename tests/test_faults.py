@@ -586,6 +586,73 @@ def test_a_run_directory_deleted_mid_run_ends_in_one_sentence(tmp_path, monkeypa
     assert not out.exists()  # nothing made again in its place
 
 
+def _no_space(*a, **kw):
+    import errno
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _FullFile:
+    """A file on a disk that fills when epoch 2's records come: each of their writes fails with
+    ENOSPC."""
+
+    def __init__(self, path, mode, **kw):
+        self.f = open(path, mode, **kw)  # noqa: SIM115 - closed by close()
+
+    def write(self, text):
+        if '"epoch": 2' in text:
+            _no_space()
+        return self.f.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+@pytest.mark.parametrize("where", ["steps.jsonl", "tensorboard"])
+def test_a_full_disk_under_a_log_ends_in_one_sentence_and_the_run_resumes(where, tmp_path, monkeypatch, capsys):
+    """The step log is appended to, and TensorBoard's writer writes from a thread of its own and
+    hands its failure on at the next flush: neither went through the checkpoints' atomic writes,
+    and a full disk under them ended in a traceback."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    import vaelab.training.loggers as loggers
+    out = tmp_path / "run"
+    if where == "steps.jsonl":  # room for epoch 1's records, not epoch 2's
+        monkeypatch.setattr(loggers, "open", lambda p, mode, **kw: _FullFile(p, mode, **kw), raising=False)
+    else:  # epoch 1's flushes succeed, then the disk is full
+        flushes, real = [], SummaryWriter.flush
+
+        def flush(self):
+            flushes.append(1)
+            return _no_space() if len(flushes) > 2 else real(self)
+        monkeypatch.setattr(SummaryWriter, "flush", flush)
+    argv = ["train", *TINY, "--epochs", "2", "--log-every", "10", "--tensorboard", "--out", str(out)]
+    assert main(argv) == 2
+    assert one_line_error(capsys) == (f"error: cannot write {out / where}: no space left on device; the records "
+                                      "written before are intact.")
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 2
+
+
+def test_every_logger_is_closed_though_one_fails_to(tmp_path):
+    from vaelab.training.loggers import Logger, Loggers
+    closed = []
+
+    class Fails(Logger):
+        path = tmp_path / "a.log"
+
+        def close(self):
+            _no_space()
+
+    class Closes(Logger):
+        def close(self):
+            closed.append(1)
+    with pytest.raises(VaelabError, match="cannot write .*a.log: no space left on device"):
+        Loggers([Fails(), Closes()]).close()
+    assert closed == [1]
+
+
 def test_out_of_memory_in_a_command_without_a_batch_names_what_it_has(run, monkeypatch, capsys):
     from vaelab.report import run as report_run
     _oom_at(monkeypatch, report_run, "write_report", 1)

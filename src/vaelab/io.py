@@ -62,6 +62,11 @@ def _why(e: BaseException) -> str:
     return os.strerror(int(code.group(1))).lower() if code else str(e)
 
 
+def cannot_write(path, e: BaseException, kept: str) -> VaelabError:
+    """The sentence of a write to ``path`` that failed with ``e``: why, and what is left (``kept``)."""
+    return VaelabError(f"cannot write {path}: {_why(e)}; {kept}.")
+
+
 # Inside all_or_nothing(): the (temporary, destination) of each write, renamed when it ends, and
 # what a failed write says is left
 _pending: list[tuple[Path, Path]] | None = None
@@ -116,7 +121,7 @@ def atomic_write(path: Path, write) -> None:
             kept = _kept
         else:
             kept = f"the {path.name} there before is intact" if os.path.lexists(path) else "nothing was written"
-        raise VaelabError(f"cannot write {path}: {_why(e)}; {kept}.") from None
+        raise cannot_write(path, e, kept) from None
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

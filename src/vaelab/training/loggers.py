@@ -10,6 +10,9 @@ A logger receives
 * ``images(epoch, step, name, images)``: a grid of images after each epoch ([N, C, H, W] in [0, 1]);
 * ``close()``: at the end, however training ended.
 
+A logger's ``path`` is what it writes; a write there that fails (a full disk, a file-size limit)
+ends the run in one sentence naming it (:class:`Loggers`), the records written before kept.
+
 ``metrics.jsonl`` (every run), ``steps.jsonl`` (every run), the progress grids (every model that
 samples), TensorBoard (``--tensorboard``) and CSV (``--csv``) are loggers. Only rank 0 logs. The
 epoch's records are written with its checkpoints, all or nothing (:func:`vaelab.io.all_or_nothing`);
@@ -18,6 +21,7 @@ last saved epoch stays in them.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -27,7 +31,7 @@ import torch
 
 from ..errors import VaelabError
 from ..images import grid, save_grid
-from ..io import atomic_write, dumps, run_subfolder
+from ..io import atomic_write, cannot_write, dumps, run_subfolder
 from ..rundir import (CSV, METRICS, STEPS, TENSORBOARD, epoch_of, progress_picture, progress_pictures,
                       read_jsonl)
 
@@ -35,6 +39,7 @@ from ..rundir import (CSV, METRICS, STEPS, TENSORBOARD, epoch_of, progress_pictu
 class Logger:
     """Does nothing: a logger overrides what it takes."""
     wants_images = False
+    path: Path | None = None  # what it writes, named where a write fails
 
     def steps(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
         pass
@@ -95,6 +100,7 @@ class Progress(Logger):
 
     def __init__(self, out: Path, resumed_epoch: int | None):
         self.out = Path(out)
+        self.path = progress_picture(self.out, 1).parent
         if resumed_epoch is not None:
             for p in progress_pictures(out):
                 if epoch_of(p) > resumed_epoch:
@@ -141,10 +147,11 @@ class TensorBoard(Logger):
     wants_images = True
 
     def __init__(self, out: Path, resumed_step: int | None, resumed_epoch: int | None):
-        folder = run_subfolder(Path(out) / TENSORBOARD)
+        self.path = folder = run_subfolder(Path(out) / TENSORBOARD)
         writer = tensorboard_writer_class()
         # purge_step drops the events at or after it (SummaryWriter's own)
-        self.writer = writer(log_dir=str(folder), purge_step=resumed_step + 1 if resumed_step else None)
+        with _writing(self):
+            self.writer = writer(log_dir=str(folder), purge_step=resumed_step + 1 if resumed_step else None)
 
     def steps(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
         for k, v in scalars.items():
@@ -166,8 +173,20 @@ class TensorBoard(Logger):
         self.writer.close()
 
 
+@contextlib.contextmanager
+def _writing(logger: Logger):
+    """A write of ``logger`` that fails with an OSError (a full disk; TensorBoard's writer thread
+    hands on its own) raises the run's sentence naming what it writes."""
+    try:
+        yield
+    except OSError as e:
+        raise cannot_write(logger.path, e, "the records written before are intact") from None
+
+
 class Loggers(Logger):
-    """The run's loggers as one: what the loop calls."""
+    """The run's loggers as one: what the loop calls. A write that fails ends in one sentence
+    naming the file (:func:`_writing`); ``close`` closes every logger, then raises the first
+    failure."""
 
     def __init__(self, loggers: list[Logger]):
         self.loggers = loggers
@@ -175,20 +194,30 @@ class Loggers(Logger):
 
     def steps(self, step, epoch, scalars):
         for lg in self.loggers:
-            lg.steps(step, epoch, scalars)
+            with _writing(lg):
+                lg.steps(step, epoch, scalars)
 
     def epoch(self, record, history, step):
         for lg in self.loggers:
-            lg.epoch(record, history, step)
+            with _writing(lg):
+                lg.epoch(record, history, step)
 
     def images(self, epoch, step, name, images):
         for lg in self.loggers:
             if lg.wants_images:
-                lg.images(epoch, step, name, images)
+                with _writing(lg):
+                    lg.images(epoch, step, name, images)
 
     def close(self):
+        first = None
         for lg in self.loggers:
-            lg.close()
+            try:
+                with _writing(lg):
+                    lg.close()
+            except VaelabError as e:
+                first = first or e
+        if first is not None:
+            raise first
 
 
 def run_loggers(out: Path, train, resumed: tuple[int, int] | None, samples: bool) -> Loggers:
