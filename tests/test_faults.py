@@ -653,6 +653,28 @@ def test_every_logger_is_closed_though_one_fails_to(tmp_path):
     assert closed == [1]
 
 
+@pytest.mark.parametrize("bad", ['{"lr": 0.001}', '{"epoch": "1", "train_loss": 1.0, "step": 1}',
+                                 '{"epoch": 1, "train_loss": [1], "step": 1}', '{"epoch": true, "train_loss": 1, "step": 1}',
+                                 '[1]', '{"epoch": 1, "step": 0, "train_loss": 1}',
+                                 '{"epoch": 1, "step": 1, "train_loss": 1, "val_name": {"a": 1}}',
+                                 '{"epoch": 1, "step": 1, "train_loss": 1, "loss": "high"}',
+                                 '{"epoch": 1, "step": 1, "train_loss": 1e308, "val": -1e308}',
+                                 '{"epoch": 1000000000000000000, "step": 1, "train_loss": 1}'])
+def test_a_changed_log_record_is_left_out_by_the_report_and_compare(bad, run, capsys):
+    """A record of metrics.jsonl or steps.jsonl changed by hand (no epoch; text where a number
+    goes; 1e308, whose span matplotlib's axes cannot take) ended the report in a KeyError, a
+    TypeError or a ValueError; such a record is now left out, as a line cut short is."""
+    from vaelab.rundir import read_jsonl
+    for name in ("metrics.jsonl", "steps.jsonl"):
+        good = read_jsonl(run / name)
+        with open(run / name, "a") as f:
+            f.write(bad + "\n")
+        assert read_jsonl(run / name) == good and good
+    assert main(["report", str(run)]) == 0
+    assert main(["compare", str(run), "--out", str(run.parent / "compared")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_out_of_memory_in_a_command_without_a_batch_names_what_it_has(run, monkeypatch, capsys):
     from vaelab.report import run as report_run
     _oom_at(monkeypatch, report_run, "write_report", 1)

@@ -152,20 +152,47 @@ def check_run_files(run_dir: Path) -> None:
                               f"a link or a special file; remove it if the run is yours.")
 
 
+# What every record of a run's JSON-lines logs holds, besides numbers: metrics.jsonl an epoch's
+# mean loss, steps.jsonl the step's number
+NEEDED = {METRICS: ("epoch", "train_loss"), STEPS: ("epoch", "step")}
+# The largest logged figure (float32's largest is 3.4e38) and epoch or step a record may hold:
+# matplotlib's axes fail on a span past float64's (a hand-made 1e308 and -1e308)
+LOGGED_MAX, COUNT_MAX = 1e40, 10**12
+
+
+def _well_formed(rec, needed: tuple[str, ...]) -> bool:
+    """A record as the trainer writes one: each of ``needed`` there; ``epoch`` and ``step`` whole
+    numbers from 1 to :data:`COUNT_MAX`; every other value a number of magnitude at most
+    :data:`LOGGED_MAX` or null (a non-finite one), or the text of a ``*_name`` key (``val_name``)."""
+    if not isinstance(rec, dict) or not all(k in rec for k in needed):
+        return False
+    for k, v in rec.items():
+        if k in ("epoch", "step"):
+            if not (type(v) is int and 1 <= v <= COUNT_MAX):
+                return False
+        elif not (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= LOGGED_MAX)
+                  or (isinstance(v, str) and k.endswith("_name"))):
+            return False
+    return True
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file (metrics.jsonl, steps.jsonl); a line cut short by a kill
-    mid-write (the last) is left out, and a missing file has none."""
+    """The records of a run's JSON-lines log (metrics.jsonl, steps.jsonl) that are as the trainer
+    writes them (:func:`_well_formed`): a line cut short by a kill mid-write (the last), or one
+    changed into something else, is left out, as a missing file has none. So what reads them (the
+    report, compare, the curves) can rely on each record's keys and types."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError):
         return []
+    needed = NEEDED.get(Path(path).name, ())
     out = []
     for line in text.splitlines():
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
-        if isinstance(rec, dict):
+        if _well_formed(rec, needed):
             out.append(rec)
     return out
 
