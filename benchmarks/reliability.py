@@ -6,7 +6,8 @@ command counting:
 
 Keys (counts are integers; a part not yet recorded is null):
 
-- ``fuzzed``: ``{parser: {"inputs", "failures", "peak_mb"}}``, from benchmarks/fuzz.py;
+- ``fuzzed``: ``{parser: {"inputs", "failures", "peak_mb"}}``, from benchmarks/fuzz.py, for every
+  parser it fuzzes (tests/fuzz_targets.py), null where none is recorded;
 - ``crashes``: ``{"injected", "survived"}``: SIGKILLs at random writes of every model's training,
   and those whose run then ended bitwise equal to an uninterrupted one (benchmarks/faults.py);
 - ``disk_full``: ``{"cases", "survived"}``: commands run on a full disk, and those that kept
@@ -24,7 +25,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _common import RESULTS  # noqa: E402
+
+from fuzz_targets import TARGETS  # noqa: E402
 
 
 def _last(name: str, key) -> dict:
@@ -42,8 +46,9 @@ def sheet() -> dict:
     crafted = _last("crafted", lambda r: "corpus").get("corpus")
     nonfinite = list(_last("nonfinite", lambda r: r["model"]).values())
     return {
-        "fuzzed": {p: {"inputs": r["inputs"], "failures": r["failures"], "peak_mb": r["peak_mb"]}
-                   for p, r in sorted(fuzz.items())} or None,
+        # every parser fuzz.py knows, null where none is recorded
+        "fuzzed": {p: {"inputs": fuzz[p]["inputs"], "failures": fuzz[p]["failures"], "peak_mb": fuzz[p]["peak_mb"]}
+                   if p in fuzz else None for p in sorted(TARGETS)},
         "crashes": {"injected": sum(r["injected"] for r in kills), "survived": sum(r["survived"] for r in kills)}
         if kills else None,
         "disk_full": {"cases": sum(r["cases"] for r in full), "survived": sum(r["survived"] for r in full)}

@@ -89,16 +89,22 @@ def idx_inputs(draw) -> dict:
     payload = draw(st.binary(min_size=n * itemsize, max_size=n * itemsize))
     data, intact = draw(_mutated(head + payload))
     well = intact and dtype is not None and ndim == len(dims) and math.prod(dims) == n
-    return {"bytes": data, "gzip": draw(st.booleans()), "expect": (dtype, dims, payload) if well else None,
+    gz = draw(st.sampled_from([False, True, True, "broken"]))
+    if gz == "broken":  # the gzip stream itself cut, changed or extended: bytes is the file as written
+        data, intact = draw(_mutated(gzip.compress(data, mtime=0)))
+        well = well and intact
+    return {"bytes": data, "gzip": gz, "expect": (dtype, dims, payload) if well else None,
             "magic": draw(st.sampled_from([None, 0x803, int.from_bytes(head[:4], "big")]))}
 
 
 def idx_case(inp: dict) -> Callable[[Path], None]:
+    """``gzip``: False, the bytes as a raw file; True, gzipped; "broken", the bytes are a gzip
+    stream already (one cut or changed)."""
     from vaelab.data.idx import read_idx
 
     def case(tmp: Path) -> None:
         path = tmp / ("images-idx3-ubyte.gz" if inp["gzip"] else "images-idx3-ubyte")
-        data = gzip.compress(inp["bytes"], mtime=0) if inp["gzip"] else inp["bytes"]
+        data = gzip.compress(inp["bytes"], mtime=0) if inp["gzip"] is True else inp["bytes"]
         path.write_bytes(data)
         got = _names_the_file(path, lambda: read_idx(path, expected_magic=inp.get("magic")))
         if inp["expect"] is not None:
@@ -397,7 +403,7 @@ def images_case(inp: dict) -> Callable[[Path], None]:
 # ---- run directories: config.json, checkpoints, the resume file, the logs, the lock -----------------
 
 RUN_FILES = ["config.json", "best.safetensors", "model.safetensors", "resume.safetensors", "metrics.jsonl",
-             "finished.json", ".vaelab.lock"]
+             "steps.jsonl", "finished.json", ".vaelab.lock"]
 
 
 @functools.cache
@@ -456,8 +462,13 @@ def run_dir_case(inp: dict) -> Callable[[Path], None]:
     import vaelab
     from vaelab.io import lock_run
     from vaelab.loading import read_run
-    from vaelab.rundir import finished_epochs, read_jsonl
+    from vaelab.images import plot_curves
+    from vaelab.report.curves import plot_panels
+    from vaelab.report.metrics import training_rows
+    from vaelab.report.page import figure_uri
+    from vaelab.rundir import finished_epochs, read_jsonl, report_done
     from vaelab.training.checkpoint import check_loop, load_resume
+    from vaelab.training.loggers import StepLines
 
     def case(tmp: Path) -> None:
         run = tmp / "run"
@@ -476,10 +487,22 @@ def run_dir_case(inp: dict) -> Callable[[Path], None]:
                 model = vaelab.load(run, checkpoint, device="cpu")
             rng, loop = load_resume(run / "resume.safetensors", model, model.optimizers(cfg.train))
             check_loop(run / "resume.safetensors", loop)
-            read_jsonl(run / "metrics.jsonl")
             finished_epochs(run)
+            report_done(run)
             with lock_run(run, "--resume"):
                 pass
+            # what reads the logs: the report's table and curves (drawn where a record was changed:
+            # a tenth of the cases, a drawing taking most of a second), a resume's cut of the steps
+            hist, steps = read_jsonl(run / "metrics.jsonl"), read_jsonl(run / "steps.jsonl")
+            training_rows(run)
+            if inp["file"].endswith(".jsonl") and inp["how"] == "json":
+                for records, x in ((hist, "epoch"), (steps, "step")):
+                    fig, _ = plot_panels([("run", records)], x)
+                    if fig is not None:
+                        figure_uri(fig, tight=False)
+                if hist:
+                    plot_curves(hist, tmp / "curves.png")
+            StepLines(run, 1).close()
         try:
             _names_the_file(run, read_all)
         finally:
@@ -526,10 +549,11 @@ def _run_cli(argv: list[str]) -> None:
             rc = cli.main(argv)
     except _Trained:
         return
-    if rc == 2:
-        errors = [line for line in said.getvalue().splitlines() if line.startswith("error: ")]
-        if len(errors) != 1:
-            raise Unnamed(f"exit 2 without one line of error: {said.getvalue()[-500:]!r}")
+    if rc == 2:  # log lines may come before it; the error is one line, the last
+        lines = said.getvalue().splitlines()
+        errors = [line for line in lines if line.startswith("error: ")]
+        if len(errors) != 1 or lines[-1] != errors[0]:
+            raise Unnamed(f"exit 2 without one line of error, the last: {said.getvalue()[-500:]!r}")
         raise VaelabError(errors[0][len("error: "):])
     assert rc == 0, rc
 
@@ -547,14 +571,17 @@ def flags_case(inp: dict) -> Callable[[Path], None]:
 
 # ---- the other commands on a run: eval, sample, reconstruct, interpolate, manifold, probe, ... ------
 
-COMMANDS = ["eval", "sample", "reconstruct", "interpolate", "manifold", "probe", "finetune", "report"]
+COMMANDS = ["eval", "sample", "reconstruct", "interpolate", "manifold", "probe", "finetune", "report", "compare",
+            "figures", "datasets", "demo"]
+ON_A_RUN = COMMANDS[:9]  # the commands that take run directories (compare, one or more)
 
 
 @st.composite
 def commands_inputs(draw) -> dict:
     cmd = draw(st.sampled_from(COMMANDS))
     known = sorted(o for o in _options(cmd) if o.startswith("--") and o not in ("--help", "--data-dir"))
-    argv = [cmd, draw(st.sampled_from(["RUN", "RUN", "RUN", "TMP/missing", "RUN/config.json", "TMP"]))]
+    runs = st.sampled_from(["RUN", "RUN", "RUN", "TMP/missing", "RUN/config.json", "TMP"])
+    argv = [cmd, *draw(st.lists(runs, min_size=1, max_size=3 if cmd == "compare" else 1))] if cmd in ON_A_RUN else [cmd]
     for _ in range(draw(st.integers(0, 4))):
         argv.append(draw(st.sampled_from([*known, "-o", "--nope"])))
         if draw(st.integers(0, 5)):
@@ -564,8 +591,9 @@ def commands_inputs(draw) -> dict:
 
 
 def commands_case(inp: dict) -> Callable[[Path], None]:
-    from vaelab import api
+    from vaelab import api, lecture
     from vaelab.evaluation import likelihood, probe
+    from vaelab.training import trainer
 
     def case(tmp: Path) -> None:
         run = tmp / "run"
@@ -575,6 +603,9 @@ def commands_case(inp: dict) -> Callable[[Path], None]:
             raise _Trained
         # as each caller holds them: vaelab.api imports evaluate_likelihood by name
         api.evaluate_likelihood = likelihood.evaluate_likelihood = probe.linear_probe = probe.finetune = stop
+        trainer._Loop.train_steps = stop  # demo's training
+        for name in lecture.MAKERS:  # each of the lecture's figures trains for a minute or more
+            lecture.MAKERS[name] = stop
         argv = [a.replace("RUN", str(run)).replace("TMP", str(tmp)) for a in inp["argv"]]
         if "--threads" in _options(argv[0]) and "--threads" not in argv:
             argv += ["--threads", "1"]
@@ -692,12 +723,23 @@ def _toml_value(v) -> str:
 @st.composite
 def settings_inputs(draw) -> dict:
     kind = draw(st.sampled_from(["json", "toml"]))
-    shape = draw(st.sampled_from(["table", "table", "deep", "noise", "not a table", "duplicate"]))
+    shape = draw(st.sampled_from(["table", "table", "deep", "noise", "not a table", "duplicate", "large"]))
     if shape == "noise":
         return {"suffix": kind, "bytes": draw(st.binary(max_size=512))}
     if shape == "deep":  # nesting past any recursion limit
         depth = draw(st.sampled_from([3, 6, 100, 5000, 100_000]))
         text = ("[" * depth + "]" * depth) if kind == "json" else "a = " + "[" * depth + "]" * depth
+        return {"suffix": kind, "bytes": text.encode()}
+    if shape == "large":  # megabytes: a long string, a long array, many keys
+        n = draw(st.sampled_from([10**5, 10**6, 4 * 10**6]))
+        big = draw(st.sampled_from(["string", "array", "keys"]))
+        if big == "string":
+            doc = {"model": "vae", "data": "x" * n}
+        elif big == "array":
+            doc = {"model": "vae", "hidden": [8] * (n // 2)}
+        else:
+            doc = {f"k{i}": i for i in range(n // 10)}
+        text = json.dumps(doc) if kind == "json" else "\n".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in doc.items())
         return {"suffix": kind, "bytes": text.encode()}
     if shape == "not a table":
         return {"suffix": kind, "bytes": json.dumps(draw(_values(1))).encode() if kind == "json" else b"= 1"}
