@@ -63,7 +63,8 @@ def _small_torch():
 # pytest-xdist (scripts/test.sh: --dist loadfile) a file is one unit of work, and a long one handed
 # out last would run alone at the end while the other workers idle.
 LONGEST_FIRST = ("test_distributed.py", "test_cpu_paths.py", "test_lecture_figures.py", "test_crashes.py",
-                 "test_diskfull.py", "test_run_safety.py", "test_faults.py", "test_results_kept.py", "test_probe.py",
+                 "test_diskfull.py", "test_run_safety.py", "test_faults.py", "test_faults_every_model.py",
+                 "test_results_kept.py", "test_probe.py",
                  "test_report.py", "test_cli.py", "test_fuzz.py", "test_crafted.py")
 
 

@@ -23,6 +23,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vaelab.io import LOCK
+
 PAGE = 4096  # tmpfs counts whole pages
 
 
@@ -83,7 +85,7 @@ def snapshot(run: Path) -> dict[str, bytes]:
     """Every file of the run (in sub-folders too), by its path inside it; not the lock, which
     holds the last process's id, nor the filler."""
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and p.name not in (".lock", FILLER)}
+            if p.is_file() and p.name not in (LOCK, FILLER)}
 
 
 # what an epoch writes together (vaelab.io.all_or_nothing): all of it moves, or none
