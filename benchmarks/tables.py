@@ -5,6 +5,7 @@ each case wins), so a table is never typed by hand.
     python benchmarks/tables.py images
     python benchmarks/tables.py representations
     python benchmarks/tables.py semisupervised     # also draws docs/img/semisupervised.png
+    python benchmarks/tables.py reliability
 """
 from __future__ import annotations
 
@@ -114,6 +115,31 @@ def semisupervised() -> str:
     return "\n".join(out)
 
 
+def reliability() -> str:
+    """docs/reliability.md's tables: the fuzzing per parser, the kills per model (in one process and
+    under torchrun) and the full disk per command, the last line of each winning."""
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k} {v:,}" for k, v in sorted(d.items()))
+    fuzz = {r["parser"]: r for r in _rows("fuzz")}
+    out = ["| parser | inputs | failures | peak MB | seconds | outcomes |", "|---|---:|---:|---:|---:|---|"]
+    out += [f"| `{p}` | {r['inputs']:,} | {r['failures']} | {r['peak_mb']} | {r['seconds']:.0f} | "
+            f"{counts(r['outcomes'])} |" for p, r in sorted(fuzz.items())]
+    faults = {(r["fault"], r.get("model") or r.get("tested")): r for r in _rows("faults")}
+    for ranks, title in ((1, "Kills, one process"), (2, "Kills under torchrun, 2 ranks (either rank killed)")):
+        kills = sorted((r for (kind, _), r in faults.items() if kind == "sigkill" and r.get("ranks", 1) == ranks),
+                       key=lambda r: r["model"])
+        out += ["", f"{title}:", "", "| model | kills | survived | runs | equal | clean | what the kills hit | seconds |",
+                "|---|---:|---:|---:|---:|---:|---|---:|"]
+        out += [f"| {r['model'].split(' (')[0]} | {r['injected']} | {r['survived']} | {r['runs']} | {r['equal']} | "
+                f"{r['clean']} | {counts(r['kinds'])} | {r['seconds']:.0f} |" for r in kills]
+    full = sorted((r for (kind, _), r in faults.items() if kind == "disk_full"), key=lambda r: r["tested"])
+    out += ["", "| command | cases | survived | refused | files named | failures | seconds |",
+            "|---|---:|---:|---:|---|---:|---:|"]
+    out += [f"| `{r['tested']}` | {r['cases']} | {r['survived']} | {r['refused']} | {counts(r['named'])} | "
+            f"{len(r['failures'])} | {r['seconds']:.0f} |" for r in full]
+    return "\n".join(out)
+
+
 def _plot(cells, models, paper) -> None:
     import statistics
 
@@ -141,4 +167,4 @@ def _plot(cells, models, paper) -> None:
 
 if __name__ == "__main__":
     print({"gan_vs_vae": gan_vs_vae, "images": images, "representations": representations,
-           "semisupervised": semisupervised}[sys.argv[1]]())
+           "semisupervised": semisupervised, "reliability": reliability}[sys.argv[1]]())
