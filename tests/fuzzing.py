@@ -89,7 +89,10 @@ def _alarm(signum, frame):
 
 
 def _child(fn: Callable[[Path], None], w: int, seconds: int, tmp: Path) -> None:
-    """Run ``fn`` in the empty folder ``tmp`` under the limits; write the outcome to ``w``."""
+    """Run ``fn`` in the empty folder ``tmp`` under the limits, ``tmp`` its working folder too (a
+    command's relative paths, such as demo's default run directory, land there, not in the
+    fuzzer's folder); write the outcome to ``w``."""
+    os.chdir(tmp)
     import torch
     import vaelab.limits
     torch.set_num_threads(1)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzz_targets import (TARGETS, cifar_case, idx_case, images_case, mat_case, npy_case, npz_case,
-                          run_dir_case, settings_case)
+from fuzz_targets import (TARGETS, cifar_case, commands_case, flags_case, idx_case, images_case, mat_case, npy_case,
+                          npz_case, run_dir_case, settings_case)
 from fuzzing import BOUND_MB, run_case
 
 EXAMPLES = 15  # per parser in the suite; benchmarks/fuzz.py runs 10,000
@@ -145,6 +145,13 @@ FOUND = {
     "a newline in a name": (images_case, {"entries": [{"name": "a\nb.png", "kind": "file", "data": b"not an image",
                                                        "target": ""}], "tarball": True, "size": None, "crop": None,
                                           "channels": None, "compress": ""}),
+    # in the first 10,000 commands: a --threads or --seed past 2^63 (torch's OverflowError), and a
+    # thousand threads, whose stacks took the address space (the process ended with no sentence)
+    "sample --threads 10^39": (commands_case, {"run": None, "argv": ["sample", "RUN/config.json", "--threads", "10" * 20]}),
+    "report --threads 1_000": (commands_case, {"run": None, "argv": ["report", "RUN", "--threads", "1_000"]}),
+    "demo --seed 10^39": (commands_case, {"run": None, "argv": ["demo", "--seed", "10" * 20, "--out", "TMP/d"]}),
+    "sample --seed 10^39": (commands_case, {"run": None, "argv": ["sample", "RUN", "--seed", "10" * 20]}),
+    "train --seed 10^39": (flags_case, {"argv": ["train", "--data", "digits", "--seed", "10" * 20]}),
 }
 
 
@@ -187,6 +194,9 @@ def test_what_the_fuzzer_found_is_refused_in_one_sentence(name):
     case, inp = FOUND[name]
     if "zip_version" in inp:
         inp = {**inp, "bytes": _npz_of_version(inp.pop("zip_version"))}
+    elif "run" in inp and inp["run"] is None:
+        from fuzz_targets import pristine_run
+        inp = {**inp, "run": str(pristine_run())}
     elif "bytes" in inp and inp["bytes"] is None:
         inp = {**inp, "bytes": _corrupt_mat() if case is mat_case else _corrupt_npz()}
     out = run_case(case(inp))
@@ -239,3 +249,13 @@ def test_the_folder_writer_leaves_out_what_a_folder_cannot_hold(entries):
     inputs (5 failures, none of them vaelab's): it now leaves such an entry out."""
     inp = {"entries": entries, "tarball": False, "size": None, "crop": None, "channels": None, "compress": ""}
     assert run_case(images_case(inp)).kind in ("parsed", "refused")
+
+
+@pytest.mark.parametrize("argv", [["--threads", "10" * 20], ["--threads", "1000"], ["--threads", "0"],
+                                  ["--seed", "10" * 20], ["--seed", "-1"]])
+def test_train_refuses_a_thread_count_or_seed_out_of_range(argv, tmp_path, capsys):
+    from vaelab.cli import main
+    assert main(["train", "--data", "digits", *argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {argv[0]} must be ") and err.endswith(f"got {int(argv[1])}.") and "\n" not in err
+    assert not (tmp_path / "run").exists()

@@ -14,7 +14,7 @@ import torch
 from . import distributed
 from .io import dumps, not_finite, write_json
 from .config import DataConfig, TrainConfig, _unwrap_optional, field_types, flag_name
-from .config import check_path
+from .config import check_path, check_seed, check_threads
 from .errors import VaelabError, clip, did_you_mean, quote
 from .models import MODELS, get_model
 from .models.base import ENCODE, SAMPLE
@@ -195,9 +195,8 @@ def _threads(a) -> None:
     """--threads of a command that runs in one process: torch's CPU threads (eval and train
     pass theirs on, as under torchrun a rank's default differs)."""
     if a.threads is not None:
-        _at_least("--threads", a.threads, 1)
         import torch
-        torch.set_num_threads(a.threads)
+        torch.set_num_threads(a.threads)  # checked in main (check_threads)
 
 
 def _at_least(flag: str, value: int, low: int) -> None:
@@ -392,8 +391,6 @@ def cmd_compare(a) -> int:
 
 def cmd_figures(a) -> int:
     from .lecture import THREADS, write_figures
-    if a.threads is not None:
-        _at_least("--threads", a.threads, 1)
     only = [n for n in a.only.split(",")] if a.only is not None else None
     print(write_figures(a.out, seed=a.seed, data_dir=a.data_dir, log=_say, only=only,
                         threads=a.threads or THREADS, device=a.device))
@@ -600,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
                               "--help).")
         for name, flag in PATHS.items():  # before the first stat() of one
             check_path(flag, getattr(args, name, None))
+        if args.cmd != "train":  # train's are checked with the rest of its settings (run.check)
+            check_threads("--threads", getattr(args, "threads", None))
+            check_seed("--seed", getattr(args, "seed", None))
         if distributed.launched() and args.cmd not in DATA_PARALLEL:  # else N copies, all writing the same files
             raise VaelabError(f"vaelab {args.cmd} runs in one process: under torchrun only "
                               f"{' and '.join(DATA_PARALLEL)} share their work between the ranks; run it without "

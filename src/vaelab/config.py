@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -84,8 +85,8 @@ class TrainConfig:
     grad_clip: float | None = opt(None, "clip the gradient norm to this value")
     nll_samples: int = opt(100, "importance samples K for the test NLL at the end of training (0 = skip)")
     device: str = opt("auto", "device: auto, cpu, cuda, cuda:N", metavar="DEVICE")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice; under torchrun, the machine's "
-                                     "cores shared by its ranks)")
+    threads: int | None = opt(None, "CPU threads for torch, at most 4 a CPU (default: torch's choice; under torchrun, "
+                                     "the machine's cores shared by its ranks)")
     out: str | None = opt(None, "run directory (default runs/<data>-<model>)", metavar="DIR")
     overwrite: bool = opt(False, "replace an existing run in --out")
     progress: bool = opt(True, "show a progress bar")
@@ -171,6 +172,37 @@ def check_path(flag: str, value: str | Path | None) -> None:
     if len(raw) > PATH_MAX or any(len(part) > NAME_MAX for part in raw.split(b"/")):
         raise VaelabError(f"{flag} {quote(str(value))} is not a path this system can hold: expected names of at "
                           f"most {NAME_MAX} bytes and {PATH_MAX} bytes in all.")
+
+
+SEED_MAX = 2 ** 63 - 1  # a seed is stored and drawn from as a signed 64-bit number (torch's generators)
+THREADS_PER_CPU = 4  # --threads past this many a CPU: OpenMP's threads then mostly wait for one another
+
+
+def check_seed(flag: str, seed: int | None) -> None:
+    """Refuse a seed (``flag``'s) outside 0..:data:`SEED_MAX`: torch's generators take none
+    larger (an OverflowError deep inside), numpy's no negative one."""
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise VaelabError(f"{flag} must be a whole number from 0 to 2^63 - 1, got {seed}.")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the system says)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_threads(flag: str, threads: int | None) -> None:
+    """Refuse a thread count (``flag``'s) below 1 or above :data:`THREADS_PER_CPU` times the
+    usable CPUs: torch takes none past 2^63 (an OverflowError), and each thread reserves a stack,
+    so a thousand of them took gigabytes of address space for nothing."""
+    if threads is None:
+        return
+    most = THREADS_PER_CPU * usable_cpus()
+    if not 1 <= threads <= most:
+        raise VaelabError(f"{flag} must be from 1 to {most} ({THREADS_PER_CPU} a CPU, of the {usable_cpus()} this "
+                          f"process may use), got {threads}.")
 
 
 def coerce(cls, name: str, value: Any, where: str) -> Any:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import (DataConfig, TrainConfig, build, check_path, coerce, flag_name, flatten, from_dict,
-                     load_config_doc, to_dict)
+from .config import (DataConfig, TrainConfig, build, check_path, check_seed, check_threads, coerce, flag_name,
+                     flatten, from_dict, load_config_doc, to_dict)
 from .data.datasets import check_levels, check_options, dataset_names, known_spec
 from .errors import VaelabError, clip, did_you_mean, quote
 from .limits import check_bytes, check_nll_samples
@@ -234,8 +234,8 @@ def check(cfg: RunConfig) -> None:
             raise VaelabError(f"{flag_name(name)} must be positive, got {v}.")
     if t.ema is not None and not 0 < t.ema < 1:
         raise VaelabError(f"--ema must be a decay in (0, 1), such as 0.999, got {t.ema}.")
-    if t.threads is not None and t.threads < 1:
-        raise VaelabError(f"--threads must be at least 1, got {t.threads}.")
+    check_threads("--threads", t.threads)
+    check_seed("--seed", t.seed)
     if t.channels_last and getattr(cfg.model, "arch", None) != "conv":
         raise VaelabError("--channels-last applies to conv nets (--arch conv) only.")
     if t.nll_samples < 0:
