@@ -96,6 +96,11 @@ def _child(fn: Callable[[Path], None], w: int, seconds: int, tmp: Path) -> None:
     import torch
     import vaelab.limits
     torch.set_num_threads(1)
+    # and kept at 1 whatever a command asks (its --threads is checked before it asks): a child
+    # forked from a process whose OpenMP pool is live (libgomp's, after the parent's training)
+    # hangs when it asks for more threads, a hang of the harness that no fresh vaelab process has
+    real_set = torch.set_num_threads
+    torch.set_num_threads = lambda n: real_set(1 if isinstance(n, int) and n >= 1 else n)
     vaelab.limits.memory_limit = lambda: BOUND_MB * 2 ** 20 // 2
     base_kb = _rss_kb()
     cap = _vm_bytes() + (BOUND_MB + _SAFETY_MB) * 2 ** 20

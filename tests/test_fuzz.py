@@ -220,7 +220,7 @@ def test_a_refusal_is_one_line_whatever_a_file_names():
     assert str(VaelabError("a\u202fb \u202ec \udcff")) == "a\u202fb \\u202ec \\udcff"
 
 
-@pytest.mark.parametrize("change", ["model", "data_spec"])
+@pytest.mark.parametrize("change", ["model", "data_spec", "train", "model section"])
 def test_a_changed_config_json_is_refused_naming_it(change):
     """A run's config.json naming a model that is not one, or a data spec missing its keys: the
     refusals named neither the file nor the run."""
@@ -230,6 +230,9 @@ def test_a_changed_config_json_is_refused_naming_it(change):
     doc = json.loads((pristine_run() / "config.json").read_text())
     if change == "model":
         doc["run"]["train"]["model"] = ">ae"
+    elif change in ("train", "model section"):  # found in the first 10,000 run directories: dict() of a
+        # list of pairs that are not pairs ended in ValueError
+        doc["run"]["train" if change == "train" else "model"] = [[8.9e-151], [1.0]] if change == "train" else [[1, 2, 3, 4]]
     else:
         doc["data_spec"] = {"shape": [1, 8, 8]}
     out = run_case(run_dir_case({"run": str(pristine_run()), "file": "config.json", "how": "bytes",
@@ -259,3 +262,20 @@ def test_train_refuses_a_thread_count_or_seed_out_of_range(argv, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {argv[0]} must be ") and err.endswith(f"got {int(argv[1])}.") and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_case_asking_for_more_threads_does_not_hang_the_forked_child():
+    """The first 10,000 commands timed out on ``manifold RUN --threads 2``: a child forked from a
+    process that had trained (its OpenMP pool live) hangs when it asks for a second thread. The
+    harness keeps a case at one thread; a fresh vaelab process does this in under a second."""
+    import torch
+
+    from fuzz_targets import pristine_run
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        torch.ones(4096, 4096).sum()  # the pool of this process is live
+        out = run_case(commands_case({"run": str(pristine_run()), "argv": ["manifold", "RUN", "--threads", "2"]}))
+    finally:
+        torch.set_num_threads(threads)
+    assert out.kind == "parsed", (out.kind, out.detail)

@@ -62,6 +62,8 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
     """A run saved in format 1 in today's words: --binarize was the data's, --beta,
     --warmup-epochs and --iw-samples the trainer's; the model it was decides what they become
     (:meth:`vaelab.models.base.Model.upgrade_format1`)."""
+    if not all(isinstance(d[part], dict) for part in ("data", "train", "model")):  # dict("ab") is a ValueError
+        raise TypeError("a section is not a table")
     data, train, model = dict(d["data"]), dict(d["train"]), dict(d["model"])
     train["model"] = model_name(train["model"])  # a former name (hvae) as the model's name today
     if "binarize" in data:
