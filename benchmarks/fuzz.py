@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,7 +68,8 @@ def main() -> None:
     parsers = names(p, "--parsers", a.parsers, TARGETS)
     if a.jobs > 1:
         return _in_parallel(parsers, a)
-    base = {"machine": machine(1), "command": shown(sys.argv), "seed": a.seed}
+    # a parser's process under --jobs records the command that was typed, not its own
+    base = {"machine": machine(1), "command": os.environ.get("VAELAB_FUZZ_COMMAND") or shown(sys.argv), "seed": a.seed}
     for name in parsers:
         emit(a.out, {**fuzz(name, a.inputs, a.seed), **base})
 
@@ -84,7 +86,8 @@ def _in_parallel(parsers: list[str], a) -> None:
                 name = waiting.pop(0)
                 part = Path(tmp) / f"{name}.jsonl"
                 running.append((part, subprocess.Popen([sys.executable, __file__, "--parsers", name, "--inputs",
-                                                        str(a.inputs), "--seed", str(a.seed), "--out", str(part)])))
+                                                        str(a.inputs), "--seed", str(a.seed), "--out", str(part)],
+                                                       env={**os.environ, "VAELAB_FUZZ_COMMAND": shown(sys.argv)})))
             time.sleep(1)
             for part, proc in [r for r in running if r[1].poll() is not None]:
                 running.remove((part, proc))
