@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzz_targets import (TARGETS, cifar_case, commands_case, flags_case, idx_case, images_case, mat_case, npy_case,
-                          npz_case, run_dir_case, settings_case)
+from fuzz_targets import (TARGETS, cifar_case, commands_case, env_case, flags_case, idx_case, images_case, mat_case,
+                          npy_case, npz_case, run_dir_case, settings_case)
 from fuzzing import BOUND_MB, run_case
 
 EXAMPLES = 15  # per parser in the suite; benchmarks/fuzz.py runs 10,000
@@ -152,6 +152,12 @@ FOUND = {
     "demo --seed 10^39": (commands_case, {"run": None, "argv": ["demo", "--seed", "10" * 20, "--out", "TMP/d"]}),
     "sample --seed 10^39": (commands_case, {"run": None, "argv": ["sample", "RUN", "--seed", "10" * 20]}),
     "train --seed 10^39": (flags_case, {"argv": ["train", "--data", "digits", "--seed", "10" * 20]}),
+    # in the first 10,000 environments: a rank but 0 whose WORLD_SIZE was unreadable said nothing
+    # (it left the words to a rank 0 that no launch had started), and WORLD_SIZE 2 without RANK
+    # ended in torch's ValueError
+    "rank 1 of an unreadable WORLD_SIZE": (env_case, {"env": {"RANK": "1", "WORLD_SIZE": "\u00fc"}}),
+    "rank 2 of WORLD_SIZE 0": (env_case, {"env": {"RANK": "2", "WORLD_SIZE": "0"}}),
+    "WORLD_SIZE without RANK": (env_case, {"env": {"WORLD_SIZE": "2", "MASTER_ADDR": "2", "MASTER_PORT": "2"}}),
 }
 
 

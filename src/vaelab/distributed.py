@@ -88,7 +88,10 @@ def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, threads: i
         torch.set_num_threads(threads)
     if not launched():
         return device
-    env_int("RANK", 0)  # read by torch below, and by the messages: a sentence, not torch's ValueError
+    rank, size = env_int("RANK", 0), env_int("WORLD_SIZE", 1, low=1)  # read by torch below: a sentence first
+    if rank >= size:
+        raise VaelabError(f"the environment variable RANK is {rank}, but WORLD_SIZE is {size}: a rank is from 0 to "
+                          f"{size - 1}, as torchrun sets it (unset WORLD_SIZE to run in one process).")
     global _timeout_s, _patient, _joined
     _joined = True
     if not dist.is_available():
@@ -102,10 +105,11 @@ def setup(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, threads: i
                               f"--nproc-per-node {gpus} or fewer, or --device cpu.")
         torch.cuda.set_device(device)
     if not dist.is_initialized():  # the group's timeout is the first call's: the one the message names
-        for name in ("MASTER_ADDR", "MASTER_PORT"):  # where the ranks meet: else torch's ValueError
+        for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):  # who and where the ranks meet: else torch's ValueError
             if not os.environ.get(name, "").strip():
                 raise VaelabError(f"WORLD_SIZE is {os.environ['WORLD_SIZE'].strip()}, but the environment variable "
-                                  f"{name} is not set: torchrun sets both (unset WORLD_SIZE to run in one process).")
+                                  f"{name} is not set: torchrun sets RANK, MASTER_ADDR and MASTER_PORT (unset WORLD_SIZE "
+                                  "to run in one process).")
         env_int("MASTER_PORT", 0, low=1)
         _timeout_s = timeout_s
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -320,8 +324,14 @@ def prints(err: VaelabError) -> bool:
     same (:func:`alike`) or the error came before the ranks met (a bad flag, raised alike).
     Any other error of a rank is its own, perhaps the only word of what stopped the run."""
     raw = os.environ.get("RANK", "0").strip()
-    # a rank that cannot read its own number cannot know another says the same: it speaks
-    return raw == "0" or not raw.isdigit() or (_joined and not getattr(err, "alike", False))
+    size = os.environ.get("WORLD_SIZE", "1").strip()
+    # a rank that cannot read its own number, or the launch's size, or whose number is past it, has no
+    # rank 0 of a real launch beside it to say the same: it speaks
+    def whole(t: str) -> bool:
+        return t.isascii() and t.isdigit()
+    if raw == "0" or not whole(raw) or not whole(size) or int(raw) >= int(size):
+        return True
+    return _joined and not getattr(err, "alike", False)
 
 
 def rank_seed(seed: int, r: int, epoch: int = 0) -> int:
