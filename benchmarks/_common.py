@@ -31,10 +31,14 @@ def portable(text: str) -> str:
 
 
 def shown(args) -> str:
-    """A command line as the results record it: absolute paths made relative to the project, so
-    a line names no path of the machine it ran on."""
-    root = RESULTS.parent.parent
-    return portable(" ".join(os.path.relpath(a, root) if os.path.isabs(str(a)) else str(a) for a in args))
+    """A command line as the results record it: absolute paths in the project made relative to
+    it, and the data, temporary and Python folders named (:func:`portable`), so a line names no
+    path of the machine it ran on."""
+    root = str(RESULTS.parent.parent)
+
+    def inside(a: str) -> bool:  # a path in the project: written relative to it (portable names the rest)
+        return os.path.isabs(a) and os.path.commonpath([os.path.abspath(a), root]) == root
+    return portable(" ".join(os.path.relpath(str(a), root) if inside(str(a)) else str(a) for a in args))
 
 
 def names(parser, flag: str, text: str, known) -> list[str]:
