@@ -285,3 +285,14 @@ def test_a_case_asking_for_more_threads_does_not_hang_the_forked_child():
     finally:
         torch.set_num_threads(threads)
     assert out.kind == "parsed", (out.kind, out.detail)
+
+
+@pytest.mark.parametrize("kw", [{"threads": 10 ** 40}, {"seed": 10 ** 40}, {"seed": -1}])
+def test_the_python_api_evaluate_bounds_threads_and_seed_as_the_commands_do(kw):
+    """vaelab.evaluate checked --threads below 1 only (its own twin of the check): 10^40 threads
+    reached torch's OverflowError."""
+    import vaelab
+    from vaelab.errors import VaelabError
+    from fuzz_targets import pristine_run
+    with pytest.raises(VaelabError, match=f"--{next(iter(kw))} must be "):
+        vaelab.evaluate(pristine_run(), k=1, sample_metrics=False, save=False, **kw)

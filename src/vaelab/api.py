@@ -17,6 +17,7 @@ import torch
 from . import distributed
 from .io import read_metadata, write_json
 from .limits import check_nll_samples
+from .config import check_seed, check_threads
 from .data.batch import Batch
 from .data.transforms import dequantize_fixed, from_dequantized_scale, to_dequantized_scale
 from .errors import VaelabError
@@ -68,8 +69,8 @@ def evaluate(run_dir, split: str = "test", k: int = 1000, batch_size: int = 100,
     check_nll_samples(k)
     if batch_size < 1:
         raise VaelabError(f"--batch-size must be at least 1, got {batch_size}.")
-    if threads is not None and threads < 1:
-        raise VaelabError(f"--threads must be at least 1, got {threads}.")
+    check_threads("--threads", threads)  # as every command's (torch's OverflowError past 2^63)
+    check_seed("--seed", seed)
     if dist_timeout <= 0:
         raise VaelabError(f"--dist-timeout must be positive, got {dist_timeout:g}.")
     if model is None:  # under torchrun: join the group; a rank on CUDA takes cuda:LOCAL_RANK
