@@ -61,6 +61,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--minutes", type=float, default=10.0, help="each model's whole training budget")
     p.add_argument("--m1-share", type=float, default=0.4, help="the part of m1+m2's budget that trains M1")
+    p.add_argument("--labelled-weight", default="paper", choices=("paper", "balanced"),
+                   help="m2's and m1+m2's --labelled-weight")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="/tmp/vaelab-semisupervised", help="where the runs are written")
@@ -80,16 +82,18 @@ def main() -> None:
                 row = {"model": name, "labels": n, "seed": seed}
                 if name == "m2":
                     run, minutes = _train(work / f"m2-{n}-{seed}", a.minutes, seed, a.data_dir, a.threads,
-                                          labels=n, **M2)
-                    row.update(test_error=_error(run), minutes=minutes)
+                                          labels=n, labelled_weight=a.labelled_weight, **M2)
+                    row.update(test_error=_error(run), minutes=minutes, labelled_weight=a.labelled_weight)
                 elif name == "m1+m2":
                     if seed not in m1s:  # one M1 per seed, whatever the labels: it reads none
                         m1s[seed] = _train(work / f"m1-{seed}-{a.minutes * a.m1_share:g}", a.minutes * a.m1_share,
                                            seed, a.data_dir, a.threads, **M1)
                     m1, m1_min = m1s[seed]
                     run, m2_min = _train(work / f"m1m2-{n}-{seed}", a.minutes * (1 - a.m1_share), seed, a.data_dir,
-                                         a.threads, labels=n, features=str(m1), **M2)
-                    row.update(test_error=_error(run), minutes=m1_min + m2_min, m1_minutes=m1_min)
+                                         a.threads, labels=n, features=str(m1), labelled_weight=a.labelled_weight,
+                                         **M2)
+                    row.update(test_error=_error(run), minutes=m1_min + m2_min, m1_minutes=m1_min,
+                               labelled_weight=a.labelled_weight)
                 else:
                     if seed not in vaes:
                         vaes[seed] = _train(work / f"vae-{seed}", a.minutes, seed, a.data_dir, a.threads, **M1)

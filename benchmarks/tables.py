@@ -88,13 +88,16 @@ def semisupervised() -> str:
     gets a row for each."""
     import statistics
     from semisupervised import PAPER
-    last = {(r["model"], r["budget_minutes"], r["labels"], r["seed"]): r for r in _rows("semisupervised")}
+    def name(r):  # the model, its labelled weighting where not the paper's
+        return r["model"] + (" balanced" if r.get("labelled_weight", "paper") != "paper" else "")
+    last = {(name(r), r["budget_minutes"], r["labels"], r["seed"]): r for r in _rows("semisupervised")}
     cells: dict[tuple[str, int], list[dict]] = {}
     for (model, budget, n, _), r in last.items():
         cells.setdefault((f"{model}, {budget:g} min", n), []).append(r)
     labels = sorted({n for _, n in cells})
     order = ("m2", "m1+m2", "probe", "finetune", "supervised")
-    models = sorted({k[0] for k in cells}, key=lambda m: (order.index(m.split(",")[0]), float(m.split(", ")[1][:-4])))
+    models = sorted({k[0] for k in cells}, key=lambda m: (order.index(m.split(",")[0].split(" ")[0]), m.split(",")[0],
+                                                           float(m.split(", ")[1][:-4])))
 
     def cell(model, n):
         rows = cells.get((model, n))

@@ -161,6 +161,37 @@ def test_the_step_weights_the_terms_as_the_authors_code_does():
 
 
 @pytest.mark.parametrize("stacked", [False, True], ids=["m2", "m1+m2"])
+def test_balanced_weighting_counts_the_labelled_part_n_u_over_n_l_times(stacked):
+    """--labelled-weight balanced: the labelled ELBO and the classification term each times
+    N_u/N_l = 99 (10 labels of 1000 images), U as in the paper's weighting; with every label kept
+    the two weightings are the same loss."""
+    x, y = _binary(5).float(), torch.tensor([0, 1, 2, 0, 1])
+    xl, yl = _binary(3, seed=9).float(), torch.tensor([2, 0, 1])
+    mask = torch.tensor([True, False, False, False, False])
+    losses = {}
+    for weighting in ("paper", "balanced"):
+        model = (_stacked(labelled_weight=weighting) if stacked else _tiny(alpha=0.1, labelled_weight=weighting))
+        model = model.float().train()
+        for name, info, m in (("few", StepInfo(0, 0, 10, dataset_size=1000, labels=10), mask),
+                              ("all", StepInfo(0, 0, 10, 1000), None)):
+            torch.manual_seed(6)
+            upd = next(model.step(Batch(x, y, m, labelled_part=Batch(xl, yl)), info))
+            losses[weighting, name] = upd.loss
+            losses[weighting, name, "terms"] = (upd.metrics["labelled_elbo"], upd.metrics["class_loss"])
+    l_y, ce = losses["paper", "few", "terms"]
+    u_part = losses["paper", "few"] + (10 / 1000) * l_y - 0.1 * ce  # what the labels do not weigh
+    want = u_part - 99 * ((10 / 1000) * l_y - 0.1 * ce)
+    assert torch.allclose(losses["balanced", "few"], want, rtol=1e-5), (losses["balanced", "few"], want)
+    assert not torch.allclose(losses["balanced", "few"], losses["paper", "few"])
+    assert torch.equal(losses["balanced", "all"], losses["paper", "all"])
+
+
+def test_labelled_weight_is_a_checked_choice():
+    with pytest.raises(VaelabError, match="labelled.weight must be one of paper, balanced"):
+        vaelab.make_config(model="m2", labelled_weight="equal")
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["m2", "m1+m2"])
 def test_ranks_parts_weighted_by_their_shares_give_the_minibatchs_loss(stacked, monkeypatch):
     """Under torchrun each rank steps on its part of the minibatch and its loss is weighted by
     its share: the sum must be the one-process loss, also where the kept labels fall unevenly
@@ -275,7 +306,7 @@ def test_each_epoch_records_the_classifiers_validation_accuracy(tmp_path):
 
 # --- M1+M2: M2 on the codes of a trained VAE ----------------------------------------------------
 
-def _stacked(d1=1, keep=None):
+def _stacked(d1=1, keep=None, **kw):
     """A tiny M1+M2: M1 a VAE with a ``d1``-D z1 on 2x2 images (M2 reading the dimensions ``keep``,
     one of them), M2 a 1-D z2 and 3 classes."""
     from vaelab.config import to_dict
@@ -283,7 +314,7 @@ def _stacked(d1=1, keep=None):
     m1 = VAEConfig(shape=(1, 2, 2), hidden=(8,), latent_dim=d1, likelihood="bernoulli", binarize="dynamic")
     cfg = M2Config(shape=(1, 2, 2), hidden=(8,), latent_dim=1, num_classes=3, features="m1",
                    features_model=json.dumps({"model": "vae", "settings": to_dict(m1)}),
-                   features_keep=None if keep is None else json.dumps(keep))
+                   features_keep=None if keep is None else json.dumps(keep), **kw)
     torch.manual_seed(0)
     model = M2(cfg).double().eval()
     with torch.no_grad():

@@ -21,6 +21,12 @@ objective, as the authors' code scales theirs (its sum over the data divided by 
     loss = - (1/B) sum_u U(x) - N_l/N mean L(x, y) - alpha mean log q(y|x),
 
 the sum over the B-image minibatch's unlabelled images (an unbiased estimate of (1/N) sum_u U).
+There the labels weigh little: at 100 labels of 55,000 images, the labelled ELBO 0.0018 and the
+classification term 0.1 against U's 1, so q(y|x) follows the clusters the generative model makes
+of the unlabelled images. ``--labelled-weight balanced`` multiplies both labelled terms by
+N_u/N_l, as if the labelled minibatch drawn beside each step (the labelled images oversampled
+N_u/N_l times an epoch) were data like the unlabelled one: the weighting of public
+reimplementations that take per-minibatch means (alpha * N/N_l on the mean classification loss).
 
 The codes of an image (what a probe reads, what interpolations and fitted samplers use) are
 [mu(x, p), p] with p = q(y|x): the posterior mean of z given the class probabilities, and the
@@ -68,6 +74,11 @@ class M2Config(CVAEConfig):
     latent_dim: int = opt(50, "dimension of z")
     alpha: float = opt(0.1, "weight of the classification term: alpha * N / N_labelled per labelled image, N the "
                             "training images (Kingma et al. 2014: 0.1)")
+    labelled_weight: str = opt("paper", "how much the labelled minibatch beside each step counts: paper, the "
+                                        "authors' objective over the data set (its ELBO N_l/N, the classification term "
+                                        "alpha); balanced, both times N_u/N_l, as if the labelled images were as "
+                                        "many as the unlabelled ones (their oversampling counted as data)",
+                               ("paper", "balanced"))
     features: str | None = opt(None, "M1+M2: the run directory of a trained VAE (M1), on whose codes M2 then learns "
                                      "(its weights are copied into this run when training starts)")
     features_model: str | None = opt(None, "M1's model and settings, as JSON (read from --features)", flag=False)
@@ -280,7 +291,10 @@ class M2(LabelledModel):
         u_term = bound.sum() / len(batch.x)
         elbo_l = self.labelled_elbo(part.x, part.y)  # [B_l]
         log_q = -F.cross_entropy(self.class_logits(part.x), part.y, reduction="none")  # [B_l]
-        loss = -u_term - (n_l / n) * elbo_l.mean() - self.cfg.alpha * log_q.mean()
+        # the labelled part's weight: the authors' objective per example (paper), or, balanced, times
+        # N_u/N_l (1 where every label is kept), so that the labelled minibatch counts as the unlabelled one
+        scale = max(1.0, (n - n_l) / n_l) if self.cfg.labelled_weight == "balanced" else 1.0
+        loss = -u_term - scale * ((n_l / n) * elbo_l.mean() + self.cfg.alpha * log_q.mean())
         metrics = {"loss": loss, "labelled_elbo": elbo_l.mean(), "class_loss": -log_q.mean()}
         if info.labels is not None:  # the mean U of the unlabelled images (0 in a minibatch of none)
             metrics["bound"] = bound.sum() / max(len(bound), 1)
@@ -335,7 +349,8 @@ class M1M2(M2):
         # M1's latent dimensions that M2 reads (settled_on_images); the others are 0 where M1 decodes
         self.register_buffer("keep", torch.tensor(kept_dims(cfg.features_keep, m1.latent_dim)), persistent=False)
         inner = M2Config(shape=(len(self.keep),), hidden=cfg.hidden, activation=cfg.activation,
-                         latent_dim=cfg.latent_dim, alpha=cfg.alpha, num_classes=cfg.num_classes,
+                         latent_dim=cfg.latent_dim, alpha=cfg.alpha, labelled_weight=cfg.labelled_weight,
+                         num_classes=cfg.num_classes,
                          likelihood="gaussian", binarize="none")
         self.inner = M2(inner)
         self.data_init = 1  # a fresh run starts by copying M1's weights in (init_from_data)
