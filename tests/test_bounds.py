@@ -203,3 +203,22 @@ def test_a_run_refused_after_decoding_leaves_no_image_cache(tmp_path, capsys, mo
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
     assert main([*argv, "--batch-size", "8"]) == 0  # the same images in a run that starts: cached
     assert len(list((tmp_path / "cache" / "images").glob("image-folder-*.npz"))) == 1
+
+
+def test_images_and_grids_share_pillows_pixel_limit(monkeypatch):
+    """One limit for a decoded image and a drawn grid: Pillow's MAX_IMAGE_PIXELS as it is set now,
+    its default where it is None."""
+    from vaelab.data.imagefiles import decode
+    from vaelab.errors import VaelabError
+    from vaelab.images import check_grid
+    from vaelab.limits import pillow_pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert pillow_pixels() == 89_478_485
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    buf = io.BytesIO()
+    Image.new("L", (40, 40)).save(buf, "PNG")
+    with pytest.raises(VaelabError, match="40x40 pixels, more than the 1,000"):
+        decode(buf.getvalue(), "big.png")
+    with pytest.raises(VaelabError, match="more than the 1,000"):
+        check_grid("--n 4", 4, (28, 28))
+    check_grid("--n 1", 1, (12, 12))  # drawn at 28x28 with its padding: within it

@@ -13,6 +13,7 @@ from PIL import Image
 
 from .errors import VaelabError
 from .io import atomic_write
+from .limits import pillow_pixels
 
 
 GRID_PADDING = 2
@@ -51,7 +52,7 @@ def check_grid(what: str, n: int, hw: tuple[int, int], nrow: int | None = None) 
     """Refuse, before anything is drawn, a grid picture larger than Pillow reads without its
     decompression-bomb warning (``Image.MAX_IMAGE_PIXELS``, 89,478,485 pixels)."""
     h, w = grid_size(n, hw, nrow)
-    limit = Image.MAX_IMAGE_PIXELS or 89_478_485
+    limit = pillow_pixels()
     if h * w > limit:
         raise VaelabError(f"{what} makes a picture of {w:,}x{h:,} pixels, more than the {limit:,} that "
                           f"Pillow reads without a decompression-bomb warning.")

@@ -19,6 +19,13 @@ FALLBACK_MEMORY = 16 << 30  # where the machine's memory cannot be read
 MAX_CLASSES = 100_000
 
 
+def pillow_pixels() -> int:
+    """The most pixels an image or a grid picture may have: Pillow's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 by default), its default where set to None."""
+    from PIL import Image
+    return Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
 def _cgroup_memory() -> int | None:
     for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
         try:

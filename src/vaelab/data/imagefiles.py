@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from vaelab.errors import VaelabError
-from vaelab.limits import check_bytes
+from vaelab.limits import check_bytes, pillow_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -52,7 +52,7 @@ def _check_pixels(img: Image.Image, name: str) -> None:
     """Refuse an image whose header declares more pixels than Pillow's decompression-bomb limit
     (``Image.MAX_IMAGE_PIXELS``) before it is decoded: Pillow itself only warns up to twice the
     limit, and 10,000 x 10,000 RGB pixels, stored in 1 MB, decode to 300 MB."""
-    limit = Image.MAX_IMAGE_PIXELS or 89_478_485
+    limit = pillow_pixels()
     w, h = img.size
     if w * h > limit:
         raise VaelabError(f"{name} declares {w:,}x{h:,} pixels, more than the {limit:,} vaelab decodes "
