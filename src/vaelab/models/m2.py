@@ -21,12 +21,13 @@ objective, as the authors' code scales theirs (its sum over the data divided by 
     loss = - (1/B) sum_u U(x) - N_l/N mean L(x, y) - alpha mean log q(y|x),
 
 the sum over the B-image minibatch's unlabelled images (an unbiased estimate of (1/N) sum_u U).
-There the labels weigh little: at 100 labels of 55,000 images, the labelled ELBO 0.0018 and the
-classification term 0.1 against U's 1, so q(y|x) follows the clusters the generative model makes
-of the unlabelled images. ``--labelled-weight balanced`` multiplies both labelled terms by
-N_u/N_l, as if the labelled minibatch drawn beside each step (the labelled images oversampled
-N_u/N_l times an epoch) were data like the unlabelled one: the weighting of public
-reimplementations that take per-minibatch means (alpha * N/N_l on the mean classification loss).
+There the labels weigh little: at 100 labels of 55,000 images, as terms of the loss (each a mean
+over its minibatch), the labelled ELBO weighs 0.0018 and the classification term 0.1 against U's
+1, so q(y|x) follows the clusters the generative model makes of the unlabelled images.
+``--labelled-weight balanced`` multiplies both labelled terms by N_u/N_l (at least 1), as if the
+labelled minibatch drawn beside each step (the labelled images oversampled N_u/N_l times an
+epoch) were data like the unlabelled one: its ELBO then weighs as U does, as in public
+reimplementations that average each minibatch, and the classification term alpha * N_u/N_l.
 
 The codes of an image (what a probe reads, what interpolations and fitted samplers use) are
 [mu(x, p), p] with p = q(y|x): the posterior mean of z given the class probabilities, and the
@@ -73,11 +74,12 @@ class M2Config(CVAEConfig):
     activation: str = opt("softplus", "non-linearity of the hidden layers", tuple(ACTIVATIONS))
     latent_dim: int = opt(50, "dimension of z")
     alpha: float = opt(0.1, "weight of the classification term: alpha * N / N_labelled per labelled image, N the "
-                            "training images (Kingma et al. 2014: 0.1)")
+                            "training images (Kingma et al. 2014: 0.1); --labelled-weight balanced multiplies it by "
+                            "N_u/N_labelled")
     labelled_weight: str = opt("paper", "how much the labelled minibatch beside each step counts: paper, the "
                                         "authors' objective over the data set (its ELBO N_l/N, the classification term "
-                                        "alpha); balanced, both times N_u/N_l, as if the labelled images were as "
-                                        "many as the unlabelled ones (their oversampling counted as data)",
+                                        "alpha); balanced, both times N_u/N_l (at least 1), as if the labelled images "
+                                        "were as many as the unlabelled ones (their oversampling counted as data)",
                                ("paper", "balanced"))
     features: str | None = opt(None, "M1+M2: the run directory of a trained VAE (M1), on whose codes M2 then learns "
                                      "(its weights are copied into this run when training starts)")
