@@ -32,13 +32,17 @@ def portable(text: str) -> str:
 
 def shown(args) -> str:
     """A command line as the results record it: absolute paths in the project made relative to
-    it, and the data, temporary and Python folders named (:func:`portable`), so a line names no
-    path of the machine it ran on."""
+    it, the value of ``--data-dir`` written ``$VAELAB_DATA`` (it names the data folder, wherever
+    that is), and the data, temporary and Python folders named (:func:`portable`), so a line names
+    no path of the machine it ran on."""
     root = str(RESULTS.parent.parent)
 
     def inside(a: str) -> bool:  # a path in the project: written relative to it (portable names the rest)
         return os.path.isabs(a) and os.path.commonpath([os.path.abspath(a), root]) == root
-    return portable(" ".join(os.path.relpath(str(a), root) if inside(str(a)) else str(a) for a in args))
+    args = [str(a) for a in args]
+    args = ["$VAELAB_DATA" if i and args[i - 1] == "--data-dir" else
+            "--data-dir=$VAELAB_DATA" if a.startswith("--data-dir=") else a for i, a in enumerate(args)]
+    return portable(" ".join(os.path.relpath(a, root) if inside(a) else a for a in args))
 
 
 def names(parser, flag: str, text: str, known) -> list[str]:

@@ -35,3 +35,12 @@ def test_a_relative_path_that_climbs_to_the_data_or_temporary_folder(data):
 def test_a_command_line_given_absolute_paths(data):
     line = shown(["benchmarks/x.py", "--data-dir", data, "--out", str(RESULTS / "x.jsonl")])
     assert line == "benchmarks/x.py --data-dir $VAELAB_DATA --out benchmarks/results/x.jsonl"
+
+
+def test_the_data_dir_flag_is_named_wherever_it_points(monkeypatch):
+    """A benchmark run from another checkout (a worktree under /tmp) with $VAELAB_DATA unset still
+    records its --data-dir as the data folder, not as the machine's path."""
+    monkeypatch.delenv("VAELAB_DATA", raising=False)
+    line = shown(["benchmarks/x.py", "--data-dir", "/elsewhere/shared/data", "--seeds", "0"])
+    assert line == "benchmarks/x.py --data-dir $VAELAB_DATA --seeds 0"
+    assert shown(["x.py", "--data-dir=/elsewhere/data"]) == "x.py --data-dir=$VAELAB_DATA"
